@@ -1,0 +1,242 @@
+"""`python -m distill …`: the library's command line (scan, train, generate, encode, decode, evaluate).
+
+Progress goes to stderr; `--json` puts a machine-readable summary on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _print_json(obj) -> None:
+    from distill.storage import sanitize_json
+
+    print(json.dumps(sanitize_json(obj), indent=2, ensure_ascii=False))
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_scan(args) -> int:
+    from distill.pipeline import TrainOptions, plan_training
+    from distill.scan import scan_dataset
+
+    options = TrainOptions(preset=args.preset, num_quantizers=args.levels)
+    report = scan_dataset(args.data_dir, cache_dir=args.cache_dir)
+    data = report.to_dict()
+    if report.used:
+        plan = plan_training(report, options)
+        data.update(tier=plan.tier_card, prior_config=plan.tier_card["settings"]["prior"],
+                    vqvae_config=plan.tier_card["settings"]["vqvae"])
+    else:
+        data.update(tier=None, prior_config=None, vqvae_config=None,
+                    error="No usable audio files: there is nothing to train on.")
+    if args.json:
+        _print_json(data)
+    else:
+        _print_scan(data)
+    return 0 if report.used else 1
+
+
+def _print_scan(data: dict) -> None:
+    used, skipped = data["files_used"], data["files_skipped"]
+    print(f"Folder: {data['root']}")
+    print(f"Used: {len(used)} files, {data['total_seconds']:.1f} s of audio")
+    for f in used:
+        print(f"  ✓ {f['path']}  {f['seconds']:.2f} s  {f['sample_rate']} Hz  {f['channels']} ch")
+    if skipped:
+        print(f"Skipped: {len(skipped)}")
+        for f in skipped:
+            print(f"  ✗ {f['path']}: {f['reason']}")
+    tier = data.get("tier")
+    if tier:
+        print(f"\nTier: {tier['name']}")
+        for r in tier["reasons"]:
+            print(f"  • {r}")
+        for w in tier["warnings"]:
+            print(f"  ⚠ {w}")
+    elif data.get("error"):
+        print(f"\n{data['error']}")
+
+
+def cmd_train(args) -> int:
+    from distill.pipeline import TrainOptions, run_pipeline
+
+    options = TrainOptions(preset=args.preset, minutes=args.minutes, seed=args.seed, device=args.device,
+                           num_quantizers=args.levels, cache_dir=args.cache_dir)
+    started = time.time()
+    last = {"t": 0.0}
+
+    def show(event: dict) -> None:
+        kind = event.get("kind")
+        stage = event.get("stage")
+        now = time.time()
+        if kind in ("stage_start", "stage_end", "warning", "error", "run_end"):
+            extra = {k: v for k, v in event.items() if k not in ("t", "stage", "kind", "trace", "levels")}
+            _err(f"[{now - started:6.1f}s] {stage}: {kind} {json.dumps(extra, ensure_ascii=False)[:300]}")
+        elif kind in ("step", "eval", "progress") and now - last["t"] > 5:
+            last["t"] = now
+            keys = ("step", "loss", "val_loss", "val_perplexity", "tokens_per_s", "fraction", "eta_s")
+            _err(f"[{now - started:6.1f}s] {stage}: " + " ".join(f"{k}={event[k]:.4g}" if isinstance(event[k], float) else f"{k}={event[k]}" for k in keys if k in event))
+
+    summary = run_pipeline(args.data_dir, Path(args.run), options, callbacks=[show])
+    if args.json:
+        _print_json(summary)
+    else:
+        _err(summary.get("message", ""))
+    return 0 if summary.get("status") == "done" else 1
+
+
+def cmd_generate(args) -> int:
+    import soundfile as sf
+
+    from distill.generate import generate_audio, save_sample
+
+    wave, sr, codes = generate_audio(args.run_dir, args.seconds, args.temperature, args.top_k, args.top_p, args.seed,
+                                     prompt_file=args.prompt)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(out, wave, sr)
+    if args.codes_out:
+        import numpy as np
+
+        np.save(args.codes_out, codes.astype(np.int64), allow_pickle=False)
+    settings = {"seconds": args.seconds, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                "seed": args.seed, "prompt": args.prompt}
+    if args.keep:
+        save_sample(args.run_dir, wave, sr, codes, settings)
+    _err(f"wrote {out} ({len(wave) / sr:.2f} s, {codes.shape[0]} code steps × {codes.shape[1]} levels)")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    import numpy as np
+    import torch
+
+    from distill.codes import extract_code_sequences
+    from distill.runs import load_vqvae, read_manifest, run_configs
+    from distill.scan import DatasetError, scan_dataset
+
+    audio, _, _ = run_configs(read_manifest(args.run_dir))
+    report = scan_dataset(args.audio, audio, cache_dir=args.cache_dir)
+    if not report.used:
+        reason = report.skipped[0].reason if report.skipped else "no audio"
+        raise DatasetError(f"cannot encode {args.audio}: {reason}")
+    codes = extract_code_sequences(load_vqvae(args.run_dir), [report.used[0].mel])[0]
+    np.save(args.out, torch.as_tensor(codes).numpy().astype(np.int64), allow_pickle=False)
+    _err(f"wrote {args.out}: {tuple(codes.shape)} codes")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    import numpy as np
+    import soundfile as sf
+
+    from distill.generate import codes_to_audio, load_run
+    from distill.runs import load_vqvae, read_manifest, run_configs
+
+    codes = np.load(args.codes, allow_pickle=False)  # never unpickle a user's file
+    manifest = read_manifest(args.run_dir)
+    audio, vq, _ = run_configs(manifest)
+    if codes.ndim != 2 or codes.shape[1] != vq.num_quantizers or codes.min() < 0 or codes.max() >= vq.codebook_size:
+        raise ValueError(f"codes must be an integer array [T, {vq.num_quantizers}] with values below {vq.codebook_size}")
+    if (Path(args.run_dir) / "prior.safetensors").is_file():
+        run = load_run(args.run_dir)
+    else:  # a run stopped before the prior can still decode
+        from types import SimpleNamespace
+
+        run = SimpleNamespace(manifest=manifest, vqvae=load_vqvae(args.run_dir))
+    wave = codes_to_audio(run, codes.astype(np.int64))
+    sf.write(args.out, wave, audio.sample_rate)
+    _err(f"wrote {args.out} ({len(wave) / audio.sample_rate:.2f} s)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from distill.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.data, samples=args.samples, sample_seconds=args.sample_seconds,
+                          cache_dir=args.cache_dir)
+    if args.json:
+        _print_json(result)
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m distill", description="Train a generative audio model on your own sounds.")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: $DISTILL_CACHE or ~/.cache/distill)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scan", help="check a folder of audio and show the tier Distill would choose")
+    s.add_argument("data_dir")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--preset", default="auto", choices=["auto", "quick"])
+    s.add_argument("--levels", type=int, default=3, choices=[2, 3, 4])
+    s.set_defaults(func=cmd_scan)
+
+    t = sub.add_parser("train", help="train the whole pipeline on a folder")
+    t.add_argument("data_dir")
+    t.add_argument("--run", required=True, help="run folder to create")
+    t.add_argument("--preset", default="auto", choices=["auto", "quick"])
+    t.add_argument("--minutes", type=float, default=None, help="total training budget")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--levels", type=int, default=3, choices=[2, 3, 4])
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="generate new audio from a trained run")
+    g.add_argument("run_dir")
+    g.add_argument("--seconds", type=float, required=True)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--prompt", default=None, help="continue from this training file's codes (its relative path)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--codes-out", default=None)
+    g.add_argument("--keep", action="store_true", help="also keep the sample in the run's samples/ folder")
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("encode", help="turn an audio file into codes (.npy)")
+    e.add_argument("run_dir")
+    e.add_argument("audio")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_encode)
+
+    d = sub.add_parser("decode", help="turn codes (.npy) back into audio")
+    d.add_argument("run_dir")
+    d.add_argument("codes")
+    d.add_argument("--out", required=True)
+    d.set_defaults(func=cmd_decode)
+
+    v = sub.add_parser("evaluate", help="measure a run on a folder of audio")
+    v.add_argument("run_dir")
+    v.add_argument("--data", required=True)
+    v.add_argument("--samples", type=int, default=4, help="generated samples for histogram/copy statistics")
+    v.add_argument("--sample-seconds", type=float, default=10.0)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from distill.scan import DatasetError
+    from distill.storage import UnsafeFileError
+
+    try:
+        return args.func(args)
+    except (DatasetError, UnsafeFileError, ValueError, FileNotFoundError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130

@@ -1,0 +1,178 @@
+"""Dataclass configs for every stage, and the adaptive tier rules.
+
+Pure Python (no torch import) so the UI and CLI can describe a dataset instantly.
+Every config is saved inside the run's manifest, so loading one is `Config(**json)`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+PROJECT_SAMPLE_RATE = 24_000
+
+
+@dataclass
+class AudioConfig:
+    """How audio becomes log-mel frames. Saved with every run; part of the feature-cache key."""
+
+    sample_rate: int = PROJECT_SAMPLE_RATE
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float | None = None  # None: Nyquist
+    log_floor: float = 1e-5  # log(mel + floor): keeps quiet detail that log1p flattens
+    target_peak: float = 0.9  # files are peak-normalised to this ...
+    silence_peak: float = 1e-3  # ... unless their peak is below this: then they are "silence"
+    min_seconds: float = 0.05  # shorter files are skipped (the shortest desktop sounds are ~0.06 s)
+    max_seconds: float = 600.0  # longer files are cut to this many seconds (reported)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+
+@dataclass
+class VQVAEConfig:
+    """RVQ-VAE settings; `get_adaptive_vqvae_config` picks the tier's defaults."""
+
+    codebook_size: int = 64
+    num_quantizers: int = 3  # residual levels, 2-4
+    codebook_dim: int = 64
+    hidden_channels: int = 256
+    num_res_blocks: int = 2
+    downsample: int = 4  # time reduction: 2, 4 or 8
+    commitment_weight: float = 0.25
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 1.0  # EMA usage count below which a code is re-seeded
+    kmeans_init: bool = True
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    gradient_clip_norm: float = 1.0
+    batch_size: int = 16
+    window_frames: int = 128  # training window length in mel frames (~1.4 s at 24 kHz / hop 256)
+    max_steps: int = 4000
+    time_budget_s: float | None = 300.0
+    val_fraction: float = 0.2
+    eval_every: int = 100
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class PriorConfig:
+    """CodePrior settings. The first eleven fields are the seed's; the rest are ours."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    dropout: float = 0.2
+    max_epochs: int = 100
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    gradient_clip_norm: float = 1.0
+    batch_size: int = 32
+    val_fraction: float = 0.2
+    device: str = "auto"
+    # ours
+    context_steps: int = 144  # code time steps per training window; seq_len = context_steps * Q
+    warmup_steps: int = 50
+    patience: int = 10  # evaluations without validation improvement before early stop
+    time_budget_s: float | None = 300.0
+    eval_every: int = 50  # optimiser steps between validation passes
+    seed: int = 0
+
+
+# --- adaptive tiers -------------------------------------------------------------------------
+
+TIER_NAMES = {1: "Small (≤ 20 files)", 2: "Medium (21–100 files)", 3: "Large (> 100 files)"}
+
+
+def tier_for(file_count: int) -> int:
+    if file_count <= 20:
+        return 1
+    if file_count <= 100:
+        return 2
+    return 3
+
+
+def val_fraction_for(file_count: int) -> float:
+    if file_count < 10:
+        return 0.5
+    if file_count < 50:
+        return 0.3
+    if file_count < 200:
+        return 0.2
+    return 0.1
+
+
+def get_adaptive_prior_config(file_count: int) -> PriorConfig:
+    """The seed's three-tier table (DESIGN.md), pure Python."""
+    tier = tier_for(file_count)
+    hidden, layers, heads, dropout, epochs, lr = {
+        1: (128, 2, 4, 0.3, 50, 3e-4),
+        2: (256, 4, 4, 0.2, 100, 1e-3),
+        3: (512, 6, 8, 0.1, 150, 1e-3),
+    }[tier]
+    return PriorConfig(
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        dropout=dropout,
+        max_epochs=epochs,
+        learning_rate=lr,
+        weight_decay=0.01,
+        gradient_clip_norm=1.0,
+        batch_size=min(32, max(1, file_count * 5 // 4)),
+        val_fraction=val_fraction_for(file_count),
+        device="auto",
+    )
+
+
+def get_adaptive_vqvae_config(
+    file_count: int, num_quantizers: int = 3, codebook_dim: int = 64
+) -> VQVAEConfig:
+    if not 2 <= num_quantizers <= 4:
+        raise ValueError(f"num_quantizers must be 2-4, got {num_quantizers}")
+    codebook = {1: 64, 2: 128, 3: 256}[tier_for(file_count)]
+    return VQVAEConfig(
+        codebook_size=codebook,
+        num_quantizers=num_quantizers,
+        codebook_dim=codebook_dim,
+        val_fraction=val_fraction_for(file_count),
+    )
+
+
+# --- (de)serialisation ----------------------------------------------------------------------
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(cls, data: dict):
+    """Build a config from JSON, refusing unknown keys and wrong basic types (files may be hostile)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown settings {sorted(unknown)}")
+    defaults = cls()
+    for key, value in data.items():
+        expected = type(getattr(defaults, key))
+        if value is None or expected is type(None):
+            continue
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ValueError(f"{cls.__name__}.{key}: expected {expected.__name__}, got {value!r}")
+    return cls(**data)
+
+
+def apply_overrides(cfg, overrides: dict | None):
+    """Return a copy of `cfg` with user overrides applied (validated like a loaded file)."""
+    if not overrides:
+        return cfg
+    merged = {**asdict(cfg), **overrides}
+    return config_from_dict(type(cfg), merged)

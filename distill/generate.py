@@ -1,0 +1,172 @@
+"""New audio from a trained run: sample codes from the prior, decode them, vocode with Griffin-Lim."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.runs import file_sha256, load_codes, load_prior, load_vqvae, read_manifest, run_configs
+from distill.storage import atomic_write_bytes, atomic_write_json
+
+MAX_SECONDS = 600.0
+
+
+@dataclass
+class LoadedRun:
+    """A run's models in memory, for repeated generation without reloading."""
+
+    run_dir: Path
+    manifest: dict
+    vqvae: torch.nn.Module
+    prior: torch.nn.Module
+    prior_hash: str
+    stamp: tuple  # (mtime_ns of vqvae, prior): tells a cache when the files changed
+
+    @property
+    def audio_config(self):
+        return run_configs(self.manifest)[0]
+
+    @property
+    def vqvae_config(self):
+        return run_configs(self.manifest)[1]
+
+
+def _stamp(run_dir: Path) -> tuple:
+    return tuple((run_dir / f).stat().st_mtime_ns for f in ("vqvae.safetensors", "prior.safetensors"))
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> LoadedRun:
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    stamp = _stamp(run_dir)
+    return LoadedRun(
+        run_dir=run_dir, manifest=manifest, vqvae=load_vqvae(run_dir, device), prior=load_prior(run_dir, device),
+        prior_hash=file_sha256(run_dir / "prior.safetensors")[:16], stamp=stamp,
+    )
+
+
+class RunCache:
+    """Keeps the last few loaded runs; reloads a run whose model files changed (e.g. prior retrained)."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._runs: dict[str, LoadedRun] = {}
+
+    def get(self, run_dir: str | os.PathLike) -> LoadedRun:
+        key = str(Path(run_dir).resolve())
+        run = self._runs.get(key)
+        if run is None or run.stamp != _stamp(Path(run_dir)):
+            run = load_run(run_dir)
+            self._runs.pop(key, None)
+            self._runs[key] = run
+            while len(self._runs) > self.size:
+                self._runs.pop(next(iter(self._runs)))
+        return run
+
+
+def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                   seed: int = 0, prompt_codes: np.ndarray | None = None) -> np.ndarray:
+    """Sample [T', Q] codes covering `seconds` of audio (continuing `prompt_codes` when given)."""
+    from distill.models.prior import flatten_codes, unflatten_codes
+
+    if not 0 < seconds <= MAX_SECONDS:
+        raise ValueError(f"duration must be between 0 and {MAX_SECONDS:.0f} seconds")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError("temperature must be ≥ 0, top-p in (0, 1], top-k ≥ 0")
+    audio, vq, _ = run_configs(run.manifest)
+    steps = max(1, math.ceil(seconds * audio.frames_per_second / vq.downsample))
+    generator = torch.Generator().manual_seed(int(seed))
+    prompt = None
+    if prompt_codes is not None and len(prompt_codes):
+        context_steps = run.prior.seq_len // vq.num_quantizers
+        tail = np.asarray(prompt_codes)[-max(1, context_steps // 2):]
+        prompt = flatten_codes(torch.as_tensor(tail, dtype=torch.long)[None])
+    flat = run.prior.generate(steps * vq.num_quantizers, temperature=temperature, top_k=top_k, top_p=top_p,
+                              prompt=prompt, generator=generator)
+    return unflatten_codes(flat, vq.num_quantizers)[0].cpu().numpy()
+
+
+def codes_to_audio(run: LoadedRun, codes: np.ndarray) -> np.ndarray:
+    from distill.audio.griffinlim import mel_to_audio
+
+    audio, vq, _ = run_configs(run.manifest)
+    with torch.inference_mode():
+        mel = run.vqvae.decode(torch.as_tensor(codes, dtype=torch.long)[None])
+        wave = mel_to_audio(mel[0], audio)
+    wave = wave.cpu().numpy().astype(np.float32)
+    peak = float(np.abs(wave).max()) if wave.size else 0.0
+    return wave * (0.9 / peak) if peak > 0 else wave
+
+
+def generate_audio(run_dir, seconds: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                   seed: int = 0, prompt_file: str | None = None, cache: RunCache | None = None):
+    """-> (waveform float32 [samples], sample_rate, codes int64 [T', Q]). Same inputs, same audio."""
+    run = cache.get(run_dir) if cache else load_run(run_dir)
+    prompt_codes = None
+    if prompt_file:
+        codes_by_name = load_codes(run.run_dir)
+        if prompt_file not in codes_by_name:
+            raise ValueError(f"'{prompt_file}' is not one of this run's training files")
+        prompt_codes = codes_by_name[prompt_file]
+    codes = generate_codes(run, seconds, temperature, top_k, top_p, seed, prompt_codes)
+    wave = codes_to_audio(run, codes)
+    audio = run.audio_config
+    return wave[: int(round(seconds * audio.sample_rate))], audio.sample_rate, codes
+
+
+def save_sample(run_dir, wave: np.ndarray, sample_rate: int, codes: np.ndarray, settings: dict, fmt: str = "wav") -> dict:
+    """Write the audio, its codes and a sidecar JSON (settings, seed, model hash) into samples/."""
+    import io
+
+    import soundfile as sf
+
+    if fmt not in ("wav", "flac"):
+        raise ValueError("format must be wav or flac")
+    run_dir = Path(run_dir)
+    folder = run_dir / "samples"
+    folder.mkdir(exist_ok=True)
+    manifest = read_manifest(run_dir)
+    sample_id = time.strftime("%Y%m%d-%H%M%S") + f"-s{int(settings.get('seed', 0))}-{os.urandom(2).hex()}"
+    buf = io.BytesIO()
+    sf.write(buf, wave, sample_rate, format=fmt.upper(), subtype="PCM_16")
+    audio_path = folder / f"{sample_id}.{fmt}"
+    atomic_write_bytes(audio_path, buf.getvalue())
+    from distill.storage import save_tensors
+
+    save_tensors(folder / f"{sample_id}.codes.safetensors", {"codes": torch.as_tensor(codes, dtype=torch.int16)})
+    sidecar = {
+        "id": sample_id, "file": audio_path.name, "seconds": round(len(wave) / sample_rate, 3), "sample_rate": sample_rate,
+        "settings": settings, "prior_hash": (manifest.get("hashes") or {}).get("prior"),
+        "vqvae_hash": (manifest.get("hashes") or {}).get("vqvae"), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write_json(folder / f"{sample_id}.json", sidecar)
+    return {"id": sample_id, "path": str(audio_path), "sidecar": str(folder / f"{sample_id}.json")}
+
+
+def list_samples(run_dir) -> list[dict]:
+    out = []
+    for p in sorted((Path(run_dir) / "samples").glob("*.json"), reverse=True):
+        try:
+            meta = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and (p.parent / str(meta.get("file", ""))).is_file():
+            meta["path"] = str(p.parent / meta["file"])
+            out.append(meta)
+    return out
+
+
+def load_sample_codes(sample: dict) -> np.ndarray | None:
+    from distill.storage import load_tensors
+
+    path = Path(sample["path"]).with_suffix("").with_suffix(".codes.safetensors")
+    try:
+        return load_tensors(path)["codes"].numpy().astype(np.int64)
+    except Exception:
+        return None

@@ -1,0 +1,331 @@
+"""CodePrior: a GPT-style causal transformer over flattened residual-VQ codes, with fast sampling.
+
+Codes `[T, Q]` (time steps x residual levels) are flattened position-major into one token stream
+`[t0q0, t0q1, ..., t0q(Q-1), t1q0, ...]`, so token `n` sits at time step `n // Q` on level `n % Q`.
+
+Input/output contract (one window, positions 0..T-1, T <= seq_len):
+    logits[:, t] predicts token x[:, t] from tokens x[:, :t] only.
+    The input vector at position t is
+        (start embedding if t == 0 else token_embedding(x[:, t - 1]))
+        + position_embedding(t) + level_embedding(t % Q)
+    i.e. the sequence is shifted right by one behind a learned start token, and the position/level
+    embeddings name the token being *predicted*. So the first code of a window is predicted too,
+    x[:, T-1] never influences any logit, and the training loss is simply CE(logits, x).
+Windows always begin on level 0 (a multiple of Q into the stream), so `t % Q` is the true level.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# --- code layout -----------------------------------------------------------------------------
+
+
+def flatten_codes(indices: torch.Tensor) -> torch.Tensor:
+    """[B, T, Q] -> [B, T*Q], position-major (all levels of step 0, then step 1, ...)."""
+    if indices.dim() != 3:
+        raise ValueError(f"flatten_codes expects [B, T, Q], got shape {tuple(indices.shape)}")
+    b, t, q = indices.shape
+    return indices.reshape(b, t * q)
+
+
+def unflatten_codes(flat: torch.Tensor, num_quantizers: int) -> torch.Tensor:
+    """[B, N] -> [B, N // Q, Q]; exact inverse of `flatten_codes`. N must be a multiple of Q."""
+    if flat.dim() != 2:
+        raise ValueError(f"unflatten_codes expects [B, N], got shape {tuple(flat.shape)}")
+    b, n = flat.shape
+    if n % num_quantizers:
+        raise ValueError(f"{n} tokens is not a whole number of steps of {num_quantizers} levels")
+    return flat.reshape(b, n // num_quantizers, num_quantizers)
+
+
+def extract_code_sequences(*args, **kwargs):
+    """The seed's API name; the implementation lives in `distill.codes` (run data through the frozen
+    VQ-VAE, return one LongTensor[T', Q] per file)."""
+    from distill.codes import extract_code_sequences as impl
+
+    return impl(*args, **kwargs)
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Fused q/k/v projection."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden_size {hidden} must be divisible by num_heads {heads}")
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.ln2 = nn.LayerNorm(hidden)
+        self.fc = nn.Linear(hidden, 4 * hidden)
+        self.out = nn.Linear(4 * hidden, hidden)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, T, H]
+        b, t, h = x.shape
+        p = self.dropout if self.training else 0.0
+        qkv = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, h // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, D]
+        # No dropout on the attention weights: it would push CPU SDPA off its fused causal kernel;
+        # residual dropout below does the regularising.
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        a = a.transpose(1, 2).reshape(b, t, h)
+        x = x + F.dropout(self.proj(a), p, self.training)
+        x = x + F.dropout(self.out(F.gelu(self.fc(self.ln2(x)))), p, self.training)
+        return x
+
+
+class CodePrior(nn.Module):
+    """Autoregressive prior over flattened codes. See the module docstring for the exact contract."""
+
+    def __init__(
+        self,
+        codebook_size: int,
+        seq_len: int,
+        num_quantizers: int,
+        hidden_size: int = 256,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        if seq_len < num_quantizers or seq_len % num_quantizers:
+            raise ValueError(f"seq_len {seq_len} must be a positive multiple of num_quantizers {num_quantizers}")
+        self.codebook_size = codebook_size
+        self.seq_len = seq_len
+        self.num_quantizers = num_quantizers
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.token_emb = nn.Embedding(codebook_size, hidden_size)
+        self.start_emb = nn.Parameter(torch.zeros(hidden_size))
+        self.pos_emb = nn.Embedding(seq_len, hidden_size)
+        self.level_emb = nn.Embedding(num_quantizers, hidden_size)
+        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, dropout) for _ in range(num_layers))
+        self.ln_f = nn.LayerNorm(hidden_size)
+        self.head = nn.Linear(hidden_size, codebook_size)
+        self.apply(self._init_weights)
+        nn.init.normal_(self.start_emb, std=0.02)
+        # GPT-2: scale residual output projections by depth so the stream does not grow with layers
+        for blk in self.blocks:
+            for lin in (blk.proj, blk.out):
+                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * num_layers))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def settings(self) -> dict:
+        """Constructor arguments (JSON-ready), so a saved model rebuilds as CodePrior(**settings)."""
+        return {
+            "codebook_size": self.codebook_size,
+            "seq_len": self.seq_len,
+            "num_quantizers": self.num_quantizers,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "dropout": self.dropout,
+        }
+
+    def _position_table(self, n: int) -> torch.Tensor:
+        # [n, H]: position + level embedding for positions 0..n-1
+        pos = torch.arange(n, device=self.pos_emb.weight.device)
+        return self.pos_emb.weight[:n] + self.level_emb.weight[pos % self.num_quantizers]
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, T] -> [B, T, H], shifted right behind the start token
+        b, t = x.shape
+        tok = self.token_emb(x[:, : t - 1])  # [B, T-1, H]
+        start = self.start_emb.expand(b, 1, -1)
+        return torch.cat([start, tok], dim=1) + self._position_table(t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: LongTensor[B, T], T <= seq_len, a window starting on level 0 -> logits [B, T, K]."""
+        b, t = x.shape
+        if t > self.seq_len:
+            raise ValueError(f"sequence of {t} tokens is longer than the model's window ({self.seq_len})")
+        h = F.dropout(self._embed(x), self.dropout, self.training)
+        for blk in self.blocks:
+            h = blk(h)
+        return self.head(self.ln_f(h))
+
+    # --- sampling ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        n_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        prompt: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_logits: bool = False,
+    ):
+        """Sample `n_tokens` new flattened codes -> LongTensor[1, n_tokens] (only the new tokens).
+
+        Stream layout: the prompt (LongTensor[1, P] of flattened codes, starting on level 0; any P)
+        followed by the new tokens, so new token i sits on level (P + i) % Q.
+        temperature <= 0 or top_k == 1: greedy. top_k > 0 keeps the k most likely codes; top_p < 1
+        keeps the smallest set whose probability reaches top_p (always at least one code).
+        Each new token runs one cached step. When the window (seq_len positions, the first being
+        the start token) is full, it slides: the cache is rebuilt from the most recent ~3/4 window,
+        starting on a level-0 token with positions restarting at 0, exactly as a training window.
+        With return_logits=True also returns (logits[n_tokens, K] used for each token, before
+        temperature/filtering, and window_starts LongTensor[n_tokens]: the stream index each
+        token's window began at) so tests can compare against `forward`.
+        """
+        if n_tokens < 0:
+            raise ValueError("n_tokens must be >= 0")
+        was_training = self.training
+        self.eval()
+        try:
+            return self._generate(n_tokens, temperature, top_k, top_p, prompt, generator, return_logits)
+        finally:
+            self.train(was_training)
+
+    def _generate(self, n_tokens, temperature, top_k, top_p, prompt, generator, return_logits):
+        dev = self.head.weight.device
+        q_levels, s = self.num_quantizers, self.seq_len
+        nh = self.num_heads
+        hd = self.hidden_size // nh
+        greedy = temperature <= 0 or top_k == 1
+        if top_k >= self.codebook_size:
+            top_k = 0
+
+        p_len = 0 if prompt is None else int(prompt.shape[-1])
+        stream = torch.empty(p_len + n_tokens, dtype=torch.long, device=dev)  # prompt + new tokens
+        if p_len:
+            stream[:p_len] = prompt.reshape(-1).to(dev)
+        logits_out = torch.empty(n_tokens, self.codebook_size, device=dev) if return_logits else None
+        starts_out = torch.empty(n_tokens, dtype=torch.long) if return_logits else None
+        if n_tokens == 0:
+            out = stream[p_len:].unsqueeze(0)
+            return (out, logits_out, starts_out) if return_logits else out
+
+        # Preallocated cache [L, 2, 1, heads, S, D]; positions/level embeddings tabled once.
+        cache = torch.zeros(self.num_layers, 2, 1, nh, s, hd, device=dev)
+        pe = self._position_table(s)  # [S, H]
+        tok_w = self.token_emb.weight
+        keep = max(q_levels, ((3 * s) // 4) // q_levels * q_levels)  # context kept after a slide
+        params = [
+            (
+                b.ln1.weight, b.ln1.bias, b.qkv.weight, b.qkv.bias, b.proj.weight, b.proj.bias,
+                b.ln2.weight, b.ln2.bias, b.fc.weight, b.fc.bias, b.out.weight, b.out.bias,
+            )
+            for b in self.blocks
+        ]
+        hsz = (self.hidden_size,)
+        lnf_w, lnf_b, head_w, head_b = self.ln_f.weight, self.ln_f.bias, self.head.weight, self.head.bias
+
+        def prime(w0: int, n: int) -> torch.Tensor:
+            # Fill cache positions 0..n-w0 from [start, stream[w0:n]]; return logits for token n.
+            t = n - w0 + 1
+            x = torch.cat([self.start_emb.view(1, 1, -1), tok_w[stream[w0:n]].unsqueeze(0)], 1) + pe[:t]
+            for li, blk in enumerate(self.blocks):
+                hh = blk.ln1(x)
+                qkv = blk.qkv(hh).view(1, t, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, 1, nh, t, hd]
+                cache[li, :, :, :, :t] = qkv[1:]
+                a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+                x = x + blk.proj(a.transpose(1, 2).reshape(1, t, -1))
+                x = x + blk.out(F.gelu(blk.fc(blk.ln2(x))))
+            return self.head(self.ln_f(x[:, -1]))[0]  # [K]
+
+        w0 = 0
+        if p_len > s - 1:  # a long prompt: start from its last part, on a level-0 token
+            w0 = -(-(p_len - keep) // q_levels) * q_levels
+        logits = prime(w0, p_len)
+        n = p_len
+        end = p_len + n_tokens
+        while True:
+            i = n - p_len
+            if return_logits:
+                logits_out[i] = logits
+                starts_out[i] = w0
+            tok = self._pick(logits, greedy, temperature, top_k, top_p, generator)  # [1] long
+            stream[n : n + 1] = tok
+            n += 1
+            if n == end:
+                break
+            pos = n - w0
+            if pos >= s:  # window full: slide and rebuild the cache
+                w0 = -(-(n - keep) // q_levels) * q_levels
+                logits = prime(w0, n)
+                continue
+            # one cached step at position `pos` for input token stream[n-1]
+            x = (tok_w[tok] + pe[pos]).view(1, 1, -1)  # [1, 1, H]
+            for li, (l1w, l1b, qw, qb, pw, pb, l2w, l2b, fw, fb, ow, ob) in enumerate(params):
+                qkv = F.linear(F.layer_norm(x, hsz, l1w, l1b), qw, qb).view(1, 1, 3, nh, hd).transpose(1, 3)
+                # qkv: [1, nh, 3, 1, hd]; write k, v into slot `pos`
+                kv = cache[li]
+                kv[:, :, :, pos : pos + 1] = qkv[:, :, 1:].permute(2, 0, 1, 3, 4)
+                a = F.scaled_dot_product_attention(
+                    qkv[:, :, 0], kv[0, :, :, : pos + 1], kv[1, :, :, : pos + 1]
+                )  # [1, nh, 1, hd]
+                x = x + F.linear(a.reshape(1, 1, -1), pw, pb)
+                x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, hsz, l2w, l2b), fw, fb)), ow, ob)
+            logits = F.linear(F.layer_norm(x.view(1, -1), hsz, lnf_w, lnf_b), head_w, head_b)[0]
+        out = stream[p_len:].unsqueeze(0)
+        return (out, logits_out, starts_out) if return_logits else out
+
+    @staticmethod
+    def _pick(logits, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
+        # logits: [K] -> LongTensor[1]
+        if greedy:
+            return logits.argmax().view(1)
+        logits = logits / temperature
+        if top_k > 0:
+            kth = torch.topk(logits, top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, -1)
+        if top_p < 1.0:
+            probs = nucleus(probs, top_p)
+        return torch.multinomial(probs, 1, generator=generator)
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero every code outside the smallest most-likely set whose total reaches top_p (>= 1 code
+    kept); the result is renormalised. probs: [..., K]."""
+    sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass strictly above each code
+    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+# --- sizing ----------------------------------------------------------------------------------
+
+
+def prior_param_count(config, codebook_size: int, num_quantizers: int) -> int:
+    """Parameters of the CodePrior a PriorConfig builds (closed form, no torch allocation)."""
+    h, n_layers = config.hidden_size, config.num_layers
+    seq_len = config.context_steps * num_quantizers
+    per_block = 2 * 2 * h + (3 * h * h + 3 * h) + (h * h + h) + (4 * h * h + 4 * h) + (4 * h * h + h)
+    emb = codebook_size * h + h + seq_len * h + num_quantizers * h
+    return emb + n_layers * per_block + 2 * h + (h * codebook_size + codebook_size)
+
+
+def estimate_prior_memory_bytes(config, codebook_size: int, num_quantizers: int) -> int:
+    """Rough peak training memory (float32): weights + grads + AdamW moments, plus activations
+    kept for backward. Meant for 'will this fit' messages, not exact accounting."""
+    params = prior_param_count(config, codebook_size, num_quantizers)
+    b, t, h = config.batch_size, config.context_steps * num_quantizers, config.hidden_size
+    # per layer and token: ~ln, qkv(3h), attn out, proj, ln, fc(4h), gelu(4h), out, dropout masks
+    act_per_layer = b * t * h * 18
+    attn = b * config.num_heads * t * t  # in case the backend falls back to the explicit matrix
+    logits = 3 * b * t * codebook_size
+    return 4 * (4 * params + config.num_layers * (act_per_layer + attn) + logits + b * t * h * 4)

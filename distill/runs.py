@@ -1,0 +1,248 @@
+"""The run folder: one per training run, every file written atomically, every load validated.
+
+    <workspace>/runs/<run-id>/
+      manifest.json        files used/skipped, tier, configs, split, stage results, versions, hashes
+      vqvae.safetensors    prior.safetensors    codes.safetensors
+      metrics.jsonl        one event per line, appended as it happens
+      samples/             generated audio + sidecar JSON
+
+Model files may come from strangers (bundles), so loading never unpickles, checks sizes in the
+manifest before building anything, and checks tensor names/shapes/dtypes before reading data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from distill.config import AudioConfig, PriorConfig, VQVAEConfig, config_from_dict
+from distill.storage import UnsafeFileError, atomic_write_json, load_tensors, read_jsonl, save_tensors, tensor_spec
+
+MANIFEST = "manifest.json"
+METRICS = "metrics.jsonl"
+MANIFEST_FORMAT = "distill-run"
+MANIFEST_VERSION = 1
+MAX_MANIFEST_BYTES = 32 * 1024**2
+
+# Sanity bounds for settings read from a file: far above anything Distill trains, far below
+# anything that would exhaust memory when the model is built.
+LIMITS = {
+    "codebook_size": (2, 4096), "num_quantizers": (1, 8), "codebook_dim": (1, 1024), "hidden_channels": (1, 2048),
+    "num_res_blocks": (0, 16), "downsample": (1, 16), "hidden_size": (8, 2048), "num_layers": (1, 48),
+    "num_heads": (1, 64), "context_steps": (1, 8192), "n_mels": (8, 512), "n_fft": (64, 16384),
+    "hop_length": (16, 8192), "sample_rate": (4000, 192_000),
+}
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def runs_root(workspace: str | os.PathLike) -> Path:
+    return Path(workspace) / "runs"
+
+
+def new_run_dir(workspace: str | os.PathLike) -> Path:
+    path = runs_root(workspace) / new_run_id()
+    path.mkdir(parents=True, exist_ok=False)
+    (path / "samples").mkdir()
+    return path
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / MANIFEST
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UnsafeFileError(f"{Path(run_dir).name}: no manifest.json (not a Distill run)") from None
+    if size > MAX_MANIFEST_BYTES:
+        raise UnsafeFileError(f"{Path(run_dir).name}: manifest.json is implausibly large ({size} bytes)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnsafeFileError(f"{Path(run_dir).name}: manifest.json is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise UnsafeFileError(f"{Path(run_dir).name}: manifest.json is not a Distill run manifest")
+    return data
+
+
+def write_manifest(run_dir: str | os.PathLike, manifest: dict) -> None:
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **manifest}
+    atomic_write_json(Path(run_dir) / MANIFEST, manifest)
+
+
+def update_manifest(run_dir: str | os.PathLike, **changes) -> dict:
+    manifest = read_manifest(run_dir)
+    manifest.update(changes)
+    write_manifest(run_dir, manifest)
+    return manifest
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    return read_jsonl(Path(run_dir) / METRICS)
+
+
+def list_runs(workspace: str | os.PathLike) -> list[dict]:
+    """Every readable run, newest first. Unreadable folders are listed with their problem, not hidden."""
+    root = runs_root(workspace)
+    out = []
+    if not root.is_dir():
+        return out
+    for d in sorted(root.iterdir(), reverse=True):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        try:
+            m = read_manifest(d)
+        except UnsafeFileError as exc:
+            out.append({"id": d.name, "path": str(d), "status": "unreadable", "problem": str(exc)})
+            continue
+        out.append({
+            "id": d.name, "path": str(d), "created": m.get("created"), "status": m.get("status", "unknown"),
+            "tier": (m.get("tier") or {}).get("tier"), "files_used": len((m.get("files") or {}).get("used", [])),
+            "has_vqvae": (d / "vqvae.safetensors").is_file(), "has_prior": (d / "prior.safetensors").is_file(),
+            "source": m.get("source"),
+        })
+    return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- validated configs ------------------------------------------------------------------------
+
+
+def _check_limits(obj, where: str) -> None:
+    for key, (lo, hi) in LIMITS.items():
+        value = getattr(obj, key, None)
+        if value is None:
+            continue
+        if not isinstance(value, int) or not lo <= value <= hi:
+            raise UnsafeFileError(f"{where}: {key}={value!r} is outside the sane range {lo}–{hi}; refusing to build it")
+
+
+def run_configs(manifest: dict) -> tuple[AudioConfig, VQVAEConfig, PriorConfig | None]:
+    try:
+        audio = config_from_dict(AudioConfig, manifest.get("audio_config") or {})
+        vq = config_from_dict(VQVAEConfig, manifest.get("vqvae_config") or {})
+        prior = config_from_dict(PriorConfig, manifest["prior_config"]) if manifest.get("prior_config") else None
+    except (ValueError, TypeError) as exc:
+        raise UnsafeFileError(f"manifest settings are invalid: {exc}") from None
+    _check_limits(audio, "audio settings")
+    _check_limits(vq, "VQ-VAE settings")
+    if prior is not None:
+        _check_limits(prior, "prior settings")
+        if prior.hidden_size % prior.num_heads:
+            raise UnsafeFileError("prior settings: hidden_size must be a multiple of num_heads")
+    return audio, vq, prior
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def save_vqvae(run_dir: str | os.PathLike, model) -> str:
+    path = Path(run_dir) / "vqvae.safetensors"
+    save_tensors(path, model.state_dict())
+    return file_sha256(path)
+
+
+def load_vqvae(run_dir: str | os.PathLike, device: str = "cpu"):
+    from distill.models.vqvae import ConvVQVAE
+
+    manifest = read_manifest(run_dir)
+    audio, vq, _ = run_configs(manifest)
+    model = ConvVQVAE(audio.n_mels, vq)
+    state = load_tensors(Path(run_dir) / "vqvae.safetensors", expected=tensor_spec(model.state_dict()))
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def prior_seq_len(vq: VQVAEConfig, prior: PriorConfig) -> int:
+    return prior.context_steps * vq.num_quantizers
+
+
+def build_prior(vq: VQVAEConfig, prior: PriorConfig):
+    from distill.models.prior import CodePrior
+
+    return CodePrior(
+        codebook_size=vq.codebook_size, seq_len=prior_seq_len(vq, prior), num_quantizers=vq.num_quantizers,
+        hidden_size=prior.hidden_size, num_layers=prior.num_layers, num_heads=prior.num_heads, dropout=prior.dropout,
+    )
+
+
+def save_prior(run_dir: str | os.PathLike, model) -> str:
+    path = Path(run_dir) / "prior.safetensors"
+    save_tensors(path, model.state_dict())
+    return file_sha256(path)
+
+
+def load_prior(run_dir: str | os.PathLike, device: str = "cpu"):
+    manifest = read_manifest(run_dir)
+    _, vq, prior_cfg = run_configs(manifest)
+    if prior_cfg is None:
+        raise UnsafeFileError(f"{Path(run_dir).name}: this run has no trained prior yet")
+    model = build_prior(vq, prior_cfg)
+    state = load_tensors(Path(run_dir) / "prior.safetensors", expected=tensor_spec(model.state_dict()))
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+# --- codes -------------------------------------------------------------------------------------
+
+
+def save_codes(run_dir: str | os.PathLike, names: list[str], codes: list) -> None:
+    """codes: per file [T', Q] integer tensors/arrays, stored as int16 (codebooks ≤ 4096)."""
+    import torch
+
+    tensors = {f"{i:05d}": torch.as_tensor(np.asarray(c), dtype=torch.int16) for i, c in enumerate(codes)}
+    save_tensors(Path(run_dir) / "codes.safetensors", tensors, metadata={"names": json.dumps(names)})
+
+
+def load_codes(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """{file name: int64 [T', Q]} in training order; validated against the manifest's settings."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / "codes.safetensors"
+    manifest = read_manifest(run_dir)
+    _, vq, _ = run_configs(manifest)
+    tensors = load_tensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    try:
+        names = json.loads(meta.get("names", "[]"))
+    except json.JSONDecodeError:
+        names = []
+    keys = sorted(tensors)
+    if not isinstance(names, list) or len(names) != len(keys):
+        names = keys
+    out: dict[str, np.ndarray] = {}
+    for name, key in zip(names, keys):
+        arr = tensors[key].numpy().astype(np.int64)
+        if arr.ndim != 2 or arr.shape[1] != vq.num_quantizers or (arr.size and (arr.min() < 0 or arr.max() >= vq.codebook_size)):
+            raise UnsafeFileError(f"codes.safetensors: entry '{name}' does not fit the model's codebooks")
+        out[str(name)] = arr
+    return out
+
+
+def versions() -> dict:
+    import platform
+
+    import torch
+
+    from distill import __version__
+
+    return {"distill": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def configs_dict(audio: AudioConfig, vq: VQVAEConfig, prior: PriorConfig | None) -> dict:
+    return {"audio_config": asdict(audio), "vqvae_config": asdict(vq), "prior_config": asdict(prior) if prior else None}

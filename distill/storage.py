@@ -1,0 +1,172 @@
+"""Crash-safe file writes and safe tensor loading.
+
+Every file a run keeps is written to a temp file in the same folder, fsynced, then moved into place
+with os.replace, so a reader sees either the old complete file or the new complete one. Tensors go
+through safetensors (never pickle), and loading checks names, shapes and dtypes before trusting them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+MAX_TENSOR_FILE_BYTES = 2 * 1024**3  # nothing Distill writes comes near this
+
+
+class UnsafeFileError(ValueError):
+    """A run or model file that is malformed, hostile or not what it claims to be."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, "torch.Tensor"], metadata: dict | None = None) -> None:
+    """Atomically write a safetensors file (contiguous CPU copies; metadata values become strings)."""
+    from safetensors.torch import save
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write_bytes(path, save(flat, metadata=meta))
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict:
+    """Parse only the JSON header: shapes and dtypes, without touching the data."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_TENSOR_FILE_BYTES:
+        raise UnsafeFileError(f"{path.name}: {size} bytes is larger than any Distill model file")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) != 8:
+            raise UnsafeFileError(f"{path.name}: not a safetensors file (too short)")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or n > min(size - 8, 100 * 1024**2):
+            raise UnsafeFileError(f"{path.name}: not a safetensors file (bad header length)")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UnsafeFileError(f"{path.name}: not a safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise UnsafeFileError(f"{path.name}: not a safetensors file (header is not an object)")
+    return header
+
+
+def load_tensors(
+    path: str | os.PathLike,
+    expected: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
+) -> dict[str, "torch.Tensor"]:
+    """Load a safetensors file. With `expected` ({name: (shape, dtype_str)}), refuse any mismatch
+    before reading tensor data; dtype strings are safetensors' own ("F32", "I64", ...)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnsafeFileError(f"{path.name}: missing")
+    header = read_safetensors_header(path)
+    if expected is not None:
+        names = {k for k in header if k != "__metadata__"}
+        if names != set(expected):
+            missing = sorted(set(expected) - names)
+            extra = sorted(names - set(expected))
+            raise UnsafeFileError(f"{path.name}: tensors do not match the model (missing {missing[:5]}, unexpected {extra[:5]})")
+        for name, (shape, dtype) in expected.items():
+            info = header[name]
+            if not isinstance(info, dict) or list(info.get("shape", [])) != list(shape) or info.get("dtype") != dtype:
+                raise UnsafeFileError(
+                    f"{path.name}: tensor '{name}' is {info.get('dtype')} {info.get('shape')}, expected {dtype} {list(shape)}"
+                )
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt data
+        raise UnsafeFileError(f"{path.name}: cannot be read ({exc})") from None
+
+
+def tensor_spec(state: Mapping[str, "torch.Tensor"]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The {name: (shape, dtype)} a freshly built model expects, for `load_tensors(expected=...)`."""
+    import torch
+
+    names = {
+        torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.uint8: "U8", torch.bool: "BOOL",
+        torch.uint16: "U16",
+    }
+    return {k: (tuple(v.shape), names[v.dtype]) for k, v in state.items()}
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON line. A crash can leave a torn last line; `read_jsonl` skips it."""
+    line = json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+
+
+def _json_default(obj):
+    try:
+        return float(obj)
+    except Exception:
+        return str(obj)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    out: list[dict] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # torn line from a crash mid-append
+                if isinstance(rec, dict):
+                    out.append(rec)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def sanitize_json(obj: Any) -> Any:
+    """Replace NaN/inf with None so files stay strict JSON."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: sanitize_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [sanitize_json(v) for v in obj]
+    return obj
