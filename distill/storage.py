@@ -19,7 +19,8 @@ class UnsafeFileError(ValueError):
     """A run or model file that is malformed, hostile or not what it claims to be."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """durable=False skips the fsyncs: still never torn, but may be lost on power failure (caches)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -27,7 +28,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -35,7 +37,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -55,13 +58,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_tensors(path: str | os.PathLike, tensors: Mapping[str, "torch.Tensor"], metadata: dict | None = None) -> None:
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, "torch.Tensor"], metadata: dict | None = None,
+                 durable: bool = True) -> None:
     """Atomically write a safetensors file (contiguous CPU copies; metadata values become strings)."""
     from safetensors.torch import save
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
-    atomic_write_bytes(path, save(flat, metadata=meta))
+    atomic_write_bytes(path, save(flat, metadata=meta), durable=durable)
 
 
 def read_safetensors_header(path: str | os.PathLike) -> dict:

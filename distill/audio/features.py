@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from safetensors import safe_open
+
 from distill.config import AudioConfig
-from distill.storage import UnsafeFileError, atomic_write_json, load_tensors, save_tensors
+
+from distill.storage import atomic_write_bytes, save_tensors
 
 
 def compute_log_mel(wave: np.ndarray, cfg: AudioConfig) -> torch.Tensor:
@@ -34,8 +37,9 @@ def default_cache_dir() -> Path:
 
 
 class FeatureCache:
-    """One folder per settings key; per file a safetensors of the frames (usable files) plus a JSON
-    verdict (every file), so a second scan neither decodes nor re-judges anything."""
+    """One folder per settings key. A usable file's entry is one safetensors holding its frames with the
+    verdict in the metadata; an unusable file's entry is a JSON verdict. So a second scan neither
+    decodes nor re-judges anything. Entries are recomputable, so writes skip fsync (never torn, though)."""
 
     def __init__(self, root: str | os.PathLike | None, cfg: AudioConfig):
         self.folder = Path(root or default_cache_dir()) / "features" / settings_key(cfg)
@@ -47,24 +51,27 @@ class FeatureCache:
     def get(self, content_hash: str) -> tuple[dict, torch.Tensor | None] | None:
         meta_path, mel_path = self._paths(content_hash)
         try:
+            with safe_open(str(mel_path), framework="pt") as fh:
+                meta = json.loads((fh.metadata() or {}).get("verdict", "null"))
+                mel = fh.get_tensor("mel")
+            if isinstance(meta, dict) and mel.ndim == 2:
+                return meta, mel
+        except FileNotFoundError:
+            pass
+        except Exception:
+            return None  # a damaged entry (e.g. our own cache on a full disk) is simply recomputed
+        try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(meta, dict):
-            return None
-        if meta.get("status") != "used":
-            return meta, None
-        try:
-            mel = load_tensors(mel_path)["mel"]
-        except (UnsafeFileError, KeyError, OSError):
-            return None  # a damaged cache entry is simply recomputed
-        return meta, mel
+        return (meta, None) if isinstance(meta, dict) and meta.get("status") != "used" else None
 
     def put(self, content_hash: str, meta: dict, mel: torch.Tensor | None) -> None:
         meta_path, mel_path = self._paths(content_hash)
         try:
             if mel is not None:
-                save_tensors(mel_path, {"mel": mel})
-            atomic_write_json(meta_path, meta)  # written last: it is the entry's commit point
+                save_tensors(mel_path, {"mel": mel}, metadata={"verdict": json.dumps(meta)}, durable=False)
+            else:
+                atomic_write_bytes(meta_path, json.dumps(meta).encode(), durable=False)
         except OSError:
             pass  # a full or read-only cache disk only costs speed, never the scan
