@@ -10,14 +10,10 @@ from distill.runs import load_codes, read_manifest, run_configs
 from distill.scan import DatasetError, scan_dataset
 
 
-def train_mean_frame(train_mels: list[torch.Tensor]) -> torch.Tensor:
-    """The training set's mean log-mel frame [n_mels]: the 'predict nothing' baseline."""
-    return torch.cat([m for m in train_mels], dim=1).mean(dim=1)
-
-
 def evaluate_run(run_dir, data_dir, samples: int = 4, sample_seconds: float = 10.0, seed: int = 0,
                  cache_dir=None) -> dict:
     from distill.codes import codebook_health, extract_code_sequences, level_histograms
+    from distill.codes import mean_frame as codes_mean_frame
     from distill.runs import load_vqvae
 
     run_dir = Path(run_dir)
@@ -31,7 +27,7 @@ def evaluate_run(run_dir, data_dir, samples: int = 4, sample_seconds: float = 10
     codes = extract_code_sequences(model, mels)
     total_err, total_base, frames = 0.0, 0.0, 0
     mean = manifest.get("train_mean_frame")
-    mean_frame = torch.tensor(mean, dtype=torch.float32) if mean else train_mean_frame(mels)
+    mean_frame = torch.tensor(mean, dtype=torch.float32) if mean else codes_mean_frame(mels)
     with torch.inference_mode():
         for mel, c in zip(mels, codes):
             recon = model.decode(torch.as_tensor(c)[None], frames=mel.shape[1])[0]

@@ -156,8 +156,12 @@ def list_samples(run_dir) -> list[dict]:
             meta = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(meta, dict) and (p.parent / str(meta.get("file", ""))).is_file():
-            meta["path"] = str(p.parent / meta["file"])
+        name = meta.get("file") if isinstance(meta, dict) else None
+        # A sidecar may come from an imported bundle: only a plain file name inside samples/ is honoured.
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            continue
+        if (p.parent / name).is_file() and not (p.parent / name).is_symlink():
+            meta["path"] = str(p.parent / name)
             out.append(meta)
     return out
 

@@ -233,9 +233,9 @@ def _run_stages(source, run_dir: Path, options: TrainOptions, log: EventLog, sto
                                         total_seconds=round(report.total_seconds, 2), cache_hits=report.cache_hits)
     files = {"used": [e.to_dict() for e in report.used], "skipped": [{"path": e.path, "reason": e.reason} for e in report.skipped]}
     split = {"train": [dataset.names[i] for i in dataset.train_index], "val": [dataset.names[i] for i in dataset.val_index]}
-    from distill.evaluate import train_mean_frame
+    from distill.codes import mean_frame as codes_mean_frame
 
-    mean_frame = [round(float(x), 4) for x in train_mean_frame(dataset.train_mels())]
+    mean_frame = [round(float(x), 4) for x in codes_mean_frame(dataset.train_mels())]
     update_manifest(run_dir, files=files, tier=plan.tier_card, split=split, train_mean_frame=mean_frame,
                     **configs_dict(audio_cfg, vq_cfg, prior_cfg))
     summary.update(tier=plan.tier_card["tier"], files_used=counts["files_used"], files_skipped=counts["files_skipped"])

@@ -1,0 +1,129 @@
+"""Export a run as one file, and import one — possibly from a stranger — without trusting it.
+
+A bundle is a plain zip (stored, not compressed: safetensors barely compress) of the run folder's
+known files. Import checks every member name against an allow-list, caps sizes and counts before
+extracting, extracts into a temp folder inside the workspace, validates the manifest and every tensor
+file against the model it claims to be, and only then moves it into place.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+from distill.runs import new_run_id, read_manifest, run_configs, runs_root, write_manifest
+from distill.storage import UnsafeFileError
+
+TOP_FILES = {"manifest.json", "vqvae.safetensors", "prior.safetensors", "codes.safetensors", "metrics.jsonl"}
+SAMPLE_NAME = re.compile(r"^samples/[A-Za-z0-9][A-Za-z0-9_.-]{0,120}\.(wav|flac|json|safetensors)$")
+MAX_MEMBERS = 2000
+MAX_MEMBER_BYTES = 1024**3
+MAX_TOTAL_BYTES = 4 * 1024**3
+
+
+def export_run(run_dir: str | Path, out_path: str | Path) -> Path:
+    run_dir, out_path = Path(run_dir), Path(out_path)
+    read_manifest(run_dir)  # refuse to export something that is not a run
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(TOP_FILES):
+            if (run_dir / name).is_file():
+                zf.write(run_dir / name, name)
+        for p in sorted((run_dir / "samples").glob("*")):
+            rel = f"samples/{p.name}"
+            if p.is_file() and not p.is_symlink() and SAMPLE_NAME.match(rel):
+                zf.write(p, rel)
+    tmp.replace(out_path)
+    return out_path
+
+
+def _check_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise UnsafeFileError(f"bundle holds {len(infos)} entries; a Distill run has far fewer")
+    total = 0
+    for info in infos:
+        name = info.filename
+        if info.is_dir():
+            if name not in ("samples/",):
+                raise UnsafeFileError(f"bundle entry '{name}' is not part of a Distill run")
+            continue
+        if name not in TOP_FILES and not SAMPLE_NAME.match(name):
+            raise UnsafeFileError(f"bundle entry '{name[:80]}' is not part of a Distill run (refusing paths and unknown files)")
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise UnsafeFileError(f"bundle entry '{name}' is a symbolic link")
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise UnsafeFileError(f"bundle entry '{name}' claims {info.file_size} bytes; too large")
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > 200 * max(info.compress_size, 1):
+            raise UnsafeFileError(f"bundle entry '{name}' expands {info.file_size // max(info.compress_size, 1)}×: refusing a zip bomb")
+        total += info.file_size
+    if total > MAX_TOTAL_BYTES:
+        raise UnsafeFileError("bundle expands to more than 4 GB; refusing it")
+    if "manifest.json" not in {i.filename for i in infos}:
+        raise UnsafeFileError("bundle has no manifest.json; it is not a Distill run")
+    return infos
+
+
+def validate_run(run_dir: Path) -> dict:
+    """Load everything a run claims to hold, with every check on; raise UnsafeFileError if anything is off."""
+    from distill.runs import load_codes, load_prior, load_vqvae
+
+    manifest = read_manifest(run_dir)
+    run_configs(manifest)  # bounds checked before any model is built
+    if (run_dir / "vqvae.safetensors").is_file():
+        load_vqvae(run_dir)
+    if (run_dir / "prior.safetensors").is_file():
+        load_prior(run_dir)
+    if (run_dir / "codes.safetensors").is_file():
+        load_codes(run_dir)
+    return manifest
+
+
+def import_run(bundle: str | Path, workspace: str | Path) -> Path:
+    bundle = Path(bundle)
+    try:
+        zf = zipfile.ZipFile(bundle)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UnsafeFileError(f"{bundle.name}: not a Distill run bundle ({exc})") from None
+    root = runs_root(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id()
+    staging = root / f".import-{run_id}"
+    try:
+        with zf:
+            infos = _check_members(zf)
+            staging.mkdir()
+            (staging / "samples").mkdir()
+            for info in infos:
+                if info.is_dir():
+                    continue
+                target = staging / info.filename  # names were allow-listed: no separators beyond samples/
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    _copy_limited(src, dst, info.file_size)
+        manifest = validate_run(staging)
+        manifest.update(id=run_id, imported_from=bundle.name)
+        manifest.pop("format", None)
+        manifest.pop("version", None)
+        write_manifest(staging, manifest)
+        final = root / run_id
+        staging.rename(final)
+        return final
+    except zipfile.BadZipFile as exc:
+        raise UnsafeFileError(f"{bundle.name}: damaged bundle ({exc})") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_limited(src, dst, limit: int) -> int:
+    """Copy at most `limit` bytes: a member that inflates past its declared size is refused."""
+    copied = 0
+    while True:
+        chunk = src.read(1 << 20)
+        if not chunk:
+            return copied
+        copied += len(chunk)
+        if copied > limit:
+            raise UnsafeFileError("bundle entry is larger than it declares")
+        dst.write(chunk)
