@@ -34,6 +34,7 @@ from distill.runs import (
     versions,
     write_manifest,
 )
+from distill.resources import SettingsError
 from distill.scan import DatasetError, ScanReport, scan_dataset
 from distill.storage import append_jsonl, sanitize_json
 from distill.tiers import TierCard, describe_tier
@@ -106,13 +107,23 @@ def plan_training(report: ScanReport, options: TrainOptions, probe: bool = False
     )
     card.eta_s = estimate_seconds(report, vq, prior, probe)
     from distill.device import describe_device, resolve_device
+    from distill.resources import SettingsError, check_fits
 
     try:
-        card.device = describe_device(resolve_device(options.device))
+        device = resolve_device(options.device)
+        card.device = describe_device(device)
     except (RuntimeError, ValueError) as exc:
         card.warnings.append(str(exc))
         card.device = "unavailable"
-    return TrainingPlan(report.audio_config, vq, prior, card.to_dict())
+        device = None
+    tier_card = card.to_dict()
+    if device is not None:
+        try:
+            tier_card["memory"] = check_fits(vq, prior, report.audio_config.n_mels, device.type)
+        except SettingsError as exc:
+            tier_card["memory"] = {"error": str(exc)}
+            tier_card["warnings"].append(str(exc))
+    return TrainingPlan(report.audio_config, vq, prior, tier_card)
 
 
 def estimate_seconds(report: ScanReport, vq: VQVAEConfig, prior: PriorConfig, probe: bool) -> float:
@@ -121,7 +132,7 @@ def estimate_seconds(report: ScanReport, vq: VQVAEConfig, prior: PriorConfig, pr
     vq_budget = vq.time_budget_s or 600.0
     prior_budget = prior.time_budget_s or 600.0
     if probe:
-        try:
+        try:  # a short timing of real training steps on the chosen device
             from distill.training.prior_train import speed_probe
 
             tokens = report.total_seconds * report.audio_config.frames_per_second / vq.downsample * vq.num_quantizers
@@ -185,7 +196,7 @@ def run_pipeline(
                              "options": asdict(options), "versions": versions()})
     try:
         _run_stages(source, run_dir, options, log, stop, stage_seconds, summary)
-    except DatasetError as exc:
+    except (DatasetError, SettingsError) as exc:
         return _finish(run_dir, log, summary, stage_seconds, "failed", str(exc))
     except MemoryError:
         return _finish(run_dir, log, summary, stage_seconds, "failed",
@@ -226,6 +237,10 @@ def _run_stages(source, run_dir: Path, options: TrainOptions, log: EventLog, sto
 
     report = scan_dataset(source, audio_cfg, cache_dir=options.cache_dir, progress=progress)
     plan = plan_training(report, options)
+    if "error" in plan.tier_card.get("memory", {}):
+        from distill.resources import SettingsError
+
+        raise SettingsError(plan.tier_card["memory"]["error"])
     vq_cfg, prior_cfg = plan.vqvae_config, plan.prior_config
     dataset = report.dataset(vq_cfg.val_fraction, seed=options.seed)
     counts = report.counts()
