@@ -246,3 +246,33 @@ def versions() -> dict:
 
 def configs_dict(audio: AudioConfig, vq: VQVAEConfig, prior: PriorConfig | None) -> dict:
     return {"audio_config": asdict(audio), "vqvae_config": asdict(vq), "prior_config": asdict(prior) if prior else None}
+
+
+def recover_workspace(workspace: str | os.PathLike) -> dict:
+    """At app start-up (no job can be running yet): mark runs left 'running' by a crash as
+    'interrupted', and delete temp files that killed writers left behind (they are never read)."""
+    root = runs_root(workspace)
+    marked, swept = 0, 0
+    if not root.is_dir():
+        return {"interrupted": 0, "temp_files_removed": 0}
+    for d in root.iterdir():
+        if not d.is_dir():
+            continue
+        for tmp in list(d.glob(".*.tmp")) + list((d / "samples").glob(".*.tmp")):
+            try:
+                tmp.unlink()
+                swept += 1
+            except OSError:
+                pass
+        try:
+            m = read_manifest(d)
+        except UnsafeFileError:
+            continue
+        if m.get("status") == "running":
+            try:
+                update_manifest(d, status="interrupted",
+                                message="The app stopped while this run was training; finished stages were kept.")
+                marked += 1
+            except OSError:
+                pass
+    return {"interrupted": marked, "temp_files_removed": swept}
