@@ -99,6 +99,7 @@ def list_runs(workspace: str | os.PathLike) -> list[dict]:
             continue
         try:
             m = read_manifest(d)
+            run_configs(m)
         except UnsafeFileError as exc:
             out.append({"id": d.name, "path": str(d), "status": "unreadable", "problem": str(exc)})
             continue

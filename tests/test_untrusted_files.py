@@ -1,0 +1,156 @@
+"""Untrusted model files: loading never unpickles, and hostile or malformed files are refused with a
+clear message before any large allocation."""
+import io
+import json
+import pickle
+import tracemalloc
+import zipfile
+
+import pytest
+import torch
+
+from distill.bundle import export_run, import_run
+from distill.config import AudioConfig, PriorConfig, VQVAEConfig
+from distill.models.vqvae import ConvVQVAE
+from distill.runs import (
+    build_prior, configs_dict, list_runs, load_codes, load_prior, load_vqvae, read_manifest, save_codes, save_prior,
+    save_vqvae, write_manifest,
+)
+from distill.storage import UnsafeFileError, save_tensors
+
+
+class Boom:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/distill-pwned",))
+
+
+@pytest.fixture
+def run(tmp_path):
+    run = tmp_path / "ws" / "runs" / "r"
+    run.mkdir(parents=True)
+    vq = VQVAEConfig(hidden_channels=32, codebook_dim=16, codebook_size=16, num_quantizers=2)
+    prior = PriorConfig(hidden_size=32, num_layers=1, num_heads=2, context_steps=8)
+    write_manifest(run, {"id": "r", "status": "done", **configs_dict(AudioConfig(n_mels=32), vq, prior)})
+    save_vqvae(run, ConvVQVAE(32, vq))
+    save_prior(run, build_prior(vq, prior))
+    save_codes(run, ["a.wav", "b.wav"], [torch.zeros(4, 2, dtype=torch.long), torch.ones(6, 2, dtype=torch.long)])
+    return run
+
+
+def test_pickle_payload_is_never_unpickled(run, tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"state": Boom()})
+    for name in ("vqvae.safetensors", "prior.safetensors", "codes.safetensors"):
+        (run / name).write_bytes(payload)
+    for loader in (load_vqvae, load_prior, load_codes):
+        with pytest.raises(UnsafeFileError, match="not a safetensors file|cannot be read"):
+            loader(run)
+    assert not marker.exists()
+    import os
+
+    assert not os.path.exists("/tmp/distill-pwned")
+
+
+def test_wrong_shapes_and_dtypes_are_refused(run):
+    model = load_vqvae(run)
+    state = model.state_dict()
+    name = next(k for k, v in state.items() if v.dtype == torch.float32 and v.ndim >= 2)
+    bad = dict(state)
+    bad[name] = torch.zeros(3, 3)
+    save_tensors(run / "vqvae.safetensors", bad)
+    with pytest.raises(UnsafeFileError, match=f"tensor '{name}'"):
+        load_vqvae(run)
+    bad[name] = state[name].to(torch.float64)
+    save_tensors(run / "vqvae.safetensors", bad)
+    with pytest.raises(UnsafeFileError, match="F64"):
+        load_vqvae(run)
+    missing = dict(state)
+    missing.pop(name)
+    save_tensors(run / "vqvae.safetensors", missing)
+    with pytest.raises(UnsafeFileError, match="missing"):
+        load_vqvae(run)
+
+
+def test_absurd_manifest_sizes_refused_before_allocation(run):
+    manifest = read_manifest(run)
+    for section, key, value in [("vqvae_config", "codebook_size", 10**9), ("prior_config", "hidden_size", 10**6),
+                                ("prior_config", "num_layers", 10**5), ("audio_config", "n_mels", 10**7),
+                                ("vqvae_config", "hidden_channels", -1)]:
+        hostile = json.loads(json.dumps(manifest))
+        hostile[section][key] = value
+        write_manifest(run, hostile)
+        tracemalloc.start()
+        with pytest.raises(UnsafeFileError, match="outside the sane range"):
+            load_vqvae(run) if section != "prior_config" else load_prior(run)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 50 * 1024**2, f"{key}={value}: allocated {peak} bytes before refusing"
+
+
+def test_malformed_manifests_refused(run):
+    (run / "manifest.json").write_text("{not json")
+    with pytest.raises(UnsafeFileError, match="not valid JSON"):
+        read_manifest(run)
+    (run / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(UnsafeFileError, match="not a Distill run"):
+        read_manifest(run)
+    (run / "manifest.json").write_text(json.dumps({"format": "distill-run", "vqvae_config": {"codebook_size": "64"}}))
+    with pytest.raises(UnsafeFileError, match="invalid"):
+        load_vqvae(run)
+    (run / "manifest.json").write_text(json.dumps({"format": "distill-run", "vqvae_config": {"__class__": 1}}))
+    with pytest.raises(UnsafeFileError, match="unknown settings"):
+        load_vqvae(run)
+    assert list_runs(run.parent.parent)[0]["status"] == "unreadable"
+
+
+def test_codes_out_of_range_refused(run):
+    save_codes(run, ["a.wav"], [torch.full((4, 2), 999)])
+    with pytest.raises(UnsafeFileError, match="does not fit"):
+        load_codes(run)
+
+
+def test_bundle_round_trip(run, tmp_path):
+    bundle = export_run(run, tmp_path / "r.distill.zip")
+    imported = import_run(bundle, tmp_path / "other_ws")
+    assert imported.parent == tmp_path / "other_ws" / "runs"
+    a, b = load_vqvae(run), load_vqvae(imported)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert load_codes(imported).keys() == load_codes(run).keys()
+
+
+def _zip(path, members: dict, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_hostile_bundles_refused_and_nothing_left_behind(run, tmp_path):
+    ws = tmp_path / "ws2"
+    manifest = (run / "manifest.json").read_bytes()
+    cases = {
+        "escape": ({"manifest.json": manifest, "../../evil.txt": b"x"}, "not part of a Distill run"),
+        "absolute": ({"manifest.json": manifest, "/etc/cron.d/evil": b"x"}, "not part of a Distill run"),
+        "unknown": ({"manifest.json": manifest, "run.py": b"import os"}, "not part of a Distill run"),
+        "sample-escape": ({"manifest.json": manifest, "samples/../../x.wav": b"x"}, "not part of a Distill run"),
+        "no-manifest": ({"vqvae.safetensors": b"x"}, "no manifest"),
+        "pickle": ({"manifest.json": manifest, "vqvae.safetensors": pickle.dumps(Boom())}, "not a safetensors file"),
+    }
+    for label, (members, message) in cases.items():
+        with pytest.raises(UnsafeFileError, match=message):
+            import_run(_zip(tmp_path / f"{label}.zip", members), ws)
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", manifest)
+        zf.writestr("metrics.jsonl", b"\0" * (50 * 1024**2))
+    (tmp_path / "bomb.zip").write_bytes(bomb.getvalue())
+    with pytest.raises(UnsafeFileError, match="zip bomb"):
+        import_run(tmp_path / "bomb.zip", ws)
+    (tmp_path / "notzip.zip").write_bytes(b"garbage")
+    with pytest.raises(UnsafeFileError, match="not a Distill run bundle"):
+        import_run(tmp_path / "notzip.zip", ws)
+    assert not (tmp_path / "evil.txt").exists()
+    leftovers = list((ws / "runs").iterdir()) if (ws / "runs").exists() else []
+    assert leftovers == [], leftovers
