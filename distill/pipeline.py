@@ -6,6 +6,7 @@ what finished is kept.
 """
 from __future__ import annotations
 
+import errno
 import threading
 import time
 import traceback
@@ -201,6 +202,13 @@ def run_pipeline(
     except MemoryError:
         return _finish(run_dir, log, summary, stage_seconds, "failed",
                        "Ran out of memory. Try the quick preset, fewer levels or a smaller model.")
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _finish(run_dir, log, summary, stage_seconds, "failed",
+                           f"The disk is full, so training stopped while saving. Files saved before were kept "
+                           f"intact. Free some space on the drive holding {run_dir.parent}, then train again.")
+        log({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]})
+        return _finish(run_dir, log, summary, stage_seconds, "failed", f"Training failed while reading or writing files: {exc}")
     except Exception as exc:  # reported in words, with the trace kept in metrics for bug reports
         log({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]})
         return _finish(run_dir, log, summary, stage_seconds, "failed", f"Training failed: {type(exc).__name__}: {exc}")
