@@ -21,6 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# One CPU thread while sampling: each token is a chain of tiny ops, where a second thread costs more
+# in synchronisation than it saves (on a busy 2-core machine, over 10x more).
+SAMPLING_THREADS = 1
+
 # --- code layout -----------------------------------------------------------------------------
 
 
@@ -182,9 +186,10 @@ class CodePrior(nn.Module):
         followed by the new tokens, so new token i sits on level (P + i) % Q.
         temperature <= 0 or top_k == 1: greedy. top_k > 0 keeps the k most likely codes; top_p < 1
         keeps the smallest set whose probability reaches top_p (always at least one code).
-        Each new token runs one cached step. When the window (seq_len positions, the first being
-        the start token) is full, it slides: the cache is rebuilt from the most recent ~3/4 window,
-        starting on a level-0 token with positions restarting at 0, exactly as a training window.
+        Each new token runs one cached step (on one CPU thread, SAMPLING_THREADS). When the window
+        (seq_len positions, the first being the start token) is full, it slides: the cache is
+        rebuilt from the most recent ~3/4 window, starting on a level-0 token with positions
+        restarting at 0, exactly like a training window.
         With return_logits=True also returns (logits[n_tokens, K] used for each token, before
         temperature/filtering, and window_starts LongTensor[n_tokens]: the stream index each
         token's window began at) so tests can compare against `forward`.
@@ -192,72 +197,83 @@ class CodePrior(nn.Module):
         if n_tokens < 0:
             raise ValueError("n_tokens must be >= 0")
         was_training = self.training
+        threads = torch.get_num_threads()
+        on_cpu = self.head.weight.device.type == "cpu"
         self.eval()
         try:
+            if on_cpu and threads != SAMPLING_THREADS:
+                torch.set_num_threads(SAMPLING_THREADS)  # per calling thread under OpenMP
             return self._generate(n_tokens, temperature, top_k, top_p, prompt, generator, return_logits)
         finally:
+            if on_cpu and threads != SAMPLING_THREADS:
+                torch.set_num_threads(threads)
             self.train(was_training)
 
     def _generate(self, n_tokens, temperature, top_k, top_p, prompt, generator, return_logits):
         dev = self.head.weight.device
-        q_levels, s = self.num_quantizers, self.seq_len
+        q_levels, s, k_size = self.num_quantizers, self.seq_len, self.codebook_size
         nh = self.num_heads
         hd = self.hidden_size // nh
         greedy = temperature <= 0 or top_k == 1
-        if top_k >= self.codebook_size:
-            top_k = 0
+        top_k = 0 if top_k >= k_size else max(0, int(top_k))
 
         p_len = 0 if prompt is None else int(prompt.shape[-1])
-        stream = torch.empty(p_len + n_tokens, dtype=torch.long, device=dev)  # prompt + new tokens
+        # the stream (prompt + new tokens) as a list of LongTensor[1]: appending costs no torch op
         if p_len:
-            stream[:p_len] = prompt.reshape(-1).to(dev)
-        logits_out = torch.empty(n_tokens, self.codebook_size, device=dev) if return_logits else None
+            prompt = prompt.reshape(-1, 1).to(dev, torch.long)
+            if int(prompt.min()) < 0 or int(prompt.max()) >= k_size:
+                raise ValueError(f"prompt codes must lie in 0..{k_size - 1}")
+        toks = list(prompt.unbind(0)) if p_len else []
+        logits_out = torch.empty(n_tokens, k_size, device=dev) if return_logits else None
         starts_out = torch.empty(n_tokens, dtype=torch.long) if return_logits else None
         if n_tokens == 0:
-            out = stream[p_len:].unsqueeze(0)
+            out = torch.empty(1, 0, dtype=torch.long, device=dev)
             return (out, logits_out, starts_out) if return_logits else out
 
-        # Preallocated cache [L, 2, 1, heads, S, D]; positions/level embeddings tabled once.
+        # Preallocated cache: per layer [2 (k, v), 1, heads, S, D] (4-D k/v keep CPU SDPA on its fused
+        # kernel). Weights pre-transposed to [in, out]: one-row matmuls run faster on CPU that way.
         cache = torch.zeros(self.num_layers, 2, 1, nh, s, hd, device=dev)
-        pe = self._position_table(s)  # [S, H]
+        pe = self._position_table(s).unbind(0)  # S x [H]: position + level embedding
         tok_w = self.token_emb.weight
         keep = max(q_levels, ((3 * s) // 4) // q_levels * q_levels)  # context kept after a slide
-        params = [
+        layers = [
             (
-                b.ln1.weight, b.ln1.bias, b.qkv.weight, b.qkv.bias, b.proj.weight, b.proj.bias,
-                b.ln2.weight, b.ln2.bias, b.fc.weight, b.fc.bias, b.out.weight, b.out.bias,
+                b.ln1.weight, b.ln1.bias, b.qkv.weight.t().contiguous(), b.qkv.bias,
+                b.proj.weight.t().contiguous(), b.proj.bias, b.ln2.weight, b.ln2.bias,
+                b.fc.weight.t().contiguous(), b.fc.bias, b.out.weight.t().contiguous(), b.out.bias,
+                cache[li], cache[li, 0], cache[li, 1],
             )
-            for b in self.blocks
+            for li, b in enumerate(self.blocks)
         ]
         hsz = (self.hidden_size,)
-        lnf_w, lnf_b, head_w, head_b = self.ln_f.weight, self.ln_f.bias, self.head.weight, self.head.bias
+        lnf_w, lnf_b = self.ln_f.weight, self.ln_f.bias
+        head_wt, head_b = self.head.weight.t().contiguous(), self.head.bias
+        layer_norm, addmm, sdpa = F.layer_norm, torch.addmm, F.scaled_dot_product_attention
 
         def prime(w0: int, n: int) -> torch.Tensor:
-            # Fill cache positions 0..n-w0 from [start, stream[w0:n]]; return logits for token n.
+            # Fill cache positions 0..n-w0 from [start, stream[w0:n]]; return logits [K] for token n.
             t = n - w0 + 1
-            x = torch.cat([self.start_emb.view(1, 1, -1), tok_w[stream[w0:n]].unsqueeze(0)], 1) + pe[:t]
+            prev = self.token_emb(torch.cat(toks[w0:n])) if n > w0 else tok_w[:0]
+            x = (torch.cat([self.start_emb.view(1, -1), prev]) + torch.stack(pe[:t])).unsqueeze(0)
             for li, blk in enumerate(self.blocks):
-                hh = blk.ln1(x)
-                qkv = blk.qkv(hh).view(1, t, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, 1, nh, t, hd]
+                qkv = blk.qkv(blk.ln1(x)).view(1, t, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, 1, nh, t, hd]
                 cache[li, :, :, :, :t] = qkv[1:]
-                a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+                a = sdpa(qkv[0], qkv[1], qkv[2], is_causal=True)  # [1, nh, t, hd]
                 x = x + blk.proj(a.transpose(1, 2).reshape(1, t, -1))
                 x = x + blk.out(F.gelu(blk.fc(blk.ln2(x))))
-            return self.head(self.ln_f(x[:, -1]))[0]  # [K]
+            return self.head(self.ln_f(x[0, -1]))
 
         w0 = 0
         if p_len > s - 1:  # a long prompt: start from its last part, on a level-0 token
             w0 = -(-(p_len - keep) // q_levels) * q_levels
         logits = prime(w0, p_len)
-        n = p_len
-        end = p_len + n_tokens
+        n, end = p_len, p_len + n_tokens
         while True:
-            i = n - p_len
             if return_logits:
-                logits_out[i] = logits
-                starts_out[i] = w0
-            tok = self._pick(logits, greedy, temperature, top_k, top_p, generator)  # [1] long
-            stream[n : n + 1] = tok
+                logits_out[n - p_len] = logits
+                starts_out[n - p_len] = w0
+            tok = self._pick(logits, greedy, temperature, top_k, top_p, generator)  # LongTensor[1]
+            toks.append(tok)
             n += 1
             if n == end:
                 break
@@ -266,20 +282,16 @@ class CodePrior(nn.Module):
                 w0 = -(-(n - keep) // q_levels) * q_levels
                 logits = prime(w0, n)
                 continue
-            # one cached step at position `pos` for input token stream[n-1]
-            x = (tok_w[tok] + pe[pos]).view(1, 1, -1)  # [1, 1, H]
-            for li, (l1w, l1b, qw, qb, pw, pb, l2w, l2b, fw, fb, ow, ob) in enumerate(params):
-                qkv = F.linear(F.layer_norm(x, hsz, l1w, l1b), qw, qb).view(1, 1, 3, nh, hd).transpose(1, 3)
-                # qkv: [1, nh, 3, 1, hd]; write k, v into slot `pos`
-                kv = cache[li]
-                kv[:, :, :, pos : pos + 1] = qkv[:, :, 1:].permute(2, 0, 1, 3, 4)
-                a = F.scaled_dot_product_attention(
-                    qkv[:, :, 0], kv[0, :, :, : pos + 1], kv[1, :, :, : pos + 1]
-                )  # [1, nh, 1, hd]
-                x = x + F.linear(a.reshape(1, 1, -1), pw, pb)
-                x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, hsz, l2w, l2b), fw, fb)), ow, ob)
-            logits = F.linear(F.layer_norm(x.view(1, -1), hsz, lnf_w, lnf_b), head_w, head_b)[0]
-        out = stream[p_len:].unsqueeze(0)
+            # one cached step: input token stream[n-1] at window position `pos`
+            x = tok_w[tok] + pe[pos]  # [1, H]
+            for l1w, l1b, qw, qb, pw, pb, l2w, l2b, fw, fb, ow, ob, kv, kc, vc in layers:
+                qkv = addmm(qb, layer_norm(x, hsz, l1w, l1b), qw).view(3, 1, nh, 1, hd)
+                kv.narrow(3, pos, 1).copy_(qkv[1:])
+                a = sdpa(qkv[0], kc.narrow(2, 0, pos + 1), vc.narrow(2, 0, pos + 1))  # [1, nh, 1, hd]
+                x = x + addmm(pb, a.view(1, -1), pw)
+                x = x + addmm(ob, F.gelu(addmm(fb, layer_norm(x, hsz, l2w, l2b), fw)), ow)
+            logits = addmm(head_b, layer_norm(x, hsz, lnf_w, lnf_b), head_wt)[0]
+        out = torch.cat(toks[p_len:]).unsqueeze(0)
         return (out, logits_out, starts_out) if return_logits else out
 
     @staticmethod
@@ -287,14 +299,17 @@ class CodePrior(nn.Module):
         # logits: [K] -> LongTensor[1]
         if greedy:
             return logits.argmax().view(1)
-        logits = logits / temperature
         if top_k > 0:
             kth = torch.topk(logits, top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, -1)
+        probs = torch.softmax(logits / temperature, -1)
         if top_p < 1.0:
             probs = nucleus(probs, top_p)
-        return torch.multinomial(probs, 1, generator=generator)
+        # inverse-CDF draw (cheaper per token than torch.multinomial); side="right" never lands
+        # on a zero-probability code
+        cdf = probs.cumsum(0)
+        u = torch.rand(1, generator=generator, device=probs.device) * cdf[-1]
+        return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[0] - 1)
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:

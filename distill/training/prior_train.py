@@ -1,0 +1,423 @@
+"""Train the CodePrior on per-file code sequences, watching for memorisation.
+
+Data: one LongTensor[T', Q] of codes per file, flattened position-major. Training windows hold
+`config.context_steps * Q` tokens and always start on a level-0 token; a file shorter than a window
+is used whole (padded, with the padding masked out of the loss). Files are drawn in proportion to
+their length, so an epoch (enough windows to cover the training tokens once) sees every part of the
+material about equally. The split is by file (the VQ-VAE's), so validation loss means "new material".
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from distill.config import PriorConfig
+from distill.device import resolve_device
+from distill.models.prior import CodePrior
+
+EVAL_MAX_TOKENS = 8_192  # tokens per split scored at each evaluation (a fixed, evenly spread subset)
+MEMORISE_CHECKS = 3  # evaluations without a new best, with train loss still falling, before warning
+GAP_RATIO = 2.0  # warn when validation perplexity passes this many times the training perplexity
+MAX_BAD_STEPS = 5  # consecutive non-finite losses before giving up
+MIN_LR_FRACTION = 0.1  # cosine decay floor, as a fraction of the peak learning rate
+
+
+@dataclass
+class PriorTrainResult:
+    model: CodePrior  # best-validation weights, eval mode
+    best_val_loss: float  # nats per token on the validation files
+    best_step: int
+    final_train_loss: float | None  # last optimiser step's loss (with dropout), nats per token
+    history: list[dict] = field(default_factory=list)  # the "eval" events
+    steps: int = 0
+    seconds: float = 0.0
+    stop_reason: str = "completed"  # completed | early_stop | time_budget | stopped | non_finite
+    message: str = ""  # one plain sentence on how training ended
+    memorisation_warning: str | None = None
+
+
+@dataclass
+class PriorPlan:
+    seq_len: int  # tokens per training window
+    steps_per_epoch: int
+    total_steps: int  # max_epochs worth; the time budget may end training sooner
+    warmup_steps: int
+    eval_interval: int  # optimiser steps between evaluations
+
+
+def plan_prior_training(config: PriorConfig, num_quantizers: int, train_tokens: int) -> PriorPlan:
+    """Steps per epoch and overall, from the token count of the training files."""
+    seq_len = config.context_steps * num_quantizers
+    windows = max(1, math.ceil(train_tokens / seq_len))
+    per_epoch = max(1, math.ceil(windows / max(1, config.batch_size)))
+    total = per_epoch * max(1, config.max_epochs)
+    warmup = max(1, min(config.warmup_steps, total // 10))
+    interval = max(1, min(config.eval_every, per_epoch))
+    return PriorPlan(seq_len, per_epoch, total, warmup, interval)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+class _Windows:
+    """All files' flattened tokens in one tensor, and level-aligned window sampling from it."""
+
+    def __init__(self, flats: list[torch.Tensor], num_quantizers: int, seq_len: int):
+        self.q = num_quantizers
+        self.seq_len = seq_len
+        self.tokens = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.long)
+        lengths = torch.tensor([len(f) for f in flats], dtype=torch.long)
+        self.lengths = lengths
+        self.offsets = torch.cumsum(lengths, 0) - lengths
+        # last level-0 start that still fits a whole window (0 for short files)
+        self.max_start_step = ((lengths - seq_len).clamp(min=0)) // num_quantizers
+        self.weights = lengths.double()
+
+    @property
+    def total(self) -> int:
+        return int(self.lengths.sum())
+
+    def gather(self, files: torch.Tensor, start_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """files, start_tokens: [B] -> (inputs [B, S] long, targets [B, S] with -100 on padding)."""
+        span = torch.arange(self.seq_len)
+        local = start_tokens[:, None] + span  # [B, S] index within each file
+        valid = local < self.lengths[files][:, None]
+        idx = (self.offsets[files][:, None] + local).clamp(max=max(0, len(self.tokens) - 1))
+        x = torch.where(valid, self.tokens[idx], torch.zeros((), dtype=torch.long))
+        y = torch.where(valid, x, torch.full((), -100, dtype=torch.long))
+        width = int(valid.sum(1).max())  # trim columns that are padding in every row
+        return x[:, :width], y[:, :width]
+
+    def sample(self, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        files = torch.multinomial(self.weights, batch, replacement=True, generator=gen)
+        steps = (torch.rand(batch, generator=gen, dtype=torch.float64) * (self.max_start_step[files] + 1).double()).long()
+        return self.gather(files, steps * self.q)
+
+    def tiles(self, max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Non-overlapping windows covering every token once (each file tiled from its start).
+        With max_tokens, an evenly spread fixed subset of about that many tokens."""
+        files, starts = [], []
+        for f, n in enumerate(self.lengths.tolist()):
+            for s in range(0, n, self.seq_len):
+                files.append(f)
+                starts.append(s)
+        files_t, starts_t = torch.tensor(files, dtype=torch.long), torch.tensor(starts, dtype=torch.long)
+        if max_tokens is not None and len(files) * self.seq_len > max_tokens:
+            k = max(1, max_tokens // self.seq_len)
+            pick = torch.linspace(0, len(files) - 1, k).round().long().unique()
+            files_t, starts_t = files_t[pick], starts_t[pick]
+        return files_t, starts_t
+
+
+def _flatten_file(codes: torch.Tensor) -> torch.Tensor:
+    if codes.dim() != 2:
+        raise ValueError(f"each file's codes must be [T', Q], got shape {tuple(codes.shape)}")
+    return codes.reshape(-1).long()
+
+
+@torch.no_grad()
+def _mean_loss(model: CodePrior, data: _Windows, files, starts, device, batch: int) -> float:
+    """Mean cross-entropy (nats/token) over the given windows, eval mode."""
+    total, count = 0.0, 0
+    for i in range(0, len(files), batch):
+        x, y = data.gather(files[i : i + batch], starts[i : i + batch])
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum"))
+        count += int((y != -100).sum())
+    return total / max(1, count)
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def _optimizer(model: torch.nn.Module, config: PriorConfig, device: torch.device) -> torch.optim.AdamW:
+    # weight decay on matrices only (not biases, norms, or the start vector)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95), fused=device.type in ("cpu", "cuda"))
+    except (RuntimeError, TypeError):  # a backend without the fused kernel
+        return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95))
+
+
+def _lr(config: PriorConfig, plan: PriorPlan, step: int, elapsed: float) -> float:
+    """Linear warm-up, then cosine decay over the run's progress: planned steps or time budget,
+    whichever is further along (so a time-limited run still ends its schedule near the floor)."""
+    if step < plan.warmup_steps:
+        return config.learning_rate * ((step + 1) / plan.warmup_steps)
+    progress = step / plan.total_steps
+    if config.time_budget_s:
+        progress = max(progress, elapsed / config.time_budget_s)
+    progress = min(1.0, progress)
+    floor = MIN_LR_FRACTION * config.learning_rate
+    return floor + (config.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _safe(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _ppl(loss: float) -> float | None:
+    return math.exp(loss) if math.isfinite(loss) and loss < 50 else None
+
+
+def memorisation_message(checks: int, best_step: int) -> str:
+    return (
+        "The model is starting to memorise your files rather than learn their general sound: "
+        f"its predictions for the held-back files have got worse over the last {checks} checks, while "
+        f"those for the training files keep improving. Keeping the best version, from step {best_step}."
+    )
+
+
+def gap_message(ratio: float, best_step: int) -> str:
+    return (
+        "The model now predicts your training files much better than the held-back ones "
+        f"(about {ratio:.1f}× more uncertain on new material), a sign it is memorising rather than "
+        f"generalising. Keeping the best version on held-back files, from step {best_step}."
+    )
+
+
+def train_prior(
+    codes: list[torch.Tensor],
+    config: PriorConfig,
+    codebook_size: int,
+    train_index: list[int],
+    val_index: list[int],
+    callbacks=None,
+    stop=None,
+) -> PriorTrainResult:
+    """Train a CodePrior on `codes` (one LongTensor[T', Q] per file) and return the best-validation
+    model. With no validation files, the training files stand in (nothing is held out then)."""
+    callbacks = list(callbacks or [])
+
+    def emit(kind: str, **payload) -> None:
+        event = {"stage": "prior", "kind": kind, **payload}
+        for cb in callbacks:
+            cb(event)
+
+    if not codes:
+        raise ValueError("no code sequences to train the prior on")
+    q = int(codes[0].shape[-1])
+    train_flats = [_flatten_file(codes[i]) for i in train_index if codes[i].numel()]
+    val_flats = [_flatten_file(codes[i]) for i in val_index if codes[i].numel()]
+    if not train_flats:
+        raise ValueError("the training split has no codes")
+    for f in train_flats + val_flats:
+        if int(f.min()) < 0 or int(f.max()) >= codebook_size:
+            raise ValueError(f"codes outside 0..{codebook_size - 1}")
+    held_out = bool(val_flats)
+    if not held_out:
+        val_flats = train_flats
+
+    device = resolve_device(config.device)
+    plan = plan_prior_training(config, q, sum(len(f) for f in train_flats))
+    train_data = _Windows(train_flats, q, plan.seq_len)
+    val_data = _Windows(val_flats, q, plan.seq_len)
+    val_eval = val_data.tiles(EVAL_MAX_TOKENS)
+    train_eval = train_data.tiles(EVAL_MAX_TOKENS)
+    eval_batch = max(1, config.batch_size)
+
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    model = CodePrior(
+        codebook_size, plan.seq_len, q, config.hidden_size, config.num_layers, config.num_heads, config.dropout
+    ).to(device)
+    opt = _optimizer(model, config, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    emit(
+        "info",
+        message=f"Training the code model ({n_params / 1e6:.2f} M parameters) on {train_data.total} codes "
+        f"from {len(train_flats)} files; "
+        + (f"checking on {val_data.total} codes from {len(val_flats)} held-back files." if held_out
+           else "no files are held back, so memorisation cannot be measured."),
+        params=n_params, train_tokens=train_data.total, val_tokens=val_data.total, seq_len=plan.seq_len,
+        steps_per_epoch=plan.steps_per_epoch, planned_steps=plan.total_steps, device=str(device),
+    )
+
+    history: list[dict] = []
+    best_val, best_step, best_state = math.inf, 0, None
+    since_best = 0
+    warned_memorise = warned_gap = False
+    warning_text: str | None = None
+    stop_reason, message = "completed", ""
+    bad_steps = 0
+    last_loss: float | None = None
+    step = 0
+    tps_ema: float | None = None
+    step_time_ema: float | None = None
+    eval_seconds = 0.0
+    last_eval_step = -1
+    t_start = time.perf_counter()
+
+    def evaluate(epoch: float) -> bool:
+        """Score both splits, track the best weights, check memorisation. True: early stop."""
+        nonlocal best_val, best_step, best_state, since_best, warned_memorise, warned_gap, warning_text
+        nonlocal eval_seconds, last_eval_step
+        t0 = time.perf_counter()
+        model.eval()
+        val_loss = _mean_loss(model, val_data, *val_eval, device, eval_batch)
+        train_loss = _mean_loss(model, train_data, *train_eval, device, eval_batch)
+        model.train()
+        eval_seconds += time.perf_counter() - t0
+        last_eval_step = step
+        improved = math.isfinite(val_loss) and val_loss < best_val - 1e-4
+        if improved:
+            best_val, best_step, since_best = val_loss, step, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+        gap = val_loss - train_loss
+        ratio = math.exp(min(50.0, gap)) if math.isfinite(gap) else math.inf
+        record = {
+            "step": step, "epoch": epoch, "train_loss": _safe(train_loss), "val_loss": _safe(val_loss),
+            "val_perplexity": _ppl(val_loss), "train_perplexity": _ppl(train_loss),
+            "gap": _safe(gap), "perplexity_ratio": _safe(ratio),
+            "best_val_loss": _safe(best_val), "best_step": best_step,
+        }
+        history.append(record)
+        emit("eval", **record)
+        # Memorisation: held-out score worse than its best for a few checks while training score falls
+        # (relative margins, so one noisy check does not count as a trend)
+        at_best = next((h for h in history if h["step"] == best_step), None)
+        train_falling = at_best is not None and at_best["train_loss"] is not None and train_loss < at_best["train_loss"] * 0.98
+        val_rising = val_loss > best_val * 1.01
+        if not warned_memorise and since_best >= MEMORISE_CHECKS and val_rising and train_falling:
+            warned_memorise = True
+            text = memorisation_message(since_best, best_step)
+            warning_text = warning_text or text
+            emit("warning", code="memorising", message=text, step=step, best_step=best_step)
+        # a large gap alone can be honest difference between files; warn once it stops improving too
+        if not warned_gap and ratio > GAP_RATIO and since_best >= 1 and step > plan.warmup_steps:
+            warned_gap = True
+            text = gap_message(ratio, best_step)
+            warning_text = warning_text or text
+            emit("warning", code="memorising_gap", message=text, step=step, best_step=best_step, ratio=_safe(ratio))
+        return since_best >= config.patience and step >= plan.warmup_steps
+
+    model.train()
+    done = False
+    while not done:
+        if stop is not None and stop.is_set():
+            stop_reason, message = "stopped", "Stopped; the best code model so far was kept."
+            break
+        t0 = time.perf_counter()
+        lr = _lr(config, plan, step, t0 - t_start)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = train_data.sample(config.batch_size, gen)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss_value = float(loss.detach())
+        grad_ok = False
+        if math.isfinite(loss_value):
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_norm)
+            grad_ok = bool(torch.isfinite(norm))
+        if not grad_ok:
+            bad_steps += 1
+            opt.zero_grad(set_to_none=True)
+            emit("warning", code="non_finite", step=step,
+                 message=f"Skipped a training step whose loss was not a number (step {step}).")
+            if bad_steps >= MAX_BAD_STEPS:
+                stop_reason = "non_finite"
+                message = (f"Training became numerically unstable ({MAX_BAD_STEPS} bad steps in a row) and was "
+                           "stopped; the last good version was kept. A lower learning rate may help.")
+                break
+            continue
+        bad_steps = 0
+        opt.step()
+        step += 1
+        last_loss = loss_value
+        dt = time.perf_counter() - t0
+        n_tok = int((y != -100).sum())
+        tps_ema = n_tok / dt if tps_ema is None else 0.8 * tps_ema + 0.2 * n_tok / dt
+        step_time_ema = dt if step_time_ema is None else 0.8 * step_time_ema + 0.2 * dt
+        elapsed = time.perf_counter() - t_start
+        eval_per_step = eval_seconds / max(1, len(history)) / plan.eval_interval
+        eta = (plan.total_steps - step) * (step_time_ema + eval_per_step)
+        if config.time_budget_s:
+            eta = min(eta, max(0.0, config.time_budget_s - elapsed))
+        epoch = round(step / plan.steps_per_epoch, 3)  # passes over the training codes so far
+        emit("step", step=step, epoch=epoch, loss=loss_value, lr=lr, tokens_per_s=round(tps_ema, 1), eta_s=round(eta, 1))
+
+        epoch_end = step % plan.steps_per_epoch == 0
+        if step % plan.eval_interval == 0 or epoch_end:
+            if evaluate(epoch):
+                stop_reason = "early_stop"
+                message = (f"Stopped early: the held-back files stopped improving {config.patience} checks ago; "
+                           f"keeping the best version, from step {best_step}.")
+                break
+        if step >= plan.total_steps:
+            stop_reason, message = "completed", f"Finished all {config.max_epochs} passes over the material."
+            break
+        if config.time_budget_s and time.perf_counter() - t_start >= config.time_budget_s:
+            stop_reason, message = "time_budget", "Used the whole time budget; keeping the best version."
+            break
+
+    if step > 0 and last_eval_step != step:
+        evaluate(round(step / plan.steps_per_epoch, 3))
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    seconds = time.perf_counter() - t_start
+    if not message:
+        message = "Stopped before any training step." if step == 0 else "Training finished."
+    emit("info", message=message, stop_reason=stop_reason, steps=step, seconds=round(seconds, 2),
+         best_val_loss=_safe(best_val), best_step=best_step)
+    return PriorTrainResult(
+        model=model, best_val_loss=best_val, best_step=best_step, final_train_loss=last_loss, history=history,
+        steps=step, seconds=seconds, stop_reason=stop_reason, message=message, memorisation_warning=warning_text,
+    )
+
+
+# --- speed probe -----------------------------------------------------------------------------
+
+
+def speed_probe(config: PriorConfig, codebook_size: int, num_quantizers: int, device="auto", seconds: float = 2.0) -> float:
+    """Training tokens per second for this config on this device, from a short run on random codes
+    (one warm-up step, then timed steps until `seconds` pass). Leaves the global RNG as it was.
+    The batch is capped (4 windows, 1 for hidden sizes over 256) so even the largest tier answers
+    within seconds on a CPU; small batches read slightly slow, so the ETA errs long."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device or config.device)
+    seq_len = config.context_steps * num_quantizers
+    batch = max(1, min(4 if config.hidden_size <= 256 else 1, config.batch_size))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CodePrior(codebook_size, seq_len, num_quantizers, config.hidden_size, config.num_layers,
+                          config.num_heads, config.dropout).to(dev).train()
+        opt = _optimizer(model, config, dev)
+        x = torch.randint(0, codebook_size, (batch, seq_len), device=dev)
+
+        def one_step() -> None:
+            logits = model(x)
+            loss = F.cross_entropy(logits.reshape(-1, codebook_size), x.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_norm)
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        one_step()
+        n, t0 = 0, time.perf_counter()
+        while True:
+            one_step()
+            n += 1
+            if time.perf_counter() - t0 >= seconds:
+                break
+        return n * batch * seq_len / (time.perf_counter() - t0)
+
+
+def estimate_training_seconds(config: PriorConfig, num_quantizers: int, train_tokens: int, tokens_per_s: float) -> float:
+    """Expected wall time: all planned steps at the probed speed, capped by the time budget."""
+    plan = plan_prior_training(config, num_quantizers, train_tokens)
+    seconds = plan.total_steps * config.batch_size * plan.seq_len / max(tokens_per_s, 1e-9)
+    return min(seconds, config.time_budget_s) if config.time_budget_s else seconds

@@ -1,0 +1,195 @@
+"""CodePrior: code layout, causality, the cached sampler against the full forward, sampling controls."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.models.prior import (
+    CodePrior,
+    estimate_prior_memory_bytes,
+    flatten_codes,
+    nucleus,
+    prior_param_count,
+    unflatten_codes,
+)
+from distill.config import PriorConfig
+from distill.storage import load_tensors, save_tensors, tensor_spec
+
+K, Q = 16, 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models: a second thread only adds sync overhead on a shared 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(seq_len: int = 24, layers: int = 2, seed: int = 0) -> CodePrior:
+    torch.manual_seed(seed)
+    m = CodePrior(K, seq_len, Q, hidden_size=32, num_layers=layers, num_heads=4, dropout=0.1).eval()
+    # random (not init-sized) weights so every path matters numerically
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    return m
+
+
+def test_flatten_round_trip_and_layout():
+    codes = torch.randint(0, 100, (3, 7, 4))
+    flat = flatten_codes(codes)
+    assert flat.shape == (3, 28)
+    # position-major: step 0's levels first
+    assert flat[1, :4].tolist() == codes[1, 0].tolist()
+    assert flat[1, 4:8].tolist() == codes[1, 1].tolist()
+    assert torch.equal(unflatten_codes(flat, 4), codes)
+    assert torch.equal(flatten_codes(unflatten_codes(flat, 4)), flat)
+    with pytest.raises(ValueError):
+        unflatten_codes(flat[:, :27], 4)
+
+
+def test_forward_shapes_and_length_check():
+    m = tiny()
+    for t in (1, 5, 24):
+        assert m(torch.randint(0, K, (2, t))).shape == (2, t, K)
+    with pytest.raises(ValueError):
+        m(torch.randint(0, K, (1, 25)))
+    with pytest.raises(ValueError):
+        CodePrior(K, 25, Q)  # seq_len must be whole steps
+
+
+def test_causality_and_start_token():
+    m = tiny()
+    x = torch.randint(0, K, (1, 24))
+    base = m(x)
+    for t in (0, 5, 12, 23):
+        y = x.clone()
+        y[0, t] = (y[0, t] + 1) % K
+        out = m(y)
+        # logits at positions <= t do not depend on token t (it is what position t predicts)
+        assert torch.allclose(out[0, : t + 1], base[0, : t + 1], atol=1e-6)
+        if t < 23:
+            assert not torch.allclose(out[0, t + 1 :], base[0, t + 1 :], atol=1e-6)
+    # position 0 sees only the start token: identical for any input
+    other = m(torch.randint(0, K, (1, 3)))
+    assert torch.allclose(other[0, 0], base[0, 0], atol=1e-6)
+
+
+def _check_against_forward(m: CodePrior, tokens, logits, starts, prompt=None):
+    stream = tokens[0] if prompt is None else torch.cat([prompt[0], tokens[0]])
+    p = 0 if prompt is None else prompt.shape[1]
+    with torch.no_grad():
+        for i in range(tokens.shape[1]):
+            w0 = int(starts[i])
+            n = p + i
+            assert w0 % Q == 0 and n - w0 < m.seq_len
+            full = m(stream[w0 : n + 1].unsqueeze(0))[0, -1]
+            assert torch.allclose(full, logits[i], atol=1e-4), (i, (full - logits[i]).abs().max())
+
+
+def test_cache_matches_full_forward_every_step_including_slides():
+    m = tiny(seq_len=24)
+    g = torch.Generator().manual_seed(3)
+    tokens, logits, starts = m.generate(70, generator=g, return_logits=True)
+    assert tokens.shape == (1, 70) and tokens.dtype == torch.long
+    assert len(set(starts.tolist())) >= 3  # it slid more than once
+    _check_against_forward(m, tokens, logits, starts)
+
+
+@pytest.mark.parametrize("p_len", [4, 9, 40])  # not a whole step; whole steps; longer than the window
+def test_prompt_continues_given_codes(p_len):
+    m = tiny(seq_len=24)
+    prompt = torch.randint(0, K, (1, p_len), dtype=torch.int16)  # stored codes may be narrow ints
+    tokens, logits, starts = m.generate(20, prompt=prompt, generator=torch.Generator().manual_seed(0), return_logits=True)
+    assert tokens.shape == (1, 20)  # only the new tokens
+    _check_against_forward(m, tokens, logits, starts, prompt=prompt.long())
+    with pytest.raises(ValueError):
+        m.generate(3, prompt=torch.full((1, 3), K))
+
+
+def test_generation_far_past_window_and_zero_tokens():
+    m = tiny(seq_len=12)
+    out = m.generate(200, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 200) and int(out.min()) >= 0 and int(out.max()) < K
+    assert m.generate(0).shape == (1, 0)
+
+
+def test_greedy_paths_agree_and_follow_argmax():
+    m = tiny()
+    a, logits, _ = m.generate(30, temperature=0.0, return_logits=True)
+    b = m.generate(30, top_k=1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    assert torch.equal(a[0], logits.argmax(-1))
+
+
+def test_seed_reproducibility():
+    m = tiny()
+    a = m.generate(50, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(11))
+    b = m.generate(50, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(11))
+    c = m.generate(50, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(12))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_top_k_only_draws_from_the_k_best():
+    m = tiny()
+    tokens, logits, _ = m.generate(200, top_k=3, temperature=2.0, generator=torch.Generator().manual_seed(0), return_logits=True)
+    top3 = logits.topk(3, -1).indices
+    assert (top3 == tokens[0, :, None]).any(-1).all()
+    assert len(set(tokens[0].tolist())) > 3  # still random across steps
+
+
+def test_top_p_keeps_only_the_nucleus():
+    probs = torch.tensor([0.5, 0.05, 0.3, 0.15])
+    kept = nucleus(probs, 0.75)  # 0.5 + 0.3 reaches 0.75: only those two
+    assert torch.allclose(kept, torch.tensor([0.625, 0.0, 0.375, 0.0]))
+    assert torch.equal(nucleus(probs, 0.1) > 0, torch.tensor([True, False, False, False]))
+    assert torch.equal(nucleus(probs, 0.5) > 0, torch.tensor([True, False, False, False]))  # 0.5 reaches 0.5
+    assert torch.allclose(nucleus(probs, 1.0), probs)
+    # in the sampler: every draw lies in the step's nucleus
+    m = tiny()
+    tokens, logits, _ = m.generate(150, top_p=0.6, generator=torch.Generator().manual_seed(1), return_logits=True)
+    allowed = nucleus(torch.softmax(logits, -1), 0.6) > 0
+    assert allowed[torch.arange(150), tokens[0]].all()
+
+
+def test_temperature_sharpens():
+    m = tiny()
+    # a fixed prompt, many single draws: low temperature concentrates on the argmax
+    prompt = torch.randint(0, K, (1, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        best = int(m(torch.cat([prompt, prompt[:, :1]], 1))[0, -1].argmax())
+
+    def hit_rate(temp):
+        g = torch.Generator().manual_seed(0)
+        return sum(int(m.generate(1, temperature=temp, prompt=prompt, generator=g)) == best for _ in range(150)) / 150
+
+    cold, warm = hit_rate(0.2), hit_rate(3.0)
+    assert cold > 0.9 and cold > warm + 0.3
+
+
+def test_save_load_identical_logits(tmp_path):
+    m = tiny()
+    save_tensors(tmp_path / "prior.safetensors", m.state_dict())
+    fresh = CodePrior(**m.settings()).eval()
+    fresh.load_state_dict(load_tensors(tmp_path / "prior.safetensors", expected=tensor_spec(fresh.state_dict())))
+    x = torch.randint(0, K, (2, 24))
+    assert torch.equal(m(x), fresh(x))
+    assert torch.equal(m.generate(20, temperature=0), fresh.generate(20, temperature=0))
+
+
+def test_param_count_and_memory_estimate():
+    cfg = PriorConfig(hidden_size=32, num_layers=2, num_heads=4, context_steps=8, batch_size=4)
+    m = CodePrior(K, 8 * Q, Q, 32, 2, 4, 0.0)
+    assert prior_param_count(cfg, K, Q) == sum(p.numel() for p in m.parameters())
+    small = estimate_prior_memory_bytes(cfg, K, Q)
+    big = estimate_prior_memory_bytes(PriorConfig(hidden_size=512, num_layers=6, num_heads=8), 256, 3)
+    assert 4 * prior_param_count(cfg, K, Q) < small < big
+
+
+def test_train_mode_restored_after_generate():
+    m = tiny().train()
+    m.generate(5, generator=torch.Generator().manual_seed(0))
+    assert m.training
