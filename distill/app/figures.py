@@ -19,9 +19,13 @@ MAX_LINE_POINTS = 1500  # per series; more cannot be seen at 900 px anyway
 MAX_CODE_STEPS = 1600  # columns in a code-sequence image
 
 
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+def _figure(width: float, height: float, left: float = 0.75, right: float = 0.25, top: float = 0.35,
+            bottom: float = 0.5, hspace: float = 0.35) -> Figure:
+    """A Figure with fixed margins in inches (a layout engine costs more than the drawing here)."""
+    fig = Figure(figsize=(width, height), dpi=100)
     fig.patch.set_facecolor("white")
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                        hspace=hspace)
     return fig
 
 
@@ -86,16 +90,31 @@ def level_stats(counts: np.ndarray) -> dict:
     return {"codebook_size": k, "used": used, "utilisation": used / k, "perplexity": perplexity, "dead_codes": k - used}
 
 
-def verdict(utilisation: float) -> str:
-    """Plain words for a level's health (the design's warning fires under 30 % use)."""
-    if utilisation >= 0.6:
-        return "healthy"
-    if utilisation >= 0.3:
+# Same thresholds as distill.codes.codebook_health (mirrored: this module must not import torch).
+HEALTHY_UTILISATION, COLLAPSE_UTILISATION, COLLAPSE_PERPLEXITY_FRACTION = 0.8, 0.3, 0.1
+
+
+def verdict(utilisation: float, perplexity: float | None = None, codebook_size: int | None = None) -> str:
+    """Plain words for a level's health: "healthy", "some codes unused" or "collapse"."""
+    if utilisation < COLLAPSE_UTILISATION:
+        return "collapse"
+    if perplexity is not None and codebook_size and perplexity < COLLAPSE_PERPLEXITY_FRACTION * codebook_size:
+        return "collapse"
+    if utilisation < HEALTHY_UTILISATION:
         return "some codes unused"
-    return "collapse"
+    return "healthy"
 
 
 # --- loss curves ----------------------------------------------------------------------------------
+
+
+def latest_attempt(records: Sequence[dict], stage: str) -> Sequence[dict]:
+    """The records from the last start of `stage` on (a retrained prior replaces the old curve)."""
+    for i in range(len(records) - 1, -1, -1):
+        r = records[i]
+        if r.get("stage") == stage and r.get("kind") == "stage_start":
+            return records[i:]
+    return records
 
 
 def _series(records: Iterable[dict], stage: str, kind: str, key: str, x_key: str = "step") -> tuple[list, list]:
@@ -125,6 +144,7 @@ def _plot_line(ax, xs, ys, **kw) -> bool:
 def vqvae_loss_figure(records: Sequence[dict], width: float = 6.2, height: float = 3.2) -> Figure:
     """VQ-VAE reconstruction and commitment loss per step, validation loss per evaluation."""
     fig = _figure(width, height)
+    records = latest_attempt(records, "vqvae")
     recon = _series(records, "vqvae", "step", "recon_loss")
     commit = _series(records, "vqvae", "step", "commit_loss")
     total = _series(records, "vqvae", "step", "loss")
@@ -143,13 +163,14 @@ def vqvae_loss_figure(records: Sequence[dict], width: float = 6.2, height: float
     ax.set_xlabel("training step", fontsize=9)
     ax.set_ylabel("loss", fontsize=9)
     ax.set_title("Sound model (VQ-VAE)", fontsize=11, loc="left")
-    ax.legend(fontsize=8, frameon=False, loc="upper right")
+    ax.legend(fontsize=8, framealpha=0.85, loc="upper right")
     return fig
 
 
 def prior_loss_figure(records: Sequence[dict], width: float = 6.2, height: float = 3.2) -> Figure:
     """Prior training loss per step, train/validation loss and validation perplexity per evaluation."""
-    fig = _figure(width, height)
+    fig = _figure(width, height, right=0.75)
+    records = latest_attempt(records, "prior")
     step = _series(records, "prior", "step", "loss")
     tr = _series(records, "prior", "eval", "train_loss")
     val = _series(records, "prior", "eval", "val_loss")
@@ -174,9 +195,9 @@ def prior_loss_figure(records: Sequence[dict], width: float = 6.2, height: float
         ax2.spines["top"].set_visible(False)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=8, frameon=False, loc="upper right")
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, framealpha=0.85, loc="upper right")
     else:
-        ax.legend(fontsize=8, frameon=False, loc="upper right")
+        ax.legend(fontsize=8, framealpha=0.85, loc="upper right")
     return fig
 
 
@@ -186,7 +207,7 @@ def prior_loss_figure(records: Sequence[dict], width: float = 6.2, height: float
 def health_figure(levels: Sequence[dict], width: float = 6.2, height: float | None = None) -> Figure:
     """One bar per level: share of codes in use, coloured by verdict, with perplexity and dead codes."""
     height = height or max(1.8, 0.55 * max(1, len(levels)) + 1.0)
-    fig = _figure(width, height)
+    fig = _figure(width, height, left=0.7, right=0.3, bottom=0.4)
     if not levels:
         return _placeholder(fig, "Codebook health appears after the first evaluation")
     ax = fig.add_subplot(1, 1, 1)
@@ -196,7 +217,7 @@ def health_figure(levels: Sequence[dict], width: float = 6.2, height: float | No
     for i, lv in enumerate(levels):
         u = float(lv.get("utilisation", 0.0))
         u = u / 100.0 if u > 1.0 else u  # accept percentages too
-        v = str(lv.get("verdict") or verdict(u))
+        v = str(lv.get("verdict") or verdict(u, lv.get("perplexity"), lv.get("codebook_size")))
         names.append(f"level {i + 1}")  # levels arrive in order; shown 1-based like everywhere else
         utils.append(u)
         colours.append(VERDICT_COLOURS.get(v, GREY))
@@ -215,8 +236,9 @@ def health_figure(levels: Sequence[dict], width: float = 6.2, height: float | No
         ax.text(0.015, yi, note, va="center", ha="left", fontsize=8.5, color="#111")
     ax.set_yticks(y, names, fontsize=9)
     ax.set_xlim(0, 1)
-    ax.set_xticks([0, 0.3, 0.6, 1.0], ["0", "30 %", "60 %", "100 %"])
-    ax.axvline(0.3, color=RED, linewidth=0.8, linestyle=":")
+    ax.set_xticks([0, COLLAPSE_UTILISATION, HEALTHY_UTILISATION, 1.0], ["0", "30 %", "80 %", "100 %"])
+    ax.axvline(COLLAPSE_UTILISATION, color=RED, linewidth=0.8, linestyle=":")
+    ax.axvline(HEALTHY_UTILISATION, color=GREEN, linewidth=0.8, linestyle=":")
     ax.set_title("Codebook health (share of codes in use per level)", fontsize=11, loc="left")
     return fig
 
@@ -239,7 +261,7 @@ def code_sequence_figure(
         c = c[:, None]
     t, q = c.shape
     shown, k = thin_codes(c)
-    fig = _figure(width, max(1.9, 0.42 * q + 1.15))
+    fig = _figure(width, max(1.9, 0.42 * q + 1.15), left=0.8, right=1.0)
     ax = fig.add_subplot(1, 1, 1)
     vmax = (codebook_size - 1) if codebook_size else max(1, int(c.max()))
     seconds = t / steps_per_second if steps_per_second else None
@@ -252,7 +274,8 @@ def code_sequence_figure(
     if k > 1:
         label += f"  (every {k}th step shown)"
     ax.set_title(label, fontsize=11, loc="left")
-    cb = fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04)
+    cax = fig.add_axes((1 - 0.85 / width, ax.get_position().y0, 0.12 / width, ax.get_position().height))
+    cb = fig.colorbar(im, cax=cax)
     cb.set_label("code", fontsize=8)
     cb.ax.tick_params(labelsize=8)
     return fig
@@ -275,23 +298,25 @@ def histogram_figure(train_counts: np.ndarray | None, generated_counts: np.ndarr
     tr = None if train_counts is None else np.asarray(train_counts, dtype=np.float64)
     ge = None if generated_counts is None else np.asarray(generated_counts, dtype=np.float64)
     q, k = np.asarray(base).shape
-    fig = _figure(width, 1.75 * q + 0.5)
+    fig = _figure(width, 1.75 * q + 0.55, left=0.75, right=0.2, top=0.4, hspace=0.28)
     axes = fig.subplots(q, 1, squeeze=False)[:, 0]
-    x = np.arange(k)
-    both = tr is not None and ge is not None
-    bw = 0.45 if both else 0.9
+    edges = np.arange(k + 1) - 0.5
     for i, ax in enumerate(axes):
         _style(ax)
         lines = []
+        top = 0.0
         if tr is not None:
             freq = tr[i] / max(1.0, tr[i].sum())
-            ax.bar(x - (bw / 2 if both else 0), freq, width=bw, color=BLUE, label="training", linewidth=0)
+            ax.stairs(freq, edges, fill=True, color=BLUE, alpha=0.55, label="training")
+            top = max(top, float(freq.max()))
             lines.append(_stats_line("training", tr[i]))
         if ge is not None:
             freq = ge[i] / max(1.0, ge[i].sum())
-            ax.bar(x + (bw / 2 if both else 0), freq, width=bw, color=ORANGE, label="generated", linewidth=0, alpha=0.9)
+            ax.stairs(freq, edges, fill=False, color=ORANGE, linewidth=1.4, label="generated")
+            top = max(top, float(freq.max()))
             lines.append(_stats_line("generated", ge[i]))
-        ax.set_xlim(-0.8, k - 0.2)
+        ax.set_xlim(-0.5, k - 0.5)
+        ax.set_ylim(0, max(top, 1e-6) * 1.5)  # headroom so the stats box never hides the bars
         ax.set_ylabel(f"level {i + 1}", fontsize=9)
         ax.text(0.995, 0.96, "\n".join(lines), transform=ax.transAxes, ha="right", va="top", fontsize=8,
                 bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "edgecolor": "#ddd", "alpha": 0.9})

@@ -1,0 +1,367 @@
+"""The actions behind the page and the API, and what outlives a browser tab.
+
+`DistillApp` owns the worker, the latest scans and small file caches (keyed by size and mtime, so
+polls never re-read unchanged files), and turns uploads, typed paths and the demo into scans,
+scans into training runs, and runs into codes, histograms and generated samples. The page (ui.py)
+and the JSON API (api.py) only call it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.app.uploads import UploadError, UploadLimits, ingest_files, new_dataset_dir
+from distill.app.views import fmt_duration
+from distill.app.worker import Worker
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_DIR = REPO_ROOT / "assets" / "demo"
+MAX_VARIATIONS = 4
+PREVIEW_SECONDS = 120.0  # audio preview of a file outside the workspace is cut to this
+
+
+@dataclass
+class ScanEntry:
+    id: str
+    source: str  # what the pipeline gets: a folder path
+    label: str  # how the page names it
+    report: Any  # distill.scan.ScanReport (features not kept)
+    rows: list[list] = field(default_factory=list)  # file table rows, used first
+    note: str = ""  # what happened on the way in (upload summary)
+
+
+class DistillApp:
+    """The actions behind the page and the API. One per app process; thread-safe."""
+
+    def __init__(self, workspace: str | Path, worker: Worker | None = None, limits: UploadLimits | None = None):
+        self.workspace = Path(workspace).expanduser().resolve()
+        for sub in ("datasets", "runs", "cache"):
+            (self.workspace / sub).mkdir(parents=True, exist_ok=True)
+        self.cache_dir = self.workspace / "cache"
+        self.worker = worker or Worker(self.workspace)
+        self.limits = limits or UploadLimits()
+        self._lock = threading.Lock()
+        self._scans: OrderedDict[str, ScanEntry] = OrderedDict()
+        self._file_cache: dict[tuple, tuple[tuple, Any]] = {}
+        self._gen_lock = threading.Lock()  # one generation at a time: they share the CPU with training
+        self._run_cache = None
+
+    # --- datasets ---------------------------------------------------------------------------------
+
+    def scan(self, source: str | Path, label: str | None = None, note: str = "", progress=None) -> ScanEntry:
+        """Scan a folder; raises DatasetError (missing folder) with a message for people."""
+        from distill.config import AudioConfig
+        from distill.scan import DatasetError, scan_dataset
+
+        text = str(source).strip()
+        if not text:
+            raise DatasetError("Type the path of a folder on this computer first.")
+        path = Path(text).expanduser()
+        if not path.is_dir():
+            raise DatasetError(f"'{text}' is not a folder on this computer." if not path.exists()
+                               else f"'{text}' is a file; choose the folder that holds your sounds.")
+        report = scan_dataset(path, AudioConfig(), cache_dir=self.cache_dir, progress=progress, keep_features=False)
+        entry = ScanEntry(id=f"scan-{time.time_ns()}", source=str(path.resolve()), label=label or path.name,
+                          report=report, rows=report_rows(report), note=note)
+        with self._lock:
+            self._scans[entry.id] = entry
+            while len(self._scans) > 8:
+                self._scans.popitem(last=False)
+        return entry
+
+    def get_scan(self, scan_id: str | None) -> ScanEntry | None:
+        with self._lock:
+            if scan_id and scan_id in self._scans:
+                return self._scans[scan_id]
+            return None
+
+    def latest_scan(self) -> ScanEntry | None:
+        with self._lock:
+            return next(reversed(self._scans.values()), None) if self._scans else None
+
+    def ingest_upload(self, payload: str, progress=None) -> ScanEntry:
+        """The drop zone's JSON ({files: [{path, rel}]}) -> a new dataset folder -> its scan."""
+        try:
+            data = json.loads(payload or "{}")
+            files = data.get("files") if isinstance(data, dict) else None
+        except json.JSONDecodeError:
+            files = None
+        if not isinstance(files, list) or not files:
+            raise UploadError("Nothing arrived from the upload. Drop the folder again.")
+        items = []
+        for f in files:
+            if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not isinstance(f.get("rel"), str):
+                raise UploadError("The upload was garbled. Drop the folder again.")
+            items.append((f["path"], f["rel"]))
+        tops = {it[1].replace("\\", "/").split("/")[0] for it in items}
+        label = next(iter(tops)) if len(tops) == 1 and len(items) > 1 else "upload"
+        folder = new_dataset_dir(self.workspace, label)
+        try:
+            result = ingest_files(items, folder, self.limits, allowed_roots=[upload_root()])
+        except UploadError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        # A dropped folder (or a zip of one) lands as <dataset>/<folder>/...: scan from inside it.
+        root = folder
+        for _ in range(4):
+            children = [p for p in root.iterdir() if not p.name.startswith(".")]
+            if len(children) != 1 or not children[0].is_dir() or children[0].is_symlink():
+                break
+            root = children[0]
+        return self.scan(root, label=label, note=result.summary(), progress=progress)
+
+    def demo_dataset(self, progress=None) -> ScanEntry:
+        from distill.scan import DatasetError
+
+        if not DEMO_DIR.is_dir() or not any(DEMO_DIR.rglob("*.*")):
+            raise DatasetError("The demo sounds are missing from this installation (assets/demo). "
+                               "Run `python assets/make_demo.py` once to create them.")
+        dest = self.workspace / "datasets" / "demo"
+        if not dest.is_dir():
+            tmp = dest.with_name(".demo-copying")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(DEMO_DIR, tmp)
+            tmp.rename(dest)
+        return self.scan(dest, label="demo", note="The built-in demo: synthetic plucks, bells, drums and textures.",
+                         progress=progress)
+
+    # --- planning and training --------------------------------------------------------------------
+
+    def options(self, preset: str = "auto", minutes: float | None = None, device: str = "auto", seed: int = 0,
+                num_quantizers: int = 3, vqvae_overrides: dict | None = None, prior_overrides: dict | None = None):
+        from distill.pipeline import TrainOptions
+
+        if minutes is not None and (not isinstance(minutes, (int, float)) or minutes <= 0):
+            minutes = None
+        return TrainOptions(preset=preset or "auto", minutes=minutes, seed=int(seed or 0), device=device or "auto",
+                            num_quantizers=int(num_quantizers or 3), vqvae_overrides=dict(vqvae_overrides or {}),
+                            prior_overrides=dict(prior_overrides or {}), cache_dir=str(self.cache_dir))
+
+    @staticmethod
+    def plan(entry: ScanEntry, options) -> Any:
+        """The tier card and configs for a scan with these options (pure Python, instant)."""
+        from distill.pipeline import plan_training
+
+        return plan_training(entry.report, options)
+
+    def start(self, entry_or_source: ScanEntry | str, options) -> dict:
+        """Hand a run to the worker. Returns at once: {"ok", "message", "run_id"}.
+
+        Given a ScanEntry, its plan's stage budgets and device feed the progress bar's ETA."""
+        entry = entry_or_source if isinstance(entry_or_source, ScanEntry) else None
+        source = entry.source if entry is not None else str(entry_or_source or "")
+        if not source:
+            return {"ok": False, "message": "Choose a dataset first (drop a folder, type a path or use the demo).",
+                    "run_id": ""}
+        expected: dict = {}
+        if entry is not None:
+            try:
+                plan = self.plan(entry, options)
+                expected = {"vqvae": plan.vqvae_config.time_budget_s, "prior": plan.prior_config.time_budget_s,
+                            "device": plan.tier_card.get("device", "")}
+            except Exception:  # the pipeline reports a dataset problem itself, in words
+                expected = {}
+        return self.worker.start(source, options, expected=expected)
+
+    def retrain(self, run_id: str, options) -> dict:
+        run_dir = self.run_dir(run_id)
+        if run_dir is None:
+            return {"ok": False, "message": "Choose a run first.", "run_id": ""}
+        if not (run_dir / "codes.safetensors").is_file():
+            return {"ok": False, "message": "This run has no codes yet, so there is nothing to retrain the sequence model on.",
+                    "run_id": run_id}
+        return self.worker.retrain(run_dir, options)  # the prior's stage_start carries its budget for the ETA
+
+    # --- runs -------------------------------------------------------------------------------------
+
+    def runs(self) -> list[dict]:
+        from distill.runs import list_runs
+
+        active = self.worker.active_run_dir()
+        out = []
+        for r in list_runs(self.workspace):
+            r = dict(r)
+            if active is not None and Path(r["path"]) == active:
+                r["status"] = "training"
+            elif r.get("status") == "running":
+                r["status"] = "interrupted"  # the app stopped while it trained; finished stages are kept
+            out.append(r)
+        return out
+
+    def run_dir(self, run_id: str | None) -> Path | None:
+        if not run_id:
+            return None
+        name = Path(str(run_id)).name  # ids only, never paths
+        d = self.workspace / "runs" / name
+        return d if d.is_dir() and name == str(run_id) else None
+
+    def manifest(self, run_dir: Path) -> dict:
+        from distill.runs import read_manifest
+
+        return self._cached(("manifest", str(run_dir)), run_dir / "manifest.json", lambda: read_manifest(run_dir))
+
+    def run_events(self, run_dir: Path) -> list[dict]:
+        live = self.worker.job_events(run_dir)
+        if live is not None:
+            return live
+        from distill.runs import read_metrics
+
+        return self._cached(("metrics", str(run_dir)), run_dir / "metrics.jsonl", lambda: read_metrics(run_dir)) or []
+
+    def codes(self, run_dir: Path) -> dict[str, np.ndarray]:
+        from distill.runs import load_codes
+
+        return self._cached(("codes", str(run_dir)), run_dir / "codes.safetensors", lambda: load_codes(run_dir)) or {}
+
+    def _cached(self, key: tuple, path: Path, load):
+        """Load once per file version (size, mtime): polls and redraws never re-read unchanged files."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_size, st.st_mtime_ns)
+        with self._lock:
+            hit = self._file_cache.get(key)
+            if hit and hit[0] == stamp:
+                return hit[1]
+        value = load()
+        with self._lock:
+            self._file_cache[key] = (stamp, value)
+            if len(self._file_cache) > 64:
+                self._file_cache.pop(next(iter(self._file_cache)))
+        return value
+
+    def code_rate(self, run_dir: Path) -> tuple[float | None, int | None]:
+        """(code steps per second, codebook size) from the run's settings."""
+        try:
+            m = self.manifest(run_dir) or {}
+            a, v = m.get("audio_config") or {}, m.get("vqvae_config") or {}
+            return a["sample_rate"] / a["hop_length"] / v["downsample"], int(v["codebook_size"])
+        except (KeyError, TypeError, ZeroDivisionError):
+            return None, None
+
+    def histograms(self, run_dir: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """[Q, K] counts of the training codes and of every saved sample's codes."""
+        codes = self.codes(run_dir)
+        _, k = self.code_rate(run_dir)
+        if not codes or not k:
+            return None, None
+        split = (self.manifest(run_dir) or {}).get("split") or {}
+        train_names = set(split.get("train") or codes)
+        train = [c for n, c in codes.items() if n in train_names] or list(codes.values())
+        gen = [c for c in self.sample_codes(run_dir).values() if c is not None]
+        return _counts(train, k), (_counts(gen, k) if gen else None)
+
+    def samples(self, run_dir: Path) -> list[dict]:
+        from distill.generate import list_samples
+
+        return list_samples(run_dir)
+
+    def sample_codes(self, run_dir: Path) -> dict[str, np.ndarray | None]:
+        from distill.generate import load_sample_codes
+
+        out = {}
+        for s in self.samples(run_dir):
+            key = ("sample", s.get("id"))
+            path = Path(s["path"]).with_suffix("").with_suffix(".codes.safetensors")
+            out[s.get("id")] = self._cached(key, path, lambda s=s: load_sample_codes(s))
+        return out
+
+    def file_audio(self, run_dir: Path, name: str):
+        """The training file to play next to its codes: a path inside the workspace, else a decoded preview."""
+        m = self.manifest(run_dir) or {}
+        source = m.get("source")
+        if not source or not name:
+            return None
+        path = (Path(source) / name)
+        try:
+            path.resolve().relative_to(Path(source).resolve())
+        except ValueError:
+            return None
+        if not path.is_file():
+            return None
+        try:
+            path.resolve().relative_to(self.workspace)
+            return str(path)
+        except ValueError:
+            pass
+        import soundfile as sf
+
+        try:
+            with sf.SoundFile(str(path)) as fh:
+                frames = min(fh.frames, int(PREVIEW_SECONDS * fh.samplerate))
+                data = fh.read(frames, dtype="float32", always_2d=True)
+                return fh.samplerate, data.mean(axis=1)
+        except Exception:
+            return None
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def generate(self, run_id: str, seconds: float = 4.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int = 0, variations: int = 1, fmt: str = "wav", prompt_file: str | None = None) -> list[dict]:
+        """Generate and save `variations` samples (seeds seed, seed+1, ...). Raises ValueError for people."""
+        from distill.generate import RunCache, generate_audio, save_sample
+
+        run_dir = self.run_dir(run_id)
+        if run_dir is None:
+            raise ValueError("Choose a run first.")
+        if not (run_dir / "prior.safetensors").is_file():
+            raise ValueError("This run's sequence model is not trained yet: wait for training to finish, or open a finished run.")
+        fmt = (fmt or "wav").lower()
+        if fmt not in ("wav", "flac"):
+            raise ValueError("Format must be WAV or FLAC.")
+        variations = max(1, min(MAX_VARIATIONS, int(variations or 1)))
+        seconds = float(seconds or 0)
+        if not 0 < seconds <= 600:
+            raise ValueError("Duration must be between 0.1 s and 10 minutes.")
+        prompt = prompt_file or None
+        out = []
+        with self._gen_lock:
+            if self._run_cache is None:
+                self._run_cache = RunCache(2)
+            for i in range(variations):
+                s = int(seed or 0) + i
+                t0 = time.perf_counter()
+                wave, sr, codes = generate_audio(run_dir, seconds, temperature=float(temperature), top_k=int(top_k or 0),
+                                                 top_p=float(top_p), seed=s, prompt_file=prompt, cache=self._run_cache)
+                settings = {"seconds": seconds, "temperature": float(temperature), "top_k": int(top_k or 0),
+                            "top_p": float(top_p), "seed": s, "prompt_file": prompt, "format": fmt}
+                saved = save_sample(run_dir, wave, sr, codes, settings, fmt=fmt)
+                out.append({**saved, "seconds": round(len(wave) / sr, 3), "sample_rate": sr, "seed": s,
+                            "codes": codes, "elapsed_s": round(time.perf_counter() - t0, 2)})
+        return out
+
+
+def upload_root() -> Path:
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder())
+
+
+def _counts(codes_list: list[np.ndarray], k: int) -> np.ndarray:
+    q = codes_list[0].shape[1]
+    out = np.zeros((q, k), dtype=np.int64)
+    for c in codes_list:
+        c = np.asarray(c)
+        for level in range(q):
+            out[level] += np.bincount(c[:, level].clip(0, k - 1), minlength=k)[:k]
+    return out
+
+
+def report_rows(report) -> list[list]:
+    rows = []
+    for e in report.used:
+        ch = {1: "mono", 2: "stereo"}.get(e.channels, f"{e.channels} ch")
+        note = "cut to the first 10 min" if getattr(e, "truncated", False) else ""
+        rows.append(["✓ used", e.path, fmt_duration(e.seconds), f"{e.sample_rate / 1000:g} kHz", ch, note])
+    for e in report.skipped:
+        rows.append(["✗ skipped", e.path, "", "", "", e.reason])
+    return rows
