@@ -243,7 +243,9 @@ def _run_stages(source, run_dir: Path, options: TrainOptions, log: EventLog, sto
             last[0] = now
             log({"kind": "progress", "fraction": done / max(total, 1), "done": done, "total": total})
 
-    report = scan_dataset(source, audio_cfg, cache_dir=options.cache_dir, progress=progress)
+    report = scan_dataset(source, audio_cfg, cache_dir=options.cache_dir, progress=progress, stop=stop)
+    if stop.is_set():
+        return
     plan = plan_training(report, options)
     if "error" in plan.tier_card.get("memory", {}):
         from distill.resources import SettingsError

@@ -230,8 +230,10 @@ def scan_dataset(
     keep_features: bool = True,
     max_files: int = DEFAULT_MAX_FILES,
     workers: int | None = None,
+    stop=None,
 ) -> ScanReport:
-    """Judge every file; decode + featurise the new ones (in parallel), reuse cached ones."""
+    """Judge every file; decode + featurise the new ones (in parallel), reuse cached ones.
+    `stop` (threading.Event-like): files not reached yet are reported as not scanned."""
     cfg = audio_config or AudioConfig()
     base, candidates, skipped = collect_files(source, root, max_files)
     cache = FeatureCache(cache_dir, cfg)
@@ -274,6 +276,9 @@ def scan_dataset(
 
     def judge(entry: FileEntry) -> None:
         nonlocal hits
+        if stop is not None and stop.is_set():
+            entry.reason = "not scanned (stopped)"
+            return
         cached = cache.get(entry.sha256)
         if cached is not None:
             meta, mel = cached
