@@ -13,7 +13,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FETCH = Path(os.environ.get("DISTILL_FETCH", REPO.parent / "shared" / "datasets" / "fetch.sh"))
 
-torch.set_num_threads(2)
+# Tiny test models gain nothing from a second thread, and two busy processes (the test and an app
+# subprocess) each spinning two OpenMP threads on 2 cores run many times slower. Children inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def tone(seconds: float, freq: float, sr: int = 24_000, kind: str = "sine", seed: int = 0) -> np.ndarray:

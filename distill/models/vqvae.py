@@ -1,0 +1,379 @@
+"""ConvVQVAE: log-mel frames -> discrete codes [T', Q] -> log-mel frames.
+
+    mel [B, n_mels, F] ─normalise─▶ Encoder (1-D convs over time, mel bins as channels, time ÷ downsample)
+      ─▶ z [B, D, T'] ─▶ ResidualVQ (Q levels of K codes, EMA codebooks) ─▶ codes [B, T', Q]
+      ─▶ Decoder (mirror of the encoder) ─▶ mel [B, n_mels, F]
+
+The residual VQ is our own rather than vector-quantize-pytorch's, because:
+  * every bit of state (codebooks, EMA sums, usage counts, init flags, the mel normalisation) is a
+    plain buffer in `state_dict()`, so a model round-trips through safetensors with nothing pickled;
+  * it is deterministic on CPU given torch's RNG (k-means init and dead-code re-seeding draw from it),
+    with no distributed-training branches;
+  * it uses only matmul / argmin / index_add / gather, which behave the same on CPU, CUDA and MPS,
+    and `quantizer_matches_cpu` checks that on the actual device;
+  * the per-level statistics (utilisation, perplexity, dead codes, codes reset) come straight out of it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.config import VQVAEConfig
+
+KMEANS_ITERS = 10
+# Usage counts are kept per this many assigned vectors, whatever the batch size, so that
+# `dead_code_threshold` means the same for every batch size and window length: with the default 1.0,
+# a code is re-seeded once it serves fewer than 1 in 1024 vectors (on an EMA over ~1/(1-decay) steps).
+USAGE_PER_VECTORS = 1024
+
+
+@dataclass
+class VQVAEOutput:
+    recon: torch.Tensor  # [B, n_mels, frames] log-mel
+    codes: torch.Tensor  # [B, T', Q] long
+    commit_loss: torch.Tensor  # scalar: mean over levels of ||residual - sg(code)||^2
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # each [Q], see ResidualVQ.forward
+
+
+# --- codebooks ------------------------------------------------------------------------------
+
+
+class EMACodebook(nn.Module):
+    """One level: K codes of dimension D, updated by exponential moving averages (no gradients).
+
+    `cluster_size` is the EMA of how many of every USAGE_PER_VECTORS vectors chose each code; a code
+    whose EMA drops below `dead_code_threshold` is re-seeded onto a random vector of the current batch."""
+
+    def __init__(self, codebook_size: int, dim: int, decay: float, dead_code_threshold: float, eps: float = 1e-5):
+        super().__init__()
+        self.codebook_size, self.dim = codebook_size, dim
+        self.decay, self.threshold, self.eps = decay, dead_code_threshold, eps
+        embed = torch.randn(codebook_size, dim)
+        self.register_buffer("embed", embed)  # [K, D]
+        self.register_buffer("embed_avg", embed.clone())  # [K, D] EMA of summed assigned vectors
+        self.register_buffer("cluster_size", torch.ones(codebook_size))  # [K] EMA of usage per 1024 vectors
+        self.register_buffer("initted", torch.zeros(1, dtype=torch.bool))  # k-means init done
+
+    def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] -> code index [N] (squared Euclidean distance, first index on ties)."""
+        e = self.embed
+        dist = x.pow(2).sum(1, keepdim=True) - 2 * (x @ e.T) + e.pow(2).sum(1)[None, :]  # [N, K]
+        return dist.argmin(dim=1)
+
+    @torch.no_grad()
+    def kmeans_init(self, x: torch.Tensor, iters: int = KMEANS_ITERS) -> None:
+        """Set the codebook to k-means centroids of x [N, D] (init from torch's RNG, so seedable)."""
+        x = x.detach().float()
+        n, k = x.shape[0], self.codebook_size
+        if n >= k:
+            centroids = x[torch.randperm(n, device=x.device)[:k]].clone()
+        else:  # fewer vectors than codes: repeat them with a little noise so codes differ
+            pick = torch.randint(0, n, (k,), device=x.device)
+            spread = 1e-3 * (float(x.std(correction=0)) + 1e-3)
+            centroids = x[pick] + spread * torch.randn(k, x.shape[1], device=x.device)
+        counts = torch.zeros(k, device=x.device)
+        for _ in range(iters):
+            dist = x.pow(2).sum(1, keepdim=True) - 2 * (x @ centroids.T) + centroids.pow(2).sum(1)[None, :]
+            idx = dist.argmin(1)
+            counts = torch.zeros(k, device=x.device).index_add_(0, idx, torch.ones(n, device=x.device))
+            sums = torch.zeros_like(centroids).index_add_(0, idx, x)
+            used = counts > 0
+            centroids[used] = sums[used] / counts[used, None]
+            if (~used).any():  # empty cluster: move it onto a random point
+                centroids[~used] = x[torch.randint(0, n, (int((~used).sum()),), device=x.device)]
+        size = (counts * (USAGE_PER_VECTORS / n)).clamp_min(self.threshold)
+        self.embed.copy_(centroids)
+        self.cluster_size.copy_(size)
+        self.embed_avg.copy_(centroids * size[:, None])
+        self.initted.fill_(True)
+
+    @torch.no_grad()
+    def ema_update(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[int, int]:
+        """One EMA step from x [N, D] assigned to idx [N]; then re-seed dead codes.
+        Returns (dead codes before the reset, codes reset)."""
+        k = self.codebook_size
+        scale = USAGE_PER_VECTORS / max(x.shape[0], 1)  # counts per 1024 vectors: batch-size independent
+        counts = torch.zeros(k, device=x.device).index_add_(0, idx, torch.full_like(idx, scale, dtype=x.dtype))
+        sums = torch.zeros_like(self.embed).index_add_(0, idx, x * scale)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + k * self.eps) * total  # Laplace smoothing
+        self.embed.copy_(self.embed_avg / smoothed[:, None])
+        dead = self.cluster_size < self.threshold
+        n_dead = int(dead.sum())
+        if not n_dead or x.shape[0] == 0:
+            return n_dead, 0
+        pick = torch.randint(0, x.shape[0], (n_dead,), device=x.device)
+        self.embed[dead] = x[pick]
+        self.cluster_size[dead] = self.threshold
+        self.embed_avg[dead] = x[pick] * self.threshold
+        return n_dead, n_dead
+
+
+def _usage_stats(idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """idx [N] -> (fraction of the K codes used, perplexity = exp(entropy of code frequencies))."""
+    counts = torch.zeros(k, device=idx.device).index_add_(0, idx, torch.ones(idx.shape[0], device=idx.device))
+    p = counts / counts.sum().clamp_min(1)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return (counts > 0).float().mean(), torch.exp(entropy)
+
+
+class ResidualVQ(nn.Module):
+    """Q codebooks in series: level q quantises what levels 0..q-1 left over."""
+
+    def __init__(self, num_quantizers: int, codebook_size: int, dim: int, decay: float, dead_code_threshold: float):
+        super().__init__()
+        self.num_quantizers, self.codebook_size, self.dim = num_quantizers, codebook_size, dim
+        self.levels = nn.ModuleList(
+            EMACodebook(codebook_size, dim, decay, dead_code_threshold) for _ in range(num_quantizers)
+        )
+
+    @property
+    def initted(self) -> bool:
+        return all(bool(level.initted.item()) for level in self.levels)
+
+    @torch.no_grad()
+    def kmeans_init(self, z: torch.Tensor) -> None:
+        """z [N, D]: initialise level by level, each on the residual the previous levels leave."""
+        residual = z.detach().float()
+        for level in self.levels:
+            level.kmeans_init(residual)
+            residual = residual - level.embed[level.nearest(residual)]
+
+    def forward(self, z: torch.Tensor, update: bool | None = None):
+        """z [B, D, T'] -> (quantised [B, D, T'] with straight-through gradient, codes [B, T', Q],
+        commitment loss (scalar), stats {utilisation, perplexity, dead_codes, codes_reset: [Q]}).
+
+        `update` (default: self.training) runs the EMA step and dead-code reset; it is skipped when
+        z holds NaN/inf so one bad batch cannot poison the codebooks."""
+        update = self.training if update is None else update
+        b, d, t = z.shape
+        flat = z.permute(0, 2, 1).reshape(b * t, d)  # [N, D]
+        if update and not bool(torch.isfinite(flat).all()):
+            update = False
+        residual = flat
+        q_sum = torch.zeros_like(flat)
+        codes, commit, util, perp, dead, reset = [], [], [], [], [], []
+        for level in self.levels:
+            idx = level.nearest(residual.detach())  # [N]
+            q = level.embed[idx]  # [N, D]
+            commit.append(F.mse_loss(residual, q.detach()))
+            n_dead, n_reset = 0, 0
+            if update:
+                n_dead, n_reset = level.ema_update(residual.detach(), idx)
+            else:
+                n_dead = int((level.cluster_size < level.threshold).sum())
+            u, p = _usage_stats(idx, level.codebook_size)
+            codes.append(idx)
+            util.append(u)
+            perp.append(p)
+            dead.append(n_dead)
+            reset.append(n_reset)
+            q_sum = q_sum + q
+            residual = residual - q.detach()
+        quantised = flat + (q_sum - flat).detach()  # straight-through: gradient passes to the encoder
+        quantised = quantised.reshape(b, t, d).permute(0, 2, 1)
+        codes_t = torch.stack(codes, dim=-1).reshape(b, t, self.num_quantizers)
+        stats = {
+            "utilisation": torch.stack(util).detach().cpu(),
+            "perplexity": torch.stack(perp).detach().cpu(),
+            "dead_codes": torch.tensor(dead, dtype=torch.float32),
+            "codes_reset": torch.tensor(reset, dtype=torch.float32),
+        }
+        return quantised, codes_t, torch.stack(commit).mean(), stats
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, D, T'] -> codes [B, T', Q] long (no state changes)."""
+        b, d, t = z.shape
+        residual = z.permute(0, 2, 1).reshape(b * t, d)
+        codes = []
+        for level in self.levels:
+            idx = level.nearest(residual)
+            codes.append(idx)
+            residual = residual - level.embed[idx]
+        return torch.stack(codes, dim=-1).reshape(b, t, self.num_quantizers)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, T', Q] -> z [B, D, T'] (sum of the chosen codes over levels)."""
+        out = 0
+        for q, level in enumerate(self.levels):
+            out = out + F.embedding(codes[..., q], level.embed)  # [B, T', D]
+        return out.permute(0, 2, 1)
+
+
+# --- encoder / decoder ----------------------------------------------------------------------
+
+
+class ResBlock(nn.Module):
+    """x + Conv1x1(ReLU(Conv3_dilated(ReLU(x)))): dilation widens the view along time cheaply."""
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.conv2 = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T] -> [B, C, T]
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+def _res_stack(channels: int, n: int) -> list[nn.Module]:
+    return [ResBlock(channels, 3**i) for i in range(n)]
+
+
+class Encoder(nn.Module):
+    """Stage s (s = 1..n_down): a stride-2 conv halves time, then residual blocks at the new rate.
+    The first stride conv reads the mel bins directly, so nothing runs at the full frame rate."""
+
+    def __init__(self, n_mels: int, hidden: int, dim: int, n_down: int, n_res: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for s in range(n_down):
+            layers += [nn.Conv1d(n_mels if s == 0 else hidden, hidden, 4, stride=2, padding=1), *_res_stack(hidden, n_res)]
+            if s < n_down - 1:
+                layers.append(nn.ReLU())
+        layers += [nn.ReLU(), nn.Conv1d(hidden, dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, n_mels, F] -> [B, D, F / 2^n_down]
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """Mirror of the encoder: residual blocks, then a stride-2 transposed conv doubles time; the last
+    one writes the mel bins directly."""
+
+    def __init__(self, n_mels: int, hidden: int, dim: int, n_up: int, n_res: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(dim, hidden, 3, padding=1)]
+        for s in range(n_up):
+            last = s == n_up - 1
+            layers += [*_res_stack(hidden, n_res), nn.ReLU(),
+                       nn.ConvTranspose1d(hidden, n_mels if last else hidden, 4, stride=2, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # [B, D, T'] -> [B, n_mels, T' * 2^n_up]
+        return self.net(z)
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+class ConvVQVAE(nn.Module):
+    def __init__(self, n_mels: int, config: VQVAEConfig):
+        super().__init__()
+        if config.downsample not in (2, 4, 8):
+            raise ValueError(f"downsample must be 2, 4 or 8, got {config.downsample}")
+        if not 1 <= config.num_quantizers <= 8:
+            raise ValueError(f"num_quantizers must be 1-8 (Distill uses 2-4), got {config.num_quantizers}")
+        self.n_mels = n_mels
+        self.config = copy.deepcopy(config)
+        self.downsample = config.downsample
+        n_stages = int(math.log2(config.downsample))
+        # per-mel-bin normalisation of the log-mel input, fitted on the training files
+        self.register_buffer("mel_mean", torch.zeros(n_mels))
+        self.register_buffer("mel_std", torch.ones(n_mels))
+        self.encoder = Encoder(n_mels, config.hidden_channels, config.codebook_dim, n_stages, config.num_res_blocks)
+        self.quantizer = ResidualVQ(
+            config.num_quantizers, config.codebook_size, config.codebook_dim, config.ema_decay, config.dead_code_threshold
+        )
+        self.decoder = Decoder(n_mels, config.hidden_channels, config.codebook_dim, n_stages, config.num_res_blocks)
+
+    # -- helpers --
+    @torch.no_grad()
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mel_mean.copy_(mean.reshape(-1))
+        self.mel_std.copy_(std.reshape(-1).clamp_min(1e-3))
+
+    def _check(self, mel: torch.Tensor) -> None:
+        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"expected mel [B, {self.n_mels}, frames], got {tuple(mel.shape)}")
+        if mel.shape[-1] == 0:
+            raise ValueError("cannot encode zero frames")
+
+    def _latent(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel [B, n_mels, F] -> z [B, D, ceil(F / downsample)]; the tail is padded by repeating the
+        last frame (cropped away again by decode)."""
+        x = (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
+        pad = (-x.shape[-1]) % self.downsample
+        if pad:
+            x = F.pad(x, (0, pad), mode="replicate")
+        return self.encoder(x)
+
+    def _frames_out(self, y: torch.Tensor, frames: int | None) -> torch.Tensor:
+        """Normalised decoder output [B, n_mels, T'*ds] -> log-mel, cropped/padded to `frames`."""
+        y = y * self.mel_std[:, None] + self.mel_mean[:, None]
+        if frames is None or frames == y.shape[-1]:
+            return y
+        if frames < y.shape[-1]:
+            return y[..., :frames]
+        return F.pad(y, (0, frames - y.shape[-1]), mode="replicate")
+
+    @torch.no_grad()
+    def init_codebooks(self, mel: torch.Tensor) -> None:
+        """k-means initialise every level from a sample of mels [B, n_mels, F]."""
+        self._check(mel)
+        z = self._latent(mel)
+        self.quantizer.kmeans_init(z.permute(0, 2, 1).reshape(-1, z.shape[1]))
+
+    # -- public API --
+    @torch.no_grad()
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel [B, n_mels, frames] -> codes [B, ceil(frames / downsample), Q] long."""
+        self._check(mel)
+        return self.quantizer.encode(self._latent(mel))
+
+    def decode(self, codes: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """codes [B, T', Q] -> log-mel [B, n_mels, frames] (frames None: T' * downsample)."""
+        if codes.dim() != 3 or codes.shape[-1] != self.quantizer.num_quantizers:
+            raise ValueError(f"expected codes [B, T', {self.quantizer.num_quantizers}], got {tuple(codes.shape)}")
+        codes = codes.long().clamp(0, self.quantizer.codebook_size - 1)
+        return self._frames_out(self.decoder(self.quantizer.decode(codes)), frames)
+
+    def forward(self, mel: torch.Tensor) -> VQVAEOutput:
+        """mel [B, n_mels, F] -> VQVAEOutput; in training mode also k-means-initialises (first call,
+        if not done yet and enabled) and updates the codebooks."""
+        self._check(mel)
+        frames = mel.shape[-1]
+        z = self._latent(mel)
+        if self.training and self.config.kmeans_init and not self.quantizer.initted:
+            self.quantizer.kmeans_init(z.detach().permute(0, 2, 1).reshape(-1, z.shape[1]))
+        quantised, codes, commit, stats = self.quantizer(z)
+        recon = self._frames_out(self.decoder(quantised), frames)
+        return VQVAEOutput(recon=recon, codes=codes, commit_loss=commit, stats=stats)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# --- device check ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def quantizer_matches_cpu(model: ConvVQVAE, device: str | torch.device, n_vectors: int = 512) -> bool:
+    """Does the residual quantiser pick the same codes on `device` as on CPU for a fixed input?
+
+    The input mixes sums of real codes plus small noise (the common case) with wide random vectors
+    (far from every code), drawn from a fixed CPU generator. Used once before training on MPS."""
+    q_cpu = copy.deepcopy(model.quantizer).to("cpu").eval()
+    gen = torch.Generator().manual_seed(1234)
+    d, k = q_cpu.dim, q_cpu.codebook_size
+    half = n_vectors // 2
+    pick = torch.randint(0, k, (half, q_cpu.num_quantizers), generator=gen)
+    near = sum(level.embed[pick[:, i]] for i, level in enumerate(q_cpu.levels))
+    scale = float(q_cpu.levels[0].embed.std()) or 1.0
+    near = near + 0.05 * scale * torch.randn(half, d, generator=gen)
+    far = 2.0 * scale * torch.randn(n_vectors - half, d, generator=gen)
+    z = torch.cat([near, far]).T.unsqueeze(0).contiguous()  # [1, D, N]
+    try:
+        q_dev = copy.deepcopy(q_cpu).to(device)
+        codes_dev = q_dev.encode(z.to(device)).cpu()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    return bool(torch.equal(codes_dev, q_cpu.encode(z)))

@@ -1,0 +1,95 @@
+"""Log-mel analysis and its Griffin-Lim inverse."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from distill.audio.griffinlim import log_mel, mel_filterbank, mel_to_audio, mel_to_linear
+from distill.config import AudioConfig
+
+SMALL = AudioConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and immune to OpenMP spin-waits on a busy shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tone(freq: float, seconds: float, sr: int) -> torch.Tensor:
+    t = torch.arange(int(seconds * sr)) / sr
+    return 0.5 * torch.sin(2 * math.pi * freq * t)
+
+
+@pytest.mark.parametrize(
+    "cfg", [AudioConfig(), SMALL, AudioConfig(sample_rate=22050, n_fft=2048, n_mels=80, f_min=30.0, f_max=8000.0)]
+)
+def test_filterbank_matches_librosa(cfg):
+    import librosa
+
+    ref = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max)
+    ours = mel_filterbank(cfg)
+    assert ours.shape == (cfg.n_mels, cfg.n_fft // 2 + 1) and ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-5, atol=1e-8)
+    ours[0, 0] = 123.0  # callers get their own copy: the cache cannot be corrupted
+    assert float(mel_filterbank(cfg)[0, 0]) != 123.0
+
+
+def test_log_mel_shapes_and_values():
+    wave = tone(1000.0, 0.5, SMALL.sample_rate)
+    m = log_mel(wave, SMALL)
+    assert m.shape == (32, 1 + wave.shape[0] // SMALL.hop_length)
+    # the loudest band is the one whose filter covers 1 kHz
+    fb = mel_filterbank(SMALL)
+    bin_1k = round(1000 * SMALL.n_fft / SMALL.sample_rate)
+    assert int(m[:, 10].argmax()) == int(fb[:, bin_1k].argmax())
+    silence = log_mel(torch.zeros(2, 3, 1000), SMALL)  # leading batch dims are kept
+    assert silence.shape == (2, 3, 32, 1 + 1000 // 64)
+    assert torch.allclose(silence, torch.full_like(silence, math.log(SMALL.log_floor)))
+    assert log_mel(torch.zeros(50), SMALL).shape == (32, 1)  # shorter than half a window
+
+
+def test_mel_to_linear_is_non_negative_and_fits_better_than_clamp():
+    m = log_mel(tone(440.0, 0.5, 8000) + 0.01 * torch.randn(4000, generator=torch.Generator().manual_seed(0)), SMALL)
+    fb = mel_filterbank(SMALL)
+    target = torch.exp(m) - SMALL.log_floor
+    clamp_only = mel_to_linear(m, SMALL, nnls_iters=0)
+    refined = mel_to_linear(m, SMALL)
+    assert (refined >= 0).all() and (clamp_only >= 0).all()
+    err = lambda s: float((fb @ s - target).abs().sum())  # noqa: E731
+    assert err(refined) < err(clamp_only)
+
+
+def test_mel_to_audio_length_finite_and_better_with_iterations():
+    wave = tone(440.0, 0.5, SMALL.sample_rate) + 0.3 * tone(1250.0, 0.5, SMALL.sample_rate)
+    m = log_mel(wave, SMALL)
+    frames = m.shape[-1]
+    out = mel_to_audio(m, SMALL, n_iter=16)
+    assert out.shape == (frames * SMALL.hop_length,) and torch.isfinite(out).all()
+    assert torch.equal(out, mel_to_audio(m, SMALL, n_iter=16))  # deterministic
+
+    def err(n_iter):
+        again = log_mel(mel_to_audio(m, SMALL, n_iter=n_iter), SMALL)[:, :frames]
+        return float((again - m).abs().mean())
+
+    assert err(16) < err(0)
+    assert err(16) < 1.0
+
+
+def test_mel_to_audio_batch_short_and_hostile_inputs():
+    m = log_mel(torch.randn(3, 2000) * 0.1, SMALL)
+    out = mel_to_audio(m, SMALL, n_iter=2)
+    assert out.shape == (3, m.shape[-1] * SMALL.hop_length)
+    one = mel_to_audio(m[0, :, :1], SMALL, n_iter=2)
+    assert one.shape == (SMALL.hop_length,) and torch.isfinite(one).all()
+    bad = m[0].clone()
+    bad[0, 0], bad[1, 1], bad[2, 2] = float("nan"), float("inf"), 1e6
+    assert torch.isfinite(mel_to_audio(bad, SMALL, n_iter=2)).all()
+    with pytest.raises(ValueError):
+        mel_to_audio(torch.zeros(5, 10), SMALL)  # wrong mel count

@@ -1,0 +1,182 @@
+"""ConvVQVAE + residual VQ: shapes, round trips, gradients, codebook init/reset, persistence."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill.audio.griffinlim import mel_to_audio
+from distill.config import AudioConfig, VQVAEConfig
+from distill.models.vqvae import ConvVQVAE, EMACodebook, ResidualVQ, quantizer_matches_cpu
+from distill.storage import load_tensors, save_tensors, tensor_spec
+
+N_MELS = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and immune to OpenMP spin-waits on a busy shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**kw) -> VQVAEConfig:
+    base = dict(codebook_size=16, num_quantizers=3, codebook_dim=8, hidden_channels=32, num_res_blocks=1, downsample=4)
+    return VQVAEConfig(**{**base, **kw})
+
+
+def tiny_model(seed: int = 0, **kw) -> ConvVQVAE:
+    torch.manual_seed(seed)
+    return ConvVQVAE(N_MELS, tiny_config(**kw))
+
+
+def mels(b: int, frames: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, N_MELS, frames, generator=g) * 2 - 6  # log-mel-like values
+
+
+@pytest.mark.parametrize("q", [2, 3, 4])
+@pytest.mark.parametrize("ds", [2, 4, 8])
+def test_shapes_and_round_trip(q, ds):
+    model = tiny_model(num_quantizers=q, downsample=ds).eval()
+    x = mels(2, 40)
+    codes = model.encode(x)
+    assert codes.shape == (2, math.ceil(40 / ds), q) and codes.dtype == torch.long
+    assert int(codes.min()) >= 0 and int(codes.max()) < 16
+    assert model.decode(codes).shape == (2, N_MELS, codes.shape[1] * ds)
+    recon = model.decode(codes, frames=40)
+    assert recon.shape == x.shape and torch.isfinite(recon).all()
+    out = model(x)  # eval mode: forward is encode -> decode
+    assert torch.equal(out.codes, codes)
+    assert torch.allclose(out.recon, recon, atol=1e-5)
+    assert set(out.stats) == {"utilisation", "perplexity", "dead_codes", "codes_reset"}
+    assert all(v.shape == (q,) for v in out.stats.values())
+    # codes -> mel -> codes is stable enough to be a round trip on the decoder's own output
+    assert model.encode(recon).shape == codes.shape
+
+
+@pytest.mark.parametrize("frames", [1, 3, 5, 8, 17, 33])
+def test_any_length(frames):
+    model = tiny_model(downsample=8).eval()
+    x = mels(1, frames)
+    codes = model.encode(x)
+    assert codes.shape == (1, math.ceil(frames / 8), 3)
+    assert model(x).recon.shape == (1, N_MELS, frames)
+    assert model.decode(codes, frames=frames + 11).shape == (1, N_MELS, frames + 11)  # padded on request
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError):
+        ConvVQVAE(N_MELS, tiny_config(downsample=3))
+    model = tiny_model()
+    with pytest.raises(ValueError):
+        model.encode(torch.zeros(1, N_MELS + 1, 8))
+    with pytest.raises(ValueError):
+        model.decode(torch.zeros(1, 4, 2, dtype=torch.long))  # 2 levels for a 3-level model
+
+
+def test_gradient_reaches_encoder_through_quantiser():
+    model = tiny_model().train()
+    x = mels(2, 32)
+    out = model(x)
+    (out.recon - x).abs().mean().backward()  # reconstruction only: no commitment path
+    first = model.encoder.net[0].weight.grad
+    assert first is not None and float(first.abs().sum()) > 0
+    assert model.decoder.net[0].weight.grad.abs().sum() > 0
+
+
+def test_commitment_gradient_reaches_encoder():
+    model = tiny_model().train()
+    model(mels(4, 128)).commit_loss.backward()  # more vectors than codes: k-means cannot fit them exactly
+    assert float(model.encoder.net[-1].weight.grad.abs().sum()) > 0
+
+
+def test_kmeans_init_finds_clusters():
+    torch.manual_seed(0)
+    centres = torch.tensor([[10.0, 0], [-10, 0], [0, 10], [0, -10]])
+    x = centres.repeat_interleave(50, 0) + 0.1 * torch.randn(200, 2)
+    book = EMACodebook(4, 2, decay=0.99, dead_code_threshold=1.0)
+    book.kmeans_init(x)
+    dist = torch.cdist(centres, book.embed)
+    assert float(dist.min(dim=1).values.max()) < 0.5  # every centre has a code on it
+    assert bool(book.initted.item())
+    assert torch.allclose(book.cluster_size, torch.full((4,), 256.0))  # usage per 1024 vectors: 1/4 each
+
+
+def test_first_training_forward_initialises_codebooks():
+    model = tiny_model().train()
+    assert not model.quantizer.initted
+    before = model.quantizer.levels[0].embed.clone()
+    model(mels(4, 64))
+    assert model.quantizer.initted
+    assert not torch.equal(before, model.quantizer.levels[0].embed)
+
+
+def test_dead_codes_get_reset():
+    torch.manual_seed(0)
+    book = EMACodebook(8, 2, decay=0.9, dead_code_threshold=1.0)
+    x = torch.randn(64, 2)
+    with torch.no_grad():
+        book.embed.copy_(torch.cat([torch.randn(4, 2), torch.full((4, 2), 100.0)]))  # 4 codes far from data
+        book.embed_avg.copy_(book.embed * 5)
+        book.cluster_size.fill_(5.0)
+    rvq = ResidualVQ(1, 8, 2, decay=0.9, dead_code_threshold=1.0).train()
+    rvq.levels[0] = book
+    total_reset = 0
+    for _ in range(40):
+        _, codes, _, stats = rvq(x.T.unsqueeze(0))
+        total_reset += int(stats["codes_reset"][0])
+    assert total_reset >= 4
+    assert float(book.embed.abs().max()) < 50  # the far codes were moved onto the data
+    _, codes, _, stats = rvq(x.T.unsqueeze(0))
+    assert float(stats["utilisation"][0]) > 0.5
+
+
+def test_nan_input_does_not_touch_codebooks():
+    model = tiny_model().train()
+    model(mels(2, 32))  # init
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = mels(2, 32)
+    x[0, 0, 0] = float("nan")
+    model(x)
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state if "quantizer" in k)
+
+
+def test_state_dict_round_trips_through_safetensors(tmp_path):
+    model = tiny_model(seed=3).train()
+    for s in range(3):  # codebooks trained a little so the buffers are not at their defaults
+        model(mels(4, 64, seed=s))
+    model.set_normalization(torch.linspace(-6, -3, N_MELS), torch.linspace(1, 2, N_MELS))
+    model.eval()
+    state = model.state_dict()
+    assert any(k.endswith("initted") for k in state) and any(k.endswith("cluster_size") for k in state)
+    path = tmp_path / "vqvae.safetensors"
+    save_tensors(path, state)
+    fresh = ConvVQVAE(N_MELS, tiny_config())
+    fresh.load_state_dict(load_tensors(path, expected=tensor_spec(fresh.state_dict())))
+    fresh.eval()
+    x = mels(2, 50, seed=9)
+    assert torch.equal(fresh.encode(x), model.encode(x))
+    assert torch.equal(fresh.decode(model.encode(x), 50), model.decode(model.encode(x), 50))
+    assert fresh.quantizer.initted
+
+
+def test_quantizer_matches_cpu():
+    model = tiny_model().train()
+    model(mels(4, 64))
+    assert quantizer_matches_cpu(model, "cpu") is True
+    assert quantizer_matches_cpu(model, "meta") is False  # a device that cannot run it counts as a mismatch
+
+
+def test_decode_then_griffin_lim_gives_audio_of_the_right_length():
+    audio = AudioConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=N_MELS)
+    model = tiny_model().eval()
+    x = mels(1, 37)
+    recon = model.decode(model.encode(x), frames=37)[0]
+    wave = mel_to_audio(recon, audio, n_iter=4)
+    assert wave.dim() == 1 and abs(wave.shape[0] - 37 * audio.hop_length) <= audio.hop_length
+    assert torch.isfinite(wave).all()
