@@ -4,7 +4,9 @@
     python app.py --port 8000 --workspace ~/distill-work --no-browser
 
 Binds 127.0.0.1 unless told otherwise, never makes a share link, sends no analytics, and serves
-files only from the workspace.
+files only from the workspace (and Gradio's upload cache, which lives inside it). One app per
+workspace: a second one on the same folder is refused, so start-up recovery (runs left "running"
+by a crash become "interrupted", temp files of killed writers are swept) never touches a live run.
 """
 from __future__ import annotations
 
@@ -14,6 +16,15 @@ import sys
 import threading
 from pathlib import Path
 
+LOCK_NAME = ".app.lock"
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Distill: train a small generative model on your own sounds.")
@@ -22,7 +33,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workspace", default=os.environ.get("DISTILL_WORKSPACE", "./workspace"),
                    help="folder for datasets, runs and caches (default: $DISTILL_WORKSPACE or ./workspace)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--max-file-mb", type=float, default=_env_float("DISTILL_MAX_FILE_MB", 500),
+                   help="largest single upload in MB, enforced by the server (default 500, $DISTILL_MAX_FILE_MB)")
+    p.add_argument("--max-upload-mb", type=float, default=_env_float("DISTILL_MAX_UPLOAD_MB", 4096),
+                   help="largest upload in all, archives unpacked, in MB (default 4096, $DISTILL_MAX_UPLOAD_MB)")
     return p.parse_args(argv)
+
+
+def lock_workspace(workspace: Path):
+    """Hold an exclusive lock on the workspace for the life of the process (released by the OS
+    even on kill -9). Returns the open lock file, or None where locks are not available."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; run one app per workspace by hand
+        return None
+    fh = open(workspace / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise SystemExit(f"Another Distill app is already using the workspace {workspace}. "
+                         "Close it first, or start this one with --workspace pointing at another folder.")
+    return fh
+
+
+def host_guard(host: str) -> dict:
+    """Launch kwargs that refuse requests whose Host header is not this machine's loopback name.
+
+    Bound to 127.0.0.1, only pages from this machine can reach the app, except through DNS
+    rebinding: a web page whose own name resolves to 127.0.0.1 could then call the API and read
+    the answers (the origin check passes because the Host is not 'localhost'). Checking the Host
+    header closes that. Not applied when the user chose to listen on the network."""
+    if host not in ("127.0.0.1", "localhost"):
+        return {}
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    return {"app_kwargs": {"middleware": [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])]}}
 
 
 def _warm_up() -> None:
@@ -39,21 +86,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
+    lock = lock_workspace(workspace)  # noqa: F841 (held open until the process ends)
     # Set before gradio is imported: no analytics, uploads and temp files inside the workspace.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("GRADIO_TEMP_DIR", str(workspace / "tmp"))
+    # Gradio also serves its examples cache (default: relative to the current folder): keep it inside too.
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(workspace / "tmp" / "examples"))
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("DISTILL_CACHE", str(workspace / "cache"))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"Warning: listening on {args.host}: other machines on the network can reach this page.", file=sys.stderr)
 
+    from distill.runs import recover_workspace
+
+    recovered = recover_workspace(workspace)  # nothing can be running yet: we hold the workspace lock
+    if recovered.get("interrupted") or recovered.get("temp_files_removed"):
+        print(f"Recovered the workspace: {recovered['interrupted']} run(s) marked interrupted, "
+              f"{recovered['temp_files_removed']} stale temp file(s) removed.", flush=True)
+
     threading.Thread(target=_warm_up, name="distill-warmup", daemon=True).start()
     from distill.app.ui import DistillApp, build_ui, launch_kwargs
+    from distill.app.uploads import MB, UploadLimits
 
-    app = DistillApp(workspace)
+    limits = UploadLimits(max_file_bytes=max(1, int(args.max_file_mb * MB)),
+                          max_total_bytes=max(1, int(args.max_upload_mb * MB)))
+    app = DistillApp(workspace, limits=limits)
     demo = build_ui(workspace, app=app)
     print(f"Distill workspace: {workspace}", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser, **launch_kwargs(app))
+    demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser, **launch_kwargs(app),
+                **host_guard(args.host))
 
 
 if __name__ == "__main__":

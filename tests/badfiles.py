@@ -105,9 +105,53 @@ def make_corpus(root: Path, big: bool = False) -> list[Case]:
     hidden_dir = root / ".git"
     hidden_dir.mkdir(exist_ok=True)
     sf.write(hidden_dir / "inside.wav", _sine(0.5, freq=1900), SR)
+    _odd_files(root, add)
     if big:
         sf.write(add("good/one_hour.wav", "used", kind="1-hour file"), np.tile(_sine(1.0, 8000, 100), 3600), 8000)
     return cases
+
+
+def _odd_files(root: Path, add) -> None:
+    """Odd names, special files, rarer encodings and damaged streams (issue 6)."""
+    sf.write(add("good/line\nbreak.wav", "used", kind="newline in name"), _sine(0.5, freq=2000), SR)
+    sf.write(add("good/tab\tname.wav", "used", kind="tab in name"), _sine(0.5, freq=2010), SR)
+    sf.write(add("good/dots..in..name.wav", "used", kind="'..' inside a name"), _sine(0.5, freq=2020), SR)
+    sf.write(add("good/a..b/inside.wav", "used", kind="'..' inside a folder name"), _sine(0.5, freq=2030), SR)
+    sf.write(add("bad/..dotdot_prefix.wav", "skipped", "hidden", "name starting with '..'"), _sine(0.5, freq=2040), SR)
+    sf.write(add("good/back\\slash.wav", "used", kind="backslash in name"), _sine(0.5, freq=2050), SR)
+    sf.write(add("good/" + "L" * 200 + ".wav", "used", kind="200-character name"), _sine(0.5, freq=2060), SR)
+    sf.write(add("good/mixed_case.WaV", "used", kind="mixed-case extension"), _sine(0.5, freq=2070), SR)
+    sf.write(add("good/double.ext.wav.wav", "used", kind="double extension"), _sine(0.5, freq=2080), SR)
+    sf.write(add("good/ulaw.wav", "used", kind="u-law wav"), _sine(0.5, freq=2090), SR, subtype="ULAW")
+    sf.write(add("good/float64.wav", "used", kind="64-bit float wav"), _sine(0.5, freq=2100), SR, subtype="DOUBLE")
+    sf.write(add("good/rf64.wav", "used", kind="RF64 container"), _sine(0.5, freq=2110), SR, format="RF64")
+    sf.write(add("good/w64.wav", "used", kind="Sony Wave64 named .wav"), _sine(0.5, freq=2120), SR, format="W64")
+    sf.write(add("good/caf_named.wav", "used", kind="CAF data named .wav"), _sine(0.5, freq=2130), SR, format="CAF")
+    sf.write(add("good/opus.ogg", "used", kind="ogg opus"), _sine(0.5, 48_000, 2140), 48_000, format="OGG", subtype="OPUS")
+    loud = (_sine(0.5, freq=2150) * 1e30).astype(np.float32)
+    sf.write(add("good/huge_float_values.wav", "used", kind="float samples of 1e30"), loud, SR, subtype="FLOAT")
+    dc_click = np.full(SR // 2, 0.3)
+    dc_click[100] = 1.0
+    sf.write(add("good/dc_with_click.wav", "used", kind="DC offset with one click"), dc_click, SR)
+    sub = (_sine(0.5, freq=2160) * 1e-40).astype(np.float32)
+    sf.write(add("bad/subnormal.wav", "skipped", "near silence", "subnormal float samples"), sub, SR, subtype="FLOAT")
+    sf.write(add("bad/header_only.wav", "skipped", "no audio", "header with zero samples"), np.zeros(0), SR)
+    sf.write(add("bad/one_sample.wav", "skipped", "too short", "one sample"), np.full(1, 0.9), SR)
+    sf.write(add("bad/rate_384k.wav", "skipped", "sample rate", "384 kHz rate"), _sine(0.1, 384_000, 500), 384_000)
+    sf.write(add("bad/no_extension", "skipped", "not an audio file", "wav data without extension"), _sine(0.5), SR,
+             format="WAV")
+    add("bad/id3_only.mp3", "skipped", "cannot be decoded", "mp3 with only an ID3 tag").write_bytes(
+        b"ID3\x04\x00\x00\x00\x00\x00\x10" + b"\x00" * 16)
+    add("bad/riff_no_fmt.wav", "skipped", "cannot be decoded", "RIFF without fmt chunk").write_bytes(
+        b"RIFF\x24\x00\x00\x00WAVEdata\x00\x00\x00\x00")
+    for fmt, sub_type, ext, kind in (("OGG", "VORBIS", "ogg", "ogg cut in half"), ("FLAC", "PCM_16", "flac", "flac cut in half")):
+        whole = root / f"bad/.whole.{ext}"  # hidden scratch file, removed below
+        sf.write(whole, _sine(1.0, 44_100, 820), 44_100, format=fmt, subtype=sub_type)
+        data = whole.read_bytes()
+        add(f"bad/cut_in_half.{ext}", "skipped", "cannot be decoded", kind).write_bytes(data[: len(data) // 2])
+        whole.unlink()
+    if hasattr(os, "mkfifo"):  # a named pipe must be reported, never opened (opening it would block)
+        os.mkfifo(add("bad/fifo.wav", "skipped", "not a regular file", "named pipe"))
 
 
 def _wav_header_lies(path: Path) -> None:
@@ -115,3 +159,100 @@ def _wav_header_lies(path: Path) -> None:
     fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, SR, SR * 2, 2, 16)
     data = b"data" + struct.pack("<I", 0x7FFFFFF0) + b"\x00\x01" * 3
     path.write_bytes(b"RIFF" + struct.pack("<I", 0x7FFFFFFF) + b"WAVE" + fmt + data)
+
+
+# --- hostile uploads (what a browser could send to the app) ------------------------------------
+
+
+@dataclass
+class UploadCase:
+    kind: str
+    files: list  # [(local file to upload, relative path the browser claims)]; raw=True: paths sent as-is
+    expect: str  # "refused" | "ingested"
+    reason: str = ""  # a substring of the refusal message (or of the upload summary when ingested)
+    raw: bool = False  # send the local paths as server paths without uploading (a forged request)
+
+
+MB = 1024 * 1024
+
+
+def _zip(path: Path, members: dict, compression=None) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED if compression is None else compression) as zf:
+        for name, data in members.items():
+            if isinstance(data, tuple):  # ("link", target): a symlink member
+                info = zipfile.ZipInfo(name)
+                info.external_attr = (0o120777 << 16)
+                zf.writestr(info, data[1])
+            else:
+                zf.writestr(name, data)
+    return path
+
+
+def make_hostile_uploads(root: Path, limits) -> list[UploadCase]:
+    """Uploads and archives the app must refuse (or take in safely), for limits like the app's
+    UploadLimits (max_file_bytes, max_total_bytes, max_files, zip_ratio_min_bytes)."""
+    import io
+    import zipfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    good = root / "good.wav"
+    sf.write(good, _sine(0.5, freq=440), SR)
+    good2 = root / "good2.wav"
+    sf.write(good2, _sine(0.5, freq=660), SR)
+    wav, wav2 = good.read_bytes(), good2.read_bytes()
+    cases: list[UploadCase] = []
+
+    bomb_size = max(limits.zip_ratio_min_bytes, MB)
+    bomb = _zip(root / "bomb.zip", {"sounds/good.wav": wav, "sounds/zeros.wav": b"\0" * bomb_size})
+    cases.append(UploadCase("zip bomb (one member, ~1000:1)", [(bomb, "bomb.zip")], "refused",
+                            "zip bomb" if bomb_size <= limits.max_file_bytes else "limit per file"))
+    n = min(limits.max_total_bytes // MB + 2, 64)
+    many = _zip(root / "many.zip", {f"z/{i:03d}.wav": b"\0" * MB for i in range(n)})
+    if n * MB > limits.max_total_bytes:
+        cases.append(UploadCase("zip bomb (many members past the total)", [(many, "many.zip")], "refused", "the limit is"))
+    cases.append(UploadCase("zip with ../ paths", [(_zip(root / "slip.zip", {"ok/good.wav": wav, "../../evil.wav": wav}),
+                                                     "slip.zip")], "refused", "outside"))
+    cases.append(UploadCase("zip with an absolute path", [(_zip(root / "abs.zip", {"/tmp/evil_abs.wav": wav}), "abs.zip")],
+                            "refused", "absolute"))
+    cases.append(UploadCase("zip with ..\\ (Windows) paths",
+                            [(_zip(root / "winslip.zip", {"..\\..\\evil_win.wav": wav}), "winslip.zip")], "refused", "outside"))
+    liar = io.BytesIO()
+    with zipfile.ZipFile(liar, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("liar.wav", b"\0" * (2 * MB))
+    data = bytearray(liar.getvalue())
+    raw = bytes(data)
+    struct.pack_into("<I", data, raw.find(b"PK\x03\x04") + 22, 1000)  # local header: uncompressed size
+    struct.pack_into("<I", data, raw.find(b"PK\x01\x02") + 24, 1000)  # central directory: the same lie
+    (root / "liar.zip").write_bytes(bytes(data))
+    cases.append(UploadCase("zip whose header lies about sizes", [(root / "liar.zip", "liar.zip")], "refused",
+                            "could not be unpacked"))
+    (root / "fake.zip").write_bytes(b"PK\x03\x04 this is not really a zip" + bytes(100))
+    cases.append(UploadCase("not a zip, named .zip", [(root / "fake.zip", "fake.zip")], "refused", "not a readable"))
+    link = _zip(root / "link.zip", {"pack/good.wav": wav, "pack/passwd.wav": ("link", "/etc/passwd")})
+    cases.append(UploadCase("zip with a symlink member", [(link, "link.zip")], "ingested", "link"))
+    inner = _zip(root / "inner.zip", {"inner/good.wav": wav})
+    nested = _zip(root / "nested.zip", {"outer/good2.wav": wav2, "outer/inner.zip": inner.read_bytes()})
+    cases.append(UploadCase("zip inside a zip", [(nested, "nested.zip")], "ingested"))
+    folder = _zip(root / "folder.zip", {"My Sounds/a/hit.wav": wav, "My Sounds/b/hit.wav": wav2,
+                                         "__MACOSX/My Sounds/._hit.wav": b"\0\5\26\7", "My Sounds/.DS_Store": b"x"})
+    cases.append(UploadCase("zip of a folder (equal names, macOS junk)", [(folder, "folder.zip")], "ingested", "macOS"))
+    cases.append(UploadCase("file named ../escape.wav", [(good, "../escape.wav")], "refused", "outside"))
+    cases.append(UploadCase("file with an absolute name", [(good, "/etc/evil.wav")], "refused", "absolute"))
+    cases.append(UploadCase("file name with a newline", [(good, "x/a\nb.wav")], "refused", "control characters"))
+    cases.append(UploadCase("forged server path outside the upload cache", [("/etc/passwd", "passwd.wav")], "refused",
+                            "did not come through the upload", raw=True))
+    cases.append(UploadCase("more files than the limit", [(good, f"many/{i}.wav") for i in range(limits.max_files + 1)],
+                            "refused", f"the limit is {limits.max_files}"))
+    if limits.max_total_bytes <= 64 * MB:
+        each = min(limits.max_file_bytes, limits.max_total_bytes // 2 + MB)
+        parts = []
+        for i in range(limits.max_total_bytes // each + 1):
+            p = root / f"part{i}.wav"
+            p.write_bytes(os.urandom(each))
+            parts.append((p, f"big/part{i}.wav"))
+        cases.append(UploadCase("upload past the total size limit", parts, "refused", "in all"))
+    cases.append(UploadCase("equal names in one upload", [(good, "d/same.wav"), (good2, "d/same.wav")], "ingested",
+                            "renamed"))
+    return cases

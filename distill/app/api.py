@@ -1,8 +1,9 @@
-"""The JSON API for scripts and `gradio_client`: scan, start, status, stop, list_runs, retrain,
-generate, codes. Each is a plain typed function registered with `gr.api` on the page's Blocks.
+"""The JSON API for scripts and `gradio_client`: scan, ingest (uploads), start, status, stop, list_runs,
+retrain, generate, codes. Each is a plain typed function registered with `gr.api` on the page's Blocks.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -25,6 +26,17 @@ def api_safe(obj):
 
 
 def register_api(app: DistillApp) -> None:
+    def scan_result(entry) -> dict:
+        from distill.scan import DatasetError
+
+        card, error = None, None
+        try:
+            card = app.plan(entry, app.options()).tier_card
+        except DatasetError as exc:
+            error = str(exc)
+        return {"scan_id": entry.id, "source": entry.source, "report": entry.report.to_dict(), "tier_card": card,
+                "plan_error": error}
+
     def scan(path: str) -> dict:
         """Scan a folder on this computer: files used/skipped with reasons and the tier card."""
         from distill.scan import DatasetError
@@ -33,20 +45,37 @@ def register_api(app: DistillApp) -> None:
             entry = app.scan(path)
         except DatasetError as exc:
             return {"ok": False, "message": str(exc)}
-        card, error = None, None
+        result = scan_result(entry)
+        return api_safe({"ok": True, "message": result["plan_error"] or "scanned", **result})
+
+    def ingest(payload: str) -> dict:
+        """Copy uploaded files into a new dataset folder and scan it, as the page's drop zone does.
+
+        `payload`: JSON {"files": [{"path": <server path returned by /gradio_api/upload>, "rel":
+        <path inside the dropped folder>}]}; .zip files are unpacked safely. Paths outside Gradio's
+        upload cache, '..' or absolute names, zip bombs and over-limit uploads are refused."""
+        from distill.app.uploads import UploadError
+        from distill.scan import DatasetError
+
         try:
-            card = app.plan(entry, app.options()).tier_card
-        except DatasetError as exc:
-            error = str(exc)
-        return api_safe({"ok": True, "message": error or "scanned", "scan_id": entry.id, "source": entry.source,
-                         "report": entry.report.to_dict(), "tier_card": card})
+            data = json.loads(payload or "{}") if isinstance(payload, str) else payload
+            files = data.get("files") if isinstance(data, dict) else None
+            if isinstance(files, list):  # "file_path" is accepted too (what api_safe writes)
+                files = [{**f, "path": f.get("path", f.get("file_path"))} if isinstance(f, dict) else f for f in files]
+            entry = app.ingest_upload(json.dumps({"files": files}))
+        except (UploadError, DatasetError, json.JSONDecodeError, TypeError) as exc:
+            return {"ok": False, "message": str(exc)}
+        return api_safe({"ok": True, "message": entry.note, **scan_result(entry)})
 
     def start(source: str = "", preset: str = "auto", minutes: float | None = None, device: str = "auto",
               seed: int = 0, num_quantizers: int = 3, vqvae_overrides: dict | None = None,
               prior_overrides: dict | None = None) -> dict:
         """Start training on a folder (default: the last scanned one). Returns at once; poll /status."""
         entry = app.latest_scan()
-        same = entry is not None and (not source or Path(source).expanduser().resolve() == Path(entry.source))
+        try:
+            same = entry is not None and (not source or Path(source).expanduser().resolve() == Path(entry.source))
+        except (OSError, ValueError, RuntimeError):  # not a usable path: the pipeline says so in words
+            same = False
         target = entry if same else source  # the scanned entry brings its plan's budgets for the ETA
         try:
             options = app.options(preset, minutes, device, seed, num_quantizers, vqvae_overrides, prior_overrides)
@@ -68,7 +97,11 @@ def register_api(app: DistillApp) -> None:
 
     def retrain(run_id: str, preset: str = "auto", minutes: float | None = None, prior_overrides: dict | None = None) -> dict:
         """Train a new prior on a finished run's codes (no VQ-VAE retraining)."""
-        return app.retrain(run_id, app.options(preset, minutes, prior_overrides=prior_overrides))
+        try:
+            options = app.options(preset, minutes, prior_overrides=prior_overrides)
+        except (ValueError, TypeError) as exc:
+            return {"ok": False, "message": str(exc), "run_id": run_id}
+        return app.retrain(run_id, options)
 
     def generate(run_id: str = "", seconds: float = 4.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, variations: int = 1, fmt: str = "wav", prompt_file: str = "") -> dict:
@@ -101,6 +134,7 @@ def register_api(app: DistillApp) -> None:
                 "levels_train": stats(train_counts), "levels_generated": stats(gen_counts)}
 
     gr.api(scan, api_name="scan")
+    gr.api(ingest, api_name="ingest")
     gr.api(start, api_name="start", concurrency_limit=None)
     gr.api(status, api_name="status", concurrency_limit=None, queue=False)  # plain HTTP: no queue round trips
     gr.api(stop, api_name="stop", concurrency_limit=None)

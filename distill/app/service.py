@@ -8,6 +8,7 @@ and the JSON API (api.py) only call it.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
@@ -64,10 +65,14 @@ class DistillApp:
         text = str(source).strip()
         if not text:
             raise DatasetError("Type the path of a folder on this computer first.")
-        path = Path(text).expanduser()
-        if not path.is_dir():
-            raise DatasetError(f"'{text}' is not a folder on this computer." if not path.exists()
-                               else f"'{text}' is a file; choose the folder that holds your sounds.")
+        try:
+            path = Path(text).expanduser()
+            is_dir, exists = path.is_dir(), path.exists()
+        except (OSError, ValueError, RuntimeError):  # a null byte, a name too long, a link loop
+            is_dir = exists = False
+        if not is_dir:
+            raise DatasetError(f"'{text[:200]}' is not a folder on this computer." if not exists
+                               else f"'{text[:200]}' is a file; choose the folder that holds your sounds.")
         report = scan_dataset(path, AudioConfig(), cache_dir=self.cache_dir, progress=progress, keep_features=False)
         entry = ScanEntry(id=f"scan-{time.time_ns()}", source=str(path.resolve()), label=label or path.name,
                           report=report, rows=report_rows(report), note=note)
@@ -137,8 +142,10 @@ class DistillApp:
 
     def options(self, preset: str = "auto", minutes: float | None = None, device: str = "auto", seed: int = 0,
                 num_quantizers: int = 3, vqvae_overrides: dict | None = None, prior_overrides: dict | None = None):
-        from distill.pipeline import TrainOptions
+        from distill.pipeline import PRESETS, TrainOptions
 
+        if (preset or "auto") not in PRESETS:  # refused here, not as a failed run (or a failed retrain of a good one)
+            raise ValueError(f"Unknown preset '{str(preset)[:40]}': choose one of {', '.join(PRESETS)}.")
         if minutes is not None and (not isinstance(minutes, (int, float)) or minutes <= 0):
             minutes = None
         return TrainOptions(preset=preset or "auto", minutes=minutes, seed=int(seed or 0), device=device or "auto",
@@ -161,6 +168,13 @@ class DistillApp:
         if not source:
             return {"ok": False, "message": "Choose a dataset first (drop a folder, type a path or use the demo).",
                     "run_id": ""}
+        if entry is None:  # a typed path: refuse a typo here rather than leave a failed run behind
+            try:
+                is_dir = Path(source).expanduser().is_dir()
+            except (OSError, ValueError, RuntimeError):
+                is_dir = False
+            if not is_dir:
+                return {"ok": False, "message": f"'{source[:200]}' is not a folder on this computer.", "run_id": ""}
         expected: dict = {}
         if entry is not None:
             try:
@@ -200,8 +214,11 @@ class DistillApp:
         if not run_id:
             return None
         name = Path(str(run_id)).name  # ids only, never paths
+        if name != str(run_id) or name in ("", ".", ".."):
+            return None
         d = self.workspace / "runs" / name
-        return d if d.is_dir() and name == str(run_id) else None
+        # a linked folder could lead outside the workspace: samples would be written there
+        return d if d.is_dir() and not d.is_symlink() else None
 
     def manifest(self, run_dir: Path) -> dict:
         from distill.runs import read_manifest
@@ -322,6 +339,10 @@ class DistillApp:
         seconds = float(seconds or 0)
         if not 0 < seconds <= 600:
             raise ValueError("Duration must be between 0.1 s and 10 minutes.")
+        if not math.isfinite(float(temperature)) or not math.isfinite(float(top_p)):
+            raise ValueError("Temperature and top-p must be numbers.")
+        if not -2**63 <= int(seed or 0) < 2**63 - MAX_VARIATIONS:
+            raise ValueError("The seed must be a whole number below 9.2 × 10¹⁸.")
         prompt = prompt_file or None
         out = []
         with self._gen_lock:
