@@ -1,4 +1,4 @@
-"""`python -m distill …`: the library's command line (scan, train, generate, encode, decode, evaluate).
+"""`python -m distill …`: the library's command line (scan, train, resume, generate, encode, decode, evaluate).
 
 Progress goes to stderr; `--json` puts a machine-readable summary on stdout.
 """
@@ -63,19 +63,46 @@ def _print_scan(data: dict) -> None:
         print(f"\n{data['error']}")
 
 
+def _settings(items: list[str] | None) -> dict[str, dict]:
+    """--set vqvae.max_steps=200 --set prior.time_budget_s=null -> {"vqvae": {...}, "prior": {...}, "audio": {}}
+    (values are JSON; the configs validate names and types)."""
+    out: dict[str, dict] = {"vqvae": {}, "prior": {}, "audio": {}}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        stage, dot, name = key.strip().partition(".")
+        if not sep or not dot or stage not in out or not name:
+            raise ValueError(f"--set expects STAGE.NAME=VALUE with STAGE one of vqvae, prior, audio; got '{item}'")
+        try:
+            out[stage][name] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[stage][name] = raw
+    return out
+
+
 def cmd_train(args) -> int:
     from distill.pipeline import TrainOptions, run_pipeline
 
+    overrides = _settings(args.set)
     options = TrainOptions(preset=args.preset, minutes=args.minutes, seed=args.seed, device=args.device,
-                           num_quantizers=args.levels, cache_dir=args.cache_dir)
-    started = time.time()
+                           num_quantizers=args.levels, cache_dir=args.cache_dir,
+                           vqvae_overrides=overrides["vqvae"], prior_overrides=overrides["prior"],
+                           audio_overrides=overrides["audio"])
+    summary = run_pipeline(args.data_dir, Path(args.run), options, callbacks=[_show_progress(time.time())])
+    if args.json:
+        _print_json(summary)
+    else:
+        _err(summary.get("message", ""))
+    return 0 if summary.get("status") == "done" else 1
+
+
+def _show_progress(started: float):
     last = {"t": 0.0}
 
     def show(event: dict) -> None:
         kind = event.get("kind")
         stage = event.get("stage")
         now = time.time()
-        if kind in ("stage_start", "stage_end", "warning", "error", "run_end"):
+        if kind in ("stage_start", "stage_end", "warning", "error", "run_end", "resumed"):
             extra = {k: v for k, v in event.items() if k not in ("t", "stage", "kind", "trace", "levels")}
             _err(f"[{now - started:6.1f}s] {stage}: {kind} {json.dumps(extra, ensure_ascii=False)[:300]}")
         elif kind in ("step", "eval", "progress") and now - last["t"] > 5:
@@ -83,7 +110,18 @@ def cmd_train(args) -> int:
             keys = ("step", "loss", "val_loss", "val_perplexity", "tokens_per_s", "fraction", "eta_s")
             _err(f"[{now - started:6.1f}s] {stage}: " + " ".join(f"{k}={event[k]:.4g}" if isinstance(event[k], float) else f"{k}={event[k]}" for k in keys if k in event))
 
-    summary = run_pipeline(args.data_dir, Path(args.run), options, callbacks=[show])
+    return show
+
+
+def cmd_resume(args) -> int:
+    from distill.pipeline import resume_run
+
+    overrides = {}
+    if args.minutes is not None:
+        overrides["minutes"] = args.minutes
+    if args.device is not None:
+        overrides["device"] = args.device
+    summary = resume_run(Path(args.run_dir), callbacks=[_show_progress(time.time())], options_overrides=overrides)
     if args.json:
         _print_json(summary)
     else:
@@ -189,8 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--levels", type=int, default=3, choices=[2, 3, 4])
+    t.add_argument("--set", action="append", metavar="STAGE.NAME=VALUE",
+                   help="override one setting, e.g. vqvae.max_steps=200 or prior.time_budget_s=null (repeatable)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("resume", help="continue an interrupted, stopped or failed run from its last checkpoint")
+    r.add_argument("run_dir")
+    r.add_argument("--minutes", type=float, default=None, help="a new total training budget (default: the run's own)")
+    r.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_resume)
 
     g = sub.add_parser("generate", help="generate new audio from a trained run")
     g.add_argument("run_dir")

@@ -2,7 +2,8 @@
 
 Every event goes to the run's metrics.jsonl (so a page reload or an app restart can redraw
 everything) and then to the caller's callbacks. A stop flag is honoured between and inside stages;
-what finished is kept.
+what finished is kept. The manifest's `stages_done` lists the finished stages and the training
+stages checkpoint into `checkpoints/`, so `resume_run` continues a stopped, crashed or killed run.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from distill.checkpoint import CheckpointStore
 from distill.config import (
     AudioConfig,
     PriorConfig,
     VQVAEConfig,
     apply_overrides,
+    config_from_dict,
     get_adaptive_prior_config,
     get_adaptive_vqvae_config,
 )
@@ -26,6 +29,8 @@ from distill.runs import (
     METRICS,
     configs_dict,
     load_codes,
+    load_prior,
+    load_vqvae,
     read_manifest,
     run_configs,
     save_codes,
@@ -37,7 +42,8 @@ from distill.runs import (
 )
 from distill.resources import SettingsError
 from distill.scan import DatasetError, ScanReport, scan_dataset
-from distill.storage import append_jsonl, sanitize_json
+from distill.data import MelDataset
+from distill.storage import UnsafeFileError, append_jsonl, sanitize_json
 from distill.tiers import TierCard, describe_tier
 
 Callback = Callable[[dict], None]
@@ -176,6 +182,10 @@ class EventLog:
         return seconds
 
 
+STAGE_ORDER = ("vqvae", "codes", "prior", "analysis")  # the stages a resume can skip once finished
+RESUMABLE = ("interrupted", "stopped", "failed", "running")
+
+
 def run_pipeline(
     source,
     run_dir: str | Path,
@@ -183,7 +193,8 @@ def run_pipeline(
     callbacks: Iterable[Callback] | None = None,
     stop: threading.Event | None = None,
 ) -> dict:
-    """Train everything for one dataset into `run_dir`. Returns a summary (also in the manifest)."""
+    """Train everything for one dataset into `run_dir`. Returns a summary (also in the manifest).
+    Training state is checkpointed into `run_dir/checkpoints/`, so `resume_run` can continue it."""
     options = options or TrainOptions()
     stop = stop or threading.Event()
     run_dir = Path(run_dir)
@@ -192,11 +203,20 @@ def run_pipeline(
     log = EventLog(run_dir, callbacks)
     stage_seconds: dict[str, float] = {}
     summary: dict = {"run_dir": str(run_dir), "status": "running"}
+    listed = isinstance(source, (list, tuple))
     write_manifest(run_dir, {"id": run_dir.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "status": "running",
-                             "source": str(source) if not isinstance(source, list) else f"{len(source)} files",
-                             "options": asdict(options), "versions": versions()})
+                             "source": f"{len(source)} files" if listed else str(source),
+                             **({"source_paths": [str(p) for p in source]} if listed else {}),
+                             "options": asdict(options), "versions": versions(), "stages_done": []})
+    return _guarded(run_dir, log, summary, stage_seconds, stop,
+                    lambda: _run_stages(source, run_dir, options, log, stop, stage_seconds, summary))
+
+
+def _guarded(run_dir: Path, log: EventLog, summary: dict, stage_seconds: dict, stop, body: Callable[[], None],
+             done_message: str = "Training finished.") -> dict:
+    """Run `body`, turning every failure into a plain message and a final manifest status."""
     try:
-        _run_stages(source, run_dir, options, log, stop, stage_seconds, summary)
+        body()
     except (DatasetError, SettingsError) as exc:
         return _finish(run_dir, log, summary, stage_seconds, "failed", str(exc))
     except MemoryError:
@@ -213,7 +233,7 @@ def run_pipeline(
         log({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]})
         return _finish(run_dir, log, summary, stage_seconds, "failed", f"Training failed: {type(exc).__name__}: {exc}")
     status = "stopped" if stop.is_set() else "done"
-    message = "Stopped; finished stages were kept." if status == "stopped" else "Training finished."
+    message = "Stopped; finished stages were kept." if status == "stopped" else done_message
     return _finish(run_dir, log, summary, stage_seconds, status, message)
 
 
@@ -230,11 +250,7 @@ def _finish(run_dir: Path, log: EventLog, summary: dict, stage_seconds: dict, st
     return summary
 
 
-def _run_stages(source, run_dir: Path, options: TrainOptions, log: EventLog, stop, stage_seconds: dict, summary: dict) -> None:
-    audio_cfg = audio_config_for(options)
-
-    # scan + features (one pass: the scan decodes only what the cache lacks)
-    t0 = log.begin("features")
+def _progress_logger(log: EventLog) -> Callable[[int, int], None]:
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -243,13 +259,19 @@ def _run_stages(source, run_dir: Path, options: TrainOptions, log: EventLog, sto
             last[0] = now
             log({"kind": "progress", "fraction": done / max(total, 1), "done": done, "total": total})
 
-    report = scan_dataset(source, audio_cfg, cache_dir=options.cache_dir, progress=progress, stop=stop)
+    return progress
+
+
+def _run_stages(source, run_dir: Path, options: TrainOptions, log: EventLog, stop, stage_seconds: dict, summary: dict) -> None:
+    audio_cfg = audio_config_for(options)
+
+    # scan + features (one pass: the scan decodes only what the cache lacks)
+    t0 = log.begin("features")
+    report = scan_dataset(source, audio_cfg, cache_dir=options.cache_dir, progress=_progress_logger(log), stop=stop)
     if stop.is_set():
         return
     plan = plan_training(report, options)
     if "error" in plan.tier_card.get("memory", {}):
-        from distill.resources import SettingsError
-
         raise SettingsError(plan.tier_card["memory"]["error"])
     vq_cfg, prior_cfg = plan.vqvae_config, plan.prior_config
     dataset = report.dataset(vq_cfg.val_fraction, seed=options.seed)
@@ -268,33 +290,72 @@ def _run_stages(source, run_dir: Path, options: TrainOptions, log: EventLog, sto
         log({"kind": "warning", "message": w})
     if stop.is_set():
         return
+    _model_stages(run_dir, dataset, vq_cfg, prior_cfg, log, stop, stage_seconds, summary.setdefault("results", {}),
+                  done=[], resume=False)
 
-    # VQ-VAE
+
+def _mark_done(run_dir: Path, done: list[str], stage: str, **changes) -> None:
+    if stage not in done:
+        done.append(stage)
+    update_manifest(run_dir, stages_done=list(done), **changes)
+
+
+def _model_stages(run_dir: Path, dataset, vq_cfg: VQVAEConfig, prior_cfg: PriorConfig, log: EventLog, stop,
+                  stage_seconds: dict, results: dict, done: list[str], resume: bool) -> None:
+    """VQ-VAE → codes → prior → analysis, skipping the stages in `done` (a resume) and continuing
+    an unfinished training stage from its checkpoint when `resume`."""
     from distill.training.vqvae_train import train_vqvae
 
-    t0 = log.begin("vqvae", budget_s=vq_cfg.time_budget_s)
-    vq_result = train_vqvae(dataset, vq_cfg, callbacks=[log], stop=stop)
-    vq_hash = save_vqvae(run_dir, vq_result.model)
-    stage_seconds["vqvae"] = log.end(t0, steps=vq_result.steps, best_val_loss=vq_result.best_val_loss, device=str(vq_result.device))
-    results = summary.setdefault("results", {})
-    results["vqvae"] = {"best_val_loss": vq_result.best_val_loss, "steps": vq_result.steps, "device": str(vq_result.device),
-                        "stop_reason": getattr(vq_result, "stop_reason", None)}
-    update_manifest(run_dir, hashes={"vqvae": vq_hash}, results=sanitize_json(results))
+    vq_store = CheckpointStore.for_run(run_dir, "vqvae")
+    if "vqvae" in done:
+        vq_store.clear()
+        vq_model = load_vqvae(run_dir)
+    else:
+        t0 = log.begin("vqvae", budget_s=vq_cfg.time_budget_s, **({"resumed": True} if resume else {}))
+        vq_result = train_vqvae(dataset, vq_cfg, callbacks=[log], stop=stop, checkpoint=vq_store, resume=resume)
+        vq_model = vq_result.model
+        vq_hash = save_vqvae(run_dir, vq_model)
+        stage_seconds["vqvae"] = log.end(t0, steps=vq_result.steps, best_val_loss=vq_result.best_val_loss,
+                                         device=str(vq_result.device))
+        results["vqvae"] = {"best_val_loss": vq_result.best_val_loss, "steps": vq_result.steps,
+                            "device": str(vq_result.device), "stop_reason": vq_result.stop_reason}
+        # codes, prior and analysis were made by the earlier sound model: they are redone below
+        done[:] = []
+        update_manifest(run_dir, hashes={"vqvae": vq_hash}, results=sanitize_json(results), stages_done=[])
+        if not vq_result.interrupted:
+            _mark_done(run_dir, done, "vqvae")
+            vq_store.clear()
     if stop.is_set():
         return
 
     # codes
-    t0 = log.begin("codes")
-    codes = extract_and_save_codes(run_dir, vq_result.model, dataset)
-    health = code_health(codes, dataset.train_index, vq_cfg.codebook_size)
-    results["codes"] = health
-    stage_seconds["codes"] = log.end(t0, files=len(codes), levels=health["train_levels"])
-    update_manifest(run_dir, results=sanitize_json(results))
+    codes = _saved_codes(run_dir, dataset.names) if "codes" in done else None
+    if codes is None:
+        t0 = log.begin("codes")
+        codes = extract_and_save_codes(run_dir, vq_model, dataset)
+        results["codes"] = code_health(codes, dataset.train_index, vq_cfg.codebook_size)
+        stage_seconds["codes"] = log.end(t0, files=len(codes), levels=results["codes"]["train_levels"])
+        done[:] = [s for s in done if s == "vqvae"]
+        _mark_done(run_dir, done, "codes", results=sanitize_json(results))
     if stop.is_set():
         return
 
     # prior (+ analysis)
-    _train_prior_stage(run_dir, codes, dataset.train_index, dataset.val_index, vq_cfg, prior_cfg, log, stop, stage_seconds, results)
+    _train_prior_stage(run_dir, codes, dataset.train_index, dataset.val_index, vq_cfg, prior_cfg, log, stop,
+                       stage_seconds, results, resume=resume, done=done)
+
+
+def _saved_codes(run_dir: Path, names: list[str]) -> list | None:
+    """The run's saved codes in `names` order, or None when they are missing or for other files."""
+    import torch
+
+    try:
+        by_name = load_codes(run_dir)
+    except (UnsafeFileError, OSError):
+        return None
+    if list(by_name) != list(names):
+        return None
+    return [torch.as_tensor(by_name[n]) for n in names]
 
 
 def extract_and_save_codes(run_dir: Path, model, dataset) -> list:
@@ -313,24 +374,43 @@ def code_health(codes: list, train_index: list[int], codebook_size: int) -> dict
 
 
 def _train_prior_stage(run_dir: Path, codes: list, train_index, val_index, vq_cfg: VQVAEConfig, prior_cfg: PriorConfig,
-                       log: EventLog, stop, stage_seconds: dict, results: dict) -> None:
+                       log: EventLog, stop, stage_seconds: dict, results: dict, resume: bool = False,
+                       done: list[str] | None = None) -> None:
     from distill.training.prior_train import train_prior
 
-    t0 = log.begin("prior", budget_s=prior_cfg.time_budget_s)
-    prior_result = train_prior(codes, prior_cfg, vq_cfg.codebook_size, train_index, val_index, callbacks=[log], stop=stop)
-    prior_hash = save_prior(run_dir, prior_result.model)
-    stage_seconds["prior"] = log.end(t0, steps=prior_result.steps, best_val_loss=prior_result.best_val_loss)
-    results["prior"] = {"best_val_loss": prior_result.best_val_loss, "steps": prior_result.steps,
-                        "stop_reason": getattr(prior_result, "stop_reason", None),
-                        "memorisation_warning": getattr(prior_result, "memorisation_warning", None)}
-    manifest = read_manifest(run_dir)
-    hashes = {**(manifest.get("hashes") or {}), "prior": prior_hash}
-    update_manifest(run_dir, prior_config=asdict(prior_cfg), hashes=hashes, results=sanitize_json(results))
+    done = done if done is not None else list(read_manifest(run_dir).get("stages_done") or [])
+    store = CheckpointStore.for_run(run_dir, "prior")
+    if "prior" in done and (run_dir / "prior.safetensors").is_file():  # a resume that only lacks the analysis
+        store.clear()
+        model = load_prior(run_dir)
+    else:
+        t0 = log.begin("prior", budget_s=prior_cfg.time_budget_s, **({"resumed": True} if resume else {}))
+        prior_result = train_prior(codes, prior_cfg, vq_cfg.codebook_size, train_index, val_index, callbacks=[log],
+                                   stop=stop, checkpoint=store, resume=resume)
+        model = prior_result.model
+        prior_hash = save_prior(run_dir, model)
+        stage_seconds["prior"] = log.end(t0, steps=prior_result.steps, best_val_loss=prior_result.best_val_loss)
+        results["prior"] = {"best_val_loss": prior_result.best_val_loss, "steps": prior_result.steps,
+                            "stop_reason": prior_result.stop_reason,
+                            "memorisation_warning": prior_result.memorisation_warning}
+        manifest = read_manifest(run_dir)
+        hashes = {**(manifest.get("hashes") or {}), "prior": prior_hash}
+        done[:] = [s for s in done if s in ("vqvae", "codes")]
+        changes = dict(prior_config=asdict(prior_cfg), pending_prior_config=None, hashes=hashes,
+                       results=sanitize_json(results))
+        if prior_result.interrupted:
+            update_manifest(run_dir, stages_done=list(done), **changes)
+        else:
+            _mark_done(run_dir, done, "prior", **changes)
+            store.clear()
 
     t0 = log.begin("analysis")
-    results["analysis"] = analyse_prior(prior_result.model, codes, train_index, val_index, vq_cfg.codebook_size)
+    results["analysis"] = analyse_prior(model, codes, train_index, val_index, vq_cfg.codebook_size)
     stage_seconds["analysis"] = log.end(t0, **results["analysis"])
-    update_manifest(run_dir, results=sanitize_json(results))
+    if "prior" in done:
+        _mark_done(run_dir, done, "analysis", results=sanitize_json(results))
+    else:
+        update_manifest(run_dir, results=sanitize_json(results))
 
 
 def analyse_prior(model, codes: list, train_index, val_index, codebook_size: int) -> dict:
@@ -345,9 +425,12 @@ def analyse_prior(model, codes: list, train_index, val_index, codebook_size: int
             "ratio_to_unigram": round(val_bits / max(uni_bits, 1e-9), 4)}
 
 
+
 def retrain_prior(run_dir: str | Path, options: TrainOptions | None = None,
                   callbacks: Iterable[Callback] | None = None, stop: threading.Event | None = None) -> dict:
-    """A new prior on a finished run's codes with other settings; the VQ-VAE is left as it is."""
+    """A new prior on a finished run's codes with other settings; the VQ-VAE is left as it is.
+    Interrupted, it can be continued with `resume_run` (the new settings wait in the manifest as
+    `pending_prior_config` until the new prior is saved, so the old prior stays loadable)."""
     options = options or TrainOptions()
     stop = stop or threading.Event()
     run_dir = Path(run_dir)
@@ -359,19 +442,205 @@ def retrain_prior(run_dir: str | Path, options: TrainOptions | None = None,
         _, vq_cfg, _ = run_configs(manifest)
         codes_by_name = load_codes(run_dir)
         names = list(codes_by_name)
-        split = manifest.get("split") or {}
-        val_names = set(split.get("val") or [])
-        train_index = [i for i, n in enumerate(names) if n not in val_names]
-        val_index = [i for i, n in enumerate(names) if n in val_names] or train_index
+        train_index, val_index = _split_indices(names, manifest.get("split") or {})
         _, prior_cfg = _preset_configs(len(names), options)
-        update_manifest(run_dir, status="running")
+        done = [s for s in stages_done(manifest) if s in ("vqvae", "codes")]
+        update_manifest(run_dir, status="running", pending_prior_config=asdict(prior_cfg), stages_done=done)
         import torch
 
         codes = [torch.as_tensor(codes_by_name[n]) for n in names]
-        _train_prior_stage(run_dir, codes, train_index, val_index, vq_cfg, prior_cfg, log, stop, stage_seconds, summary["results"])
+        _train_prior_stage(run_dir, codes, train_index, val_index, vq_cfg, prior_cfg, log, stop, stage_seconds,
+                           summary["results"], resume=False, done=done)
     except Exception as exc:
         log({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]})
         return _finish(run_dir, log, summary, stage_seconds, "failed", f"Retraining the prior failed: {exc}")
     status = "stopped" if stop.is_set() else "done"
     return _finish(run_dir, log, summary, stage_seconds, status,
                    "Prior retrained." if status == "done" else "Stopped; the best prior so far was kept.")
+
+
+def _split_indices(names: list[str], split: dict) -> tuple[list[int], list[int]]:
+    val_names = set(split.get("val") or [])
+    train_names = set(split.get("train") or []) or set(names) - val_names
+    train_index = [i for i, n in enumerate(names) if n in train_names]
+    val_index = [i for i, n in enumerate(names) if n in val_names] or train_index
+    return train_index, val_index
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+def _inferred_stages(manifest: dict) -> list[str]:
+    """Finished stages of a run written before `stages_done` existed."""
+    if manifest.get("status") == "done":
+        return list(STAGE_ORDER)
+    results = manifest.get("results") or {}
+    done = []
+    vq = results.get("vqvae") or {}
+    if (manifest.get("hashes") or {}).get("vqvae") and vq and vq.get("stop_reason") != "stopped on request":
+        done.append("vqvae")
+        if "codes" in results:
+            done.append("codes")
+    return done
+
+
+def stages_done(manifest: dict) -> list[str]:
+    """The finished stages, in order; a stage counts only if every stage before it is finished."""
+    recorded = manifest.get("stages_done")
+    recorded = _inferred_stages(manifest) if recorded is None else recorded
+    out = []
+    for stage in STAGE_ORDER:
+        if stage not in recorded:
+            break
+        out.append(stage)
+    return out
+
+
+def _source_of(manifest: dict):
+    return manifest.get("source_paths") or manifest.get("source")
+
+
+def _check_source(source) -> None:
+    if isinstance(source, list):
+        missing = [p for p in source if not Path(p).exists()]
+        if missing:
+            raise DatasetError(f"{len(missing)} of the files this run was trained on are gone (first: {missing[0]}), "
+                               "so it cannot continue. Put them back, or start a new training run.")
+        return
+    if not source or not Path(str(source)).expanduser().exists():
+        raise DatasetError(f"The folder this run was trained on ({source}) is no longer there, so the run cannot "
+                           "continue. Put the folder back where it was (with the same files) and resume again, "
+                           "or start a new training run.")
+
+
+def can_resume(run_dir: str | Path) -> dict:
+    """For a "Resume" button: {"ok", "message", "stage", "step"}. Cheap: reads the manifest and the
+    checkpoints' small JSON halves, never the tensors; ok=False says why in words."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = read_manifest(run_dir)
+    except UnsafeFileError as exc:
+        return {"ok": False, "message": str(exc), "stage": None, "step": None}
+    status = manifest.get("status")
+    if status not in RESUMABLE:
+        words = "has already finished" if status == "done" else f"is {status}"
+        return {"ok": False, "message": f"This run {words}; there is nothing to resume.", "stage": None, "step": None}
+    try:
+        _check_source(_source_of(manifest))
+    except DatasetError as exc:
+        return {"ok": False, "message": str(exc), "stage": None, "step": None}
+    done = stages_done(manifest)
+    stage = next((s for s in STAGE_ORDER if s not in done), "analysis")
+    step = None
+    if stage in ("vqvae", "prior"):
+        import json
+
+        store = CheckpointStore.for_run(run_dir, stage)
+        for path in (store.current[1], store.previous[1]):
+            try:
+                step = int(json.loads(path.read_text(encoding="utf-8")).get("step"))
+                break
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue
+    label = {"vqvae": "the sound model", "codes": "turning audio into codes", "prior": "the sequence model",
+             "analysis": "the final check"}[stage]
+    where = f" from step {step}" if step else (" from its start" if stage in ("vqvae", "prior") else "")
+    return {"ok": True, "message": f"Resume {label}{where}.", "stage": stage, "step": step}
+
+
+def resume_run(run_dir: str | Path, callbacks: Iterable[Callback] | None = None, stop: threading.Event | None = None,
+               options_overrides: dict | None = None) -> dict:
+    """Continue an interrupted, stopped or failed run where it left off: finished stages are kept,
+    an unfinished training stage continues from its last checkpoint (weights, optimiser, codebooks,
+    RNG state, loss history) with what is left of its time budget, and the rest follows.
+
+    Re-reads the source files through the feature cache and rebuilds the same split by file name.
+    Raises DatasetError (before changing anything) when the source or one of its files is gone or
+    changed, UnsafeFileError when `run_dir` is not a readable run, ValueError when the run already
+    finished or an override is unknown. options_overrides: TrainOptions fields, e.g. {"minutes": 10}
+    (a new total budget), {"device": "cpu"}, {"prior_overrides": {...}}; settings that change a
+    model's shape make its checkpoint unusable (that stage then starts again, with a warning)."""
+    stop = stop or threading.Event()
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    status = manifest.get("status")
+    if status not in RESUMABLE:
+        raise ValueError(f"This run is {status}; there is nothing to resume." if status != "done"
+                         else "This run has already finished; there is nothing to resume.")
+    saved = dict(manifest.get("options") or {})
+    overrides = dict(options_overrides or {})
+    unknown = set(overrides) - set(TrainOptions.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}")
+    options = TrainOptions(**{k: v for k, v in {**saved, **overrides}.items() if k in TrainOptions.__dataclass_fields__})
+    source = _source_of(manifest)
+    _check_source(source)
+    log = EventLog(run_dir, callbacks)
+    if not manifest.get("split") or not manifest.get("vqvae_config") or not manifest.get("files"):
+        # interrupted before the data was even read: there is nothing to keep, so start it again
+        log({"kind": "resumed", "step": 0, "from_status": status, "message": "Starting this run again from the beginning."})
+        return run_pipeline(source, run_dir, options, callbacks=callbacks, stop=stop)
+
+    audio_cfg, vq_cfg, prior_cfg = run_configs(manifest)
+    if manifest.get("pending_prior_config"):  # an interrupted retrain_prior
+        prior_cfg = config_from_dict(PriorConfig, manifest["pending_prior_config"])
+    vq_cfg, prior_cfg = _resume_configs(vq_cfg, prior_cfg, overrides)
+    done = stages_done(manifest)
+    log({"kind": "resumed", "step": None, "from_status": status, "stages_done": done,
+         "message": "Continuing this run" + (f" after its finished stages ({', '.join(done)})." if done else ".")})
+
+    dataset = _dataset_from_manifest(source, manifest, audio_cfg, options, log, stop)
+    stage_seconds = dict(manifest.get("stage_seconds") or {})
+    summary: dict = {"run_dir": str(run_dir), "status": "running", "resumed": True,
+                     "tier": (manifest.get("tier") or {}).get("tier"),
+                     "files_used": len(manifest["files"].get("used") or []),
+                     "files_skipped": len(manifest["files"].get("skipped") or []),
+                     "results": dict(manifest.get("results") or {})}
+    if dataset is None:  # stopped while reading the files: nothing changed
+        return _finish(run_dir, log, summary, stage_seconds, "stopped", "Stopped before anything new was trained.")
+    changes = {"vqvae_config": asdict(vq_cfg)}
+    if manifest.get("pending_prior_config"):
+        changes["pending_prior_config"] = asdict(prior_cfg)
+    elif "prior" not in done:
+        changes["prior_config"] = asdict(prior_cfg)
+    update_manifest(run_dir, status="running", message="Resumed.", options=asdict(options), **changes)
+    return _guarded(run_dir, log, summary, stage_seconds, stop, lambda: _model_stages(
+        run_dir, dataset, vq_cfg, prior_cfg, log, stop, stage_seconds, summary["results"], done=list(done), resume=True))
+
+
+def _resume_configs(vq: VQVAEConfig, prior: PriorConfig, overrides: dict) -> tuple[VQVAEConfig, PriorConfig]:
+    """The run's own settings, with a resume's overrides (new budget, device, explicit settings)."""
+    vq = apply_overrides(vq, {"device": overrides["device"]} if "device" in overrides else None)
+    prior = apply_overrides(prior, {"device": overrides["device"]} if "device" in overrides else None)
+    if overrides.get("minutes") is not None:
+        budget = max(0.05, float(overrides["minutes"])) * 60
+        vq = apply_overrides(vq, {"time_budget_s": round(budget * VQVAE_SHARE, 1)})
+        prior = apply_overrides(prior, {"time_budget_s": round(budget * PRIOR_SHARE, 1)})
+    vq = apply_overrides(vq, overrides.get("vqvae_overrides"))
+    prior = apply_overrides(prior, overrides.get("prior_overrides"))
+    return vq, prior
+
+
+def _dataset_from_manifest(source, manifest: dict, audio_cfg: AudioConfig, options: TrainOptions, log: EventLog,
+                           stop) -> MelDataset | None:
+    """The run's files, in the run's order and split, read back through the feature cache."""
+    t0 = log.begin("features", resumed=True)
+    report = scan_dataset(source, audio_cfg, cache_dir=options.cache_dir, progress=_progress_logger(log), stop=stop)
+    if stop.is_set():
+        return None
+    found = {e.path: e for e in report.used}
+    wanted = [(f.get("path"), f.get("sha256")) for f in manifest["files"].get("used") or []]
+    gone = [p for p, _ in wanted if p not in found]
+    changed = [p for p, h in wanted if p in found and h and found[p].sha256 != h]
+    if gone or changed or not wanted:
+        what = (f"{len(gone)} file(s) are gone or no longer usable (first: {gone[0]})" if gone
+                else f"{len(changed)} file(s) have changed (first: {changed[0]})" if changed else "it lists no files")
+        raise DatasetError(f"This run cannot continue with the same material: {what}. Put the original files back, "
+                           "or start a new training run.")
+    names = [p for p, _ in wanted]
+    train_index, val_index = _split_indices(names, manifest.get("split") or {})
+    dataset = MelDataset(names=names, mels=[found[n].mel for n in names], audio_config=audio_cfg,
+                         train_index=train_index, val_index=val_index)
+    log.end(t0, files_used=len(names), files_skipped=len(manifest["files"].get("skipped") or []),
+            total_seconds=round(sum(found[n].seconds for n in names), 2), cache_hits=report.cache_hits)
+    return dataset

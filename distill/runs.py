@@ -5,6 +5,7 @@
       vqvae.safetensors    prior.safetensors    codes.safetensors
       metrics.jsonl        one event per line, appended as it happens
       samples/             generated audio + sidecar JSON
+      checkpoints/         training state of an unfinished stage (distill.checkpoint), for resuming
 
 Model files may come from strangers (bundles), so loading never unpickles, checks sizes in the
 manifest before building anything, and checks tensor names/shapes/dtypes before reading data.
@@ -88,6 +89,21 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return read_jsonl(Path(run_dir) / METRICS)
 
 
+def continuous_history(events: list[dict]) -> list[dict]:
+    """The events as one continuous history across resumes: a "resumed" event of a stage at step S
+    drops that stage's earlier events logged after step S (work lost in a kill, redone after the
+    resume), so every stage's steps only go forward."""
+    out: list[dict] = []
+    for event in events:
+        step = event.get("step")
+        if event.get("kind") == "resumed" and isinstance(step, int) and event.get("stage") not in (None, "run"):
+            stage = event["stage"]
+            out = [e for e in out if e.get("stage") != stage or not isinstance(e.get("step"), (int, float))
+                   or e["step"] <= step or e.get("kind") not in ("step", "eval")]
+        out.append(event)
+    return out
+
+
 def list_runs(workspace: str | os.PathLike) -> list[dict]:
     """Every readable run, newest first. Unreadable folders are listed with their problem, not hidden."""
     root = runs_root(workspace)
@@ -108,6 +124,8 @@ def list_runs(workspace: str | os.PathLike) -> list[dict]:
             "tier": (m.get("tier") or {}).get("tier"), "files_used": len((m.get("files") or {}).get("used", [])),
             "has_vqvae": (d / "vqvae.safetensors").is_file(), "has_prior": (d / "prior.safetensors").is_file(),
             "source": m.get("source"),
+            # can `distill.pipeline.resume_run` continue it (`can_resume` gives the details)
+            "resumable": m.get("status") in ("interrupted", "stopped", "failed") and bool(m.get("source")),
         })
     return out
 
@@ -259,7 +277,7 @@ def recover_workspace(workspace: str | os.PathLike) -> dict:
     for d in root.iterdir():
         if not d.is_dir():
             continue
-        for tmp in list(d.glob(".*.tmp")) + list((d / "samples").glob(".*.tmp")):
+        for tmp in list(d.glob(".*.tmp")) + list((d / "samples").glob(".*.tmp")) + list((d / "checkpoints").glob(".*.tmp")):
             try:
                 tmp.unlink()
                 swept += 1

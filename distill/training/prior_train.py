@@ -5,16 +5,35 @@ Data: one LongTensor[T', Q] of codes per file, flattened position-major. Trainin
 is used whole (padded, with the padding masked out of the loss). Files are drawn in proportion to
 their length, so an epoch (enough windows to cover the training tokens once) sees every part of the
 material about equally. The split is by file (the VQ-VAE's), so validation loss means "new material".
+
+Resume: with a `checkpoint` store the whole state (weights, best weights, AdamW moments, the window
+generator's and torch's RNG states (dropout), step, elapsed time, memorisation counters, eval history)
+is saved at every evaluation and when stopped; `resume=True` continues from the newest complete one
+and, without a time budget, ends with the same weights as an uninterrupted run (bit-identical on CPU).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from distill.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    ignored_message,
+    optimizer_spec,
+    optimizer_tensors,
+    prefixed_spec,
+    restore_optimizer,
+    restore_rng,
+    rng_record,
+    rng_spec,
+    rng_tensors,
+    settings_fingerprint,
+)
 from distill.config import PriorConfig
 from distill.device import resolve_device
 from distill.models.prior import CodePrior
@@ -38,6 +57,8 @@ class PriorTrainResult:
     stop_reason: str = "completed"  # completed | early_stop | time_budget | stopped | non_finite
     message: str = ""  # one plain sentence on how training ended
     memorisation_warning: str | None = None
+    interrupted: bool = False  # ended by the stop flag: a checkpoint (if any) can continue it
+    resumed_from: int | None = None  # the checkpoint step this call continued from
 
 
 @dataclass
@@ -191,9 +212,14 @@ def train_prior(
     val_index: list[int],
     callbacks=None,
     stop=None,
+    checkpoint: CheckpointStore | None = None,
+    resume: bool = False,
 ) -> PriorTrainResult:
     """Train a CodePrior on `codes` (one LongTensor[T', Q] per file) and return the best-validation
-    model. With no validation files, the training files stand in (nothing is held out then)."""
+    model. With no validation files, the training files stand in (nothing is held out then).
+
+    checkpoint: where to save the training state (at every evaluation and when stopped); without
+    resume its old checkpoints are removed first. resume: continue from its newest usable one."""
     callbacks = list(callbacks or [])
 
     def emit(kind: str, **payload) -> None:
@@ -223,12 +249,21 @@ def train_prior(
     train_eval = train_data.tiles(EVAL_MAX_TOKENS)
     eval_batch = max(1, config.batch_size)
 
+    settings = {k: v for k, v in asdict(config).items() if k not in ("time_budget_s", "device")}
+    fingerprint = settings_fingerprint(settings, codebook_size, q, held_out, [len(f) for f in train_flats],
+                                       [len(f) for f in val_flats])
+    if checkpoint is not None and not resume:
+        checkpoint.clear()  # a fresh start: never continue some older training of this stage later
+
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model = CodePrior(
         codebook_size, plan.seq_len, q, config.hidden_size, config.num_layers, config.num_heads, config.dropout
     ).to(device)
     opt = _optimizer(model, config, device)
+    ckpt, problems = None, []
+    if resume and checkpoint is not None:
+        ckpt, problems = _load_checkpoint(checkpoint, model, opt, gen, fingerprint)
     n_params = sum(p.numel() for p in model.parameters())
     emit(
         "info",
@@ -254,6 +289,57 @@ def train_prior(
     eval_seconds = 0.0
     last_eval_step = -1
     t_start = time.perf_counter()
+    last_saved_step = 0  # step 0 is the untouched start: nothing to save
+    resumed_from = None
+    if problems:
+        emit("warning", code="checkpoint_ignored", message=ignored_message(problems, "code-model"), problems=problems[:5])
+    if ckpt is not None:
+        meta = ckpt.meta
+        model.load_state_dict(_strip(ckpt.tensors, "model."))
+        restore_optimizer(opt, ckpt.tensors, meta["optimizer"])
+        if meta.get("has_best"):
+            best_state = {k: v.to(device) for k, v in _strip(ckpt.tensors, "best.").items()}
+        history = list(meta["history"])
+        best_val = float(meta["best_val_loss"]) if meta.get("best_val_loss") is not None else math.inf
+        best_step, since_best = int(meta["best_step"]), int(meta["since_best"])
+        warned_memorise, warned_gap = bool(meta["warned_memorise"]), bool(meta["warned_gap"])
+        warning_text = meta.get("warning_text")
+        bad_steps, last_loss = int(meta["bad_steps"]), meta.get("last_loss")
+        step = last_saved_step = resumed_from = int(meta["step"])
+        tps_ema, step_time_ema = meta.get("tps_ema"), meta.get("step_time_ema")
+        eval_seconds, last_eval_step = float(meta["eval_seconds"]), int(meta["last_eval_step"])
+        t_start = time.perf_counter() - float(meta["seconds"])  # the budget counts the time already spent
+        restore_rng(ckpt.tensors, device, {"windows": gen})  # last: building the model drew from torch's RNG
+        emit("resumed", step=step, seconds=round(float(meta["seconds"]), 3), from_checkpoint=True)
+    elif resume:
+        emit("resumed", step=0, seconds=0.0, from_checkpoint=False,
+             message="No usable checkpoint of the code model was found, so it trains again from the start.")
+
+    def save_checkpoint(wait: bool = False) -> None:
+        nonlocal last_saved_step, checkpoint
+        if checkpoint is None or step == last_saved_step:
+            return
+        opt_tensors, opt_meta = optimizer_tensors(opt)
+        rng = rng_tensors(device, {"windows": gen})
+        tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, **rng}
+        if best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        meta = {"stage": "prior", "step": step, "seconds": round(time.perf_counter() - t_start, 3),
+                "best_val_loss": _safe(best_val), "best_step": best_step, "has_best": best_state is not None,
+                "since_best": since_best, "warned_memorise": warned_memorise, "warned_gap": warned_gap,
+                "warning_text": warning_text, "bad_steps": bad_steps, "last_loss": last_loss, "tps_ema": tps_ema,
+                "step_time_ema": step_time_ema, "eval_seconds": eval_seconds, "last_eval_step": last_eval_step,
+                "fingerprint": fingerprint, "optimizer": opt_meta, "rng": rng_record(rng),
+                "schedule": {"warmup_steps": plan.warmup_steps, "total_steps": plan.total_steps,
+                             "steps_per_epoch": plan.steps_per_epoch, "time_budget_s": config.time_budget_s},
+                "history": history}
+        try:
+            checkpoint.save(tensors, meta, wait=wait)  # at evaluations: written in the background
+            last_saved_step = step
+        except OSError as exc:  # a checkpoint is insurance: losing it must not stop the training
+            emit("warning", code="checkpoint_failed", step=step, message=f"Could not save a checkpoint ({exc}); "
+                 "training goes on, but an interruption now would lose more work.")
+            checkpoint = None
 
     def evaluate(epoch: float) -> bool:
         """Score both splits, track the best weights, check memorisation. True: early stop."""
@@ -355,6 +441,7 @@ def train_prior(
                 message = (f"Stopped early: the held-back files stopped improving {config.patience} checks ago; "
                            f"keeping the best version, from step {best_step}.")
                 break
+            save_checkpoint()
         if step >= plan.total_steps:
             stop_reason, message = "completed", f"Finished all {config.max_epochs} passes over the material."
             break
@@ -362,6 +449,14 @@ def train_prior(
             stop_reason, message = "time_budget", "Used the whole time budget; keeping the best version."
             break
 
+    interrupted = stop_reason == "stopped"
+    if interrupted:
+        save_checkpoint(wait=True)  # before the closing evaluation, which an uninterrupted run would not do here
+    if checkpoint is not None:
+        try:
+            checkpoint.wait()  # a background save still writing: done before anyone reads the files
+        except OSError as exc:
+            emit("warning", code="checkpoint_failed", step=step, message=f"Could not save a checkpoint ({exc}).")
     if step > 0 and last_eval_step != step:
         evaluate(round(step / plan.steps_per_epoch, 3))
     if best_state is not None:
@@ -375,7 +470,30 @@ def train_prior(
     return PriorTrainResult(
         model=model, best_val_loss=best_val, best_step=best_step, final_train_loss=last_loss, history=history,
         steps=step, seconds=seconds, stop_reason=stop_reason, message=message, memorisation_warning=warning_text,
+        interrupted=interrupted, resumed_from=resumed_from,
     )
+
+
+def _strip(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _load_checkpoint(store: CheckpointStore, model: CodePrior, opt, gen: torch.Generator, fingerprint: str):
+    """The newest checkpoint that fits this model, data and settings (checked before reading tensors)."""
+    state = model.state_dict()
+
+    def expected(meta: dict) -> dict:
+        if meta.get("stage") != "prior":
+            raise CheckpointError("it is not a code-model checkpoint")
+        if meta.get("fingerprint") != fingerprint:
+            raise CheckpointError("it was made with other settings or other codes")
+        spec = {**prefixed_spec("model.", state), **optimizer_spec(opt, meta.get("optimizer") or {}),
+                **rng_spec(meta.get("rng") or {}, {"windows": gen})}
+        if meta.get("has_best"):
+            spec.update(prefixed_spec("best.", state))
+        return spec
+
+    return store.load(expected)
 
 
 # --- speed probe -----------------------------------------------------------------------------

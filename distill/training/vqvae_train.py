@@ -11,19 +11,37 @@ codec whose codes depend on the device would break "same audio -> same codes"), 
 
 Reproducibility: with the same seed and time_budget_s=None, a CPU run gives identical weights. The
 time budget makes the step count (and the learning-rate schedule) depend on the machine's speed.
-Resume: `init_state` restores weights, codebooks and normalisation; optimiser state is not kept.
+Resume: with a `checkpoint` store, the whole training state (weights, codebooks, best weights, AdamW
+moments, the window sampler's and torch's RNG states, step, elapsed time, counters, history) is saved
+at every evaluation and when stopped; `resume=True` continues from the newest complete checkpoint and,
+with time_budget_s=None, ends with the same weights as an uninterrupted run (bit-identical on CPU).
+The time budget counts the time already spent. `init_state` (weights only) is the older, lighter path.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from distill.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    ignored_message,
+    optimizer_spec,
+    optimizer_tensors,
+    prefixed_spec,
+    restore_optimizer,
+    restore_rng,
+    rng_record,
+    rng_spec,
+    rng_tensors,
+    settings_fingerprint,
+)
 from distill.codes import level_histograms, perplexity, utilisation
 from distill.config import VQVAEConfig
 from distill.data import MelDataset
@@ -31,7 +49,8 @@ from distill.device import resolve_device
 from distill.models.vqvae import ConvVQVAE, quantizer_matches_cpu
 
 STAGE = "vqvae"
-LOG_EVERY = 10  # optimiser steps between "step" events
+LOG_EVERY = 10  # optimiser steps between "step" events ...
+LOG_SECONDS = 1.0  # ... or this long, whichever comes first (slow steps still draw a live curve)
 WARMUP_STEPS = 50
 FINAL_LR_FRACTION = 0.1  # cosine decays to this fraction of the peak learning rate
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before giving up
@@ -63,6 +82,8 @@ class VQVAETrainResult:
     device: str = "cpu"
     stopped_early: bool = False  # the stop flag, or training became numerically unstable
     stop_reason: str = ""  # plain words: why training ended
+    interrupted: bool = False  # ended by the stop flag: a checkpoint (if any) can continue it
+    resumed_from: int | None = None  # the checkpoint step this call continued from
 
 
 # --- loss -----------------------------------------------------------------------------------
@@ -234,14 +255,27 @@ def evaluate(model: ConvVQVAE, chunks: list[torch.Tensor], device: torch.device)
 # --- training -------------------------------------------------------------------------------
 
 
+def _fingerprint(config: VQVAEConfig, n_mels: int, train_mels: list, val_mels: list, floor: float) -> str:
+    """What a checkpoint must share with this call to continue it: settings (except the time
+    budget and device, which a resume may change) and the shape of the data."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("time_budget_s", "device")}
+    return settings_fingerprint(settings, n_mels, [int(m.shape[-1]) for m in train_mels],
+                                [int(m.shape[-1]) for m in val_mels], floor)
+
+
 def train_vqvae(
     dataset: MelDataset,
     config: VQVAEConfig,
     callbacks: list[Callable[[dict], None]] | None = None,
     stop=None,
     init_state: dict | None = None,
+    checkpoint: CheckpointStore | None = None,
+    resume: bool = False,
 ) -> VQVAETrainResult:
-    """Train the codec; returns the best-validation model (eval mode) and the event history."""
+    """Train the codec; returns the best-validation model (eval mode) and the event history.
+
+    checkpoint: where to save the training state (at every evaluation and when stopped); without
+    resume its old checkpoints are removed first. resume: continue from its newest usable one."""
     callbacks = list(callbacks or [])
     history: list[dict] = []
     t0 = time.perf_counter()
@@ -259,16 +293,28 @@ def train_vqvae(
     n_mels = int(train_mels[0].shape[0])
     device = resolve_device(config.device)
     pad_value = math.log(dataset.audio_config.log_floor)  # log-mel of silence
+    fingerprint = _fingerprint(config, n_mels, train_mels, val_mels, dataset.audio_config.log_floor)
+    if checkpoint is not None and not resume:
+        checkpoint.clear()  # a fresh start: never continue some older training of this stage later
 
     with torch.random.fork_rng(devices=[]):  # seed without disturbing the caller's RNG
         torch.manual_seed(config.seed)
         model = ConvVQVAE(n_mels, config)
         sampler = WindowSampler(train_mels, config.window_frames, pad_value, config.seed)
-        if init_state is not None:
+        opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        ckpt, problems = None, []
+        if resume and checkpoint is not None:
+            ckpt, problems = _load_checkpoint(checkpoint, model, opt, sampler, device, fingerprint)
+        if ckpt is not None:
+            history.extend(ckpt.meta.get("history") or [])
+            model.load_state_dict(_strip(ckpt.tensors, "model."))
+        elif init_state is not None:
             model.load_state_dict(init_state)
         else:
             model.set_normalization(*_norm_stats(train_mels))
-        if config.kmeans_init and not model.quantizer.initted:
+        if problems:
+            emit("warning", message=ignored_message(problems, "sound-model"), problems=problems[:5])
+        if ckpt is None and config.kmeans_init and not model.quantizer.initted:
             sample = torch.cat([sampler.batch(config.batch_size) for _ in range(INIT_BATCHES)])
             model.init_codebooks(sample)  # on CPU: deterministic
         if device.type == "mps" and not quantizer_matches_cpu(model, device):
@@ -286,7 +332,6 @@ def train_vqvae(
              device=str(device), parameters=model.num_parameters(), train_files=len(train_mels),
              val_files=len(val_mels), augment_probability=round(aug_prob, 3))
 
-        opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         chunks = validation_chunks(val_mels)
         # codebook use is judged on training material encoded as extraction will see it: counting
         # training-batch codes instead would flatter it (a re-seeded code is used by the vector it sits on)
@@ -301,6 +346,24 @@ def train_vqvae(
         resets = torch.zeros(config.num_quantizers)
         warned_low = [False] * config.num_quantizers
         last_eval_step = -1
+        last_saved_step = 0  # step 0 is the untouched start: nothing to save
+        resumed_from = None
+        if ckpt is not None:
+            meta = ckpt.meta
+            restore_optimizer(opt, ckpt.tensors, meta["optimizer"])
+            best_state = {k_: v.to(device) for k_, v in _strip(ckpt.tensors, "best.").items()}
+            step = last_saved_step = resumed_from = int(meta["step"])
+            best_val = float(meta["best_val_loss"]) if meta.get("best_val_loss") is not None else math.inf
+            best_step, bad_streak = int(meta["best_step"]), int(meta["bad_streak"])
+            resets = torch.tensor([float(x) for x in meta["codes_reset"]])
+            warned_low = [bool(x) for x in meta["warned_low"]]
+            last_eval_step = int(meta["last_eval_step"])
+            t0 = time.perf_counter() - float(meta["seconds"])  # the budget counts the time already spent
+            restore_rng(ckpt.tensors, device, {"sampler": sampler.gen})  # last: setup above drew from torch's RNG
+            emit("resumed", step=step, seconds=round(float(meta["seconds"]), 3), from_checkpoint=True)
+        elif resume:
+            emit("resumed", step=0, seconds=0.0, from_checkpoint=False,
+                 message="No usable checkpoint of the sound model was found, so it trains again from the start.")
 
         def run_eval() -> None:
             nonlocal best_val, best_step, best_state, last_eval_step
@@ -324,6 +387,29 @@ def train_vqvae(
                 warned_low[q] = u < LOW_UTILISATION
             last_eval_step = step
 
+        def save_checkpoint(wait: bool = False) -> None:
+            nonlocal last_saved_step, checkpoint
+            if checkpoint is None or step == last_saved_step:
+                return
+            opt_tensors, opt_meta = optimizer_tensors(opt)
+            rng = rng_tensors(device, {"sampler": sampler.gen})
+            tensors = {**{f"model.{n}": v for n, v in model.state_dict().items()},
+                       **{f"best.{n}": v for n, v in best_state.items()}, **opt_tensors, **rng}
+            meta = {"stage": STAGE, "step": step, "seconds": round(time.perf_counter() - t0, 3),
+                    "best_val_loss": best_val if math.isfinite(best_val) else None, "best_step": best_step,
+                    "bad_streak": bad_streak, "codes_reset": resets.tolist(), "warned_low": warned_low,
+                    "last_eval_step": last_eval_step, "fingerprint": fingerprint, "optimizer": opt_meta, "rng": rng_record(rng),
+                    "schedule": {"warmup_steps": warmup, "max_steps": config.max_steps, "time_budget_s": budget},
+                    "history": history}
+            try:
+                checkpoint.save(tensors, meta, wait=wait)  # at evaluations: written in the background
+                last_saved_step = step
+            except OSError as exc:  # a checkpoint is insurance: losing it must not stop the training
+                emit("warning", step=step, message=f"Could not save a checkpoint ({exc}); training goes on, "
+                     "but an interruption now would lose more work.")
+                checkpoint = None
+
+        last_step_event = time.perf_counter()
         while True:
             elapsed = time.perf_counter() - t0
             if stop is not None and stop.is_set():
@@ -371,14 +457,25 @@ def train_vqvae(
             opt.step()
             step += 1
             resets += out.stats["codes_reset"]
-            if step % LOG_EVERY == 0 or step == 1:
-                emit("step", step=step, seconds=round(time.perf_counter() - t0, 3), loss=float(loss.detach()),
+            now = time.perf_counter()
+            if step % LOG_EVERY == 0 or step == 1 or now - last_step_event >= LOG_SECONDS:
+                last_step_event = now
+                emit("step", step=step, seconds=round(now - t0, 3), loss=float(loss.detach()),
                      recon_loss=float(recon_loss.detach()), mel_l1=float(l1.detach()), commit_loss=float(out.commit_loss.detach()), lr=lr,
                      utilisation=_plain(out.stats["utilisation"]), perplexity=_plain(out.stats["perplexity"]),
                      codes_reset=_plain(resets))
             if step % max(config.eval_every, 1) == 0:
                 run_eval()
+                save_checkpoint()
 
+        interrupted = stop_reason == "stopped on request"
+        if interrupted:
+            save_checkpoint(wait=True)  # before the closing evaluation, which an uninterrupted run would not do here
+        if checkpoint is not None:
+            try:
+                checkpoint.wait()  # a background save still writing: done before anyone reads the files
+            except OSError as exc:
+                emit("warning", step=step, message=f"Could not save a checkpoint ({exc}).")
         if step != last_eval_step:
             run_eval()
         model.load_state_dict(best_state)
@@ -390,4 +487,27 @@ def train_vqvae(
     return VQVAETrainResult(
         model=model, best_val_loss=best_val, best_step=best_step, steps=step, seconds=seconds,
         history=history, device=str(device), stopped_early=stopped_early, stop_reason=stop_reason,
+        interrupted=interrupted, resumed_from=resumed_from,
     )
+
+
+def _strip(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _load_checkpoint(store: CheckpointStore, model: ConvVQVAE, opt, sampler: WindowSampler, device: torch.device,
+                     fingerprint: str):
+    """The newest checkpoint that fits this model, data and settings (checked before reading tensors)."""
+    state = model.state_dict()
+
+    def expected(meta: dict) -> dict:
+        if meta.get("stage") != STAGE:
+            raise CheckpointError("it is not a sound-model checkpoint")
+        if meta.get("fingerprint") != fingerprint:
+            raise CheckpointError("it was made with other settings or other files")
+        return {**prefixed_spec("model.", state), **prefixed_spec("best.", state),
+                **optimizer_spec(opt, meta.get("optimizer") or {}),
+                **rng_spec(meta.get("rng") or {}, {"sampler": sampler.gen})}
+
+    ckpt, problems = store.load(expected)
+    return ckpt, problems
