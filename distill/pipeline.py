@@ -291,7 +291,7 @@ def _run_stages(source, run_dir: Path, options: TrainOptions, log: EventLog, sto
     if stop.is_set():
         return
     _model_stages(run_dir, dataset, vq_cfg, prior_cfg, log, stop, stage_seconds, summary.setdefault("results", {}),
-                  done=[], resume=False)
+                  done=[], resume=False, fit_fixed=_budget_fit_fields(options))
 
 
 def _mark_done(run_dir: Path, done: list[str], stage: str, **changes) -> None:
@@ -300,8 +300,15 @@ def _mark_done(run_dir: Path, done: list[str], stage: str, **changes) -> None:
     update_manifest(run_dir, stages_done=list(done), **changes)
 
 
+def _budget_fit_fields(options: TrainOptions) -> set[str] | None:
+    """Fields the prior's budget fitting must leave alone (the user's own), or None: no fitting
+    (the quick preset is already small, and explicit sizes are the user's call)."""
+    return set(options.prior_overrides) if options.preset == "auto" else None
+
+
 def _model_stages(run_dir: Path, dataset, vq_cfg: VQVAEConfig, prior_cfg: PriorConfig, log: EventLog, stop,
-                  stage_seconds: dict, results: dict, done: list[str], resume: bool) -> None:
+                  stage_seconds: dict, results: dict, done: list[str], resume: bool,
+                  fit_fixed: set[str] | None = None) -> None:
     """VQ-VAE → codes → prior → analysis, skipping the stages in `done` (a resume) and continuing
     an unfinished training stage from its checkpoint when `resume`."""
     from distill.training.vqvae_train import train_vqvae
@@ -342,7 +349,7 @@ def _model_stages(run_dir: Path, dataset, vq_cfg: VQVAEConfig, prior_cfg: PriorC
 
     # prior (+ analysis)
     _train_prior_stage(run_dir, codes, dataset.train_index, dataset.val_index, vq_cfg, prior_cfg, log, stop,
-                       stage_seconds, results, resume=resume, done=done)
+                       stage_seconds, results, resume=resume, done=done, fit_fixed=fit_fixed)
 
 
 def _saved_codes(run_dir: Path, names: list[str]) -> list | None:
@@ -375,7 +382,7 @@ def code_health(codes: list, train_index: list[int], codebook_size: int) -> dict
 
 def _train_prior_stage(run_dir: Path, codes: list, train_index, val_index, vq_cfg: VQVAEConfig, prior_cfg: PriorConfig,
                        log: EventLog, stop, stage_seconds: dict, results: dict, resume: bool = False,
-                       done: list[str] | None = None) -> None:
+                       done: list[str] | None = None, fit_fixed: set[str] | None = None) -> None:
     from distill.training.prior_train import train_prior
 
     done = done if done is not None else list(read_manifest(run_dir).get("stages_done") or [])
@@ -385,10 +392,19 @@ def _train_prior_stage(run_dir: Path, codes: list, train_index, val_index, vq_cf
         model = load_prior(run_dir)
     else:
         t0 = log.begin("prior", budget_s=prior_cfg.time_budget_s, **({"resumed": True} if resume else {}))
+        if fit_fixed is not None and not resume:
+            from distill.training.prior_budget import fit_prior_to_budget
+
+            prior_cfg, note = fit_prior_to_budget(prior_cfg, vq_cfg.codebook_size, vq_cfg.num_quantizers,
+                                                  prior_cfg.device, fixed=fit_fixed)
+            if note:  # recorded before training, so a resume continues with the same settings
+                log({"kind": "info", "message": note, "prior_config": asdict(prior_cfg)})
+                key = "pending_prior_config" if read_manifest(run_dir).get("pending_prior_config") else "prior_config"
+                update_manifest(run_dir, **{key: asdict(prior_cfg)})
         prior_result = train_prior(codes, prior_cfg, vq_cfg.codebook_size, train_index, val_index, callbacks=[log],
                                    stop=stop, checkpoint=store, resume=resume)
         model = prior_result.model
-        prior_hash = save_prior(run_dir, model)
+        prior_hash = save_prior(run_dir, model, prior_cfg)
         stage_seconds["prior"] = log.end(t0, steps=prior_result.steps, best_val_loss=prior_result.best_val_loss)
         results["prior"] = {"best_val_loss": prior_result.best_val_loss, "steps": prior_result.steps,
                             "stop_reason": prior_result.stop_reason,
@@ -450,7 +466,7 @@ def retrain_prior(run_dir: str | Path, options: TrainOptions | None = None,
 
         codes = [torch.as_tensor(codes_by_name[n]) for n in names]
         _train_prior_stage(run_dir, codes, train_index, val_index, vq_cfg, prior_cfg, log, stop, stage_seconds,
-                           summary["results"], resume=False, done=done)
+                           summary["results"], resume=False, done=done, fit_fixed=_budget_fit_fields(options))
     except Exception as exc:
         log({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]})
         return _finish(run_dir, log, summary, stage_seconds, "failed", f"Retraining the prior failed: {exc}")

@@ -199,15 +199,36 @@ def build_prior(vq: VQVAEConfig, prior: PriorConfig):
     )
 
 
-def save_prior(run_dir: str | os.PathLike, model) -> str:
+def save_prior(run_dir: str | os.PathLike, model, prior_config: PriorConfig | None = None) -> str:
+    """The prior's settings travel inside its file, so replacing the file is the one atomic switch
+    (a crash before the manifest catches up cannot pair new weights with old settings)."""
     path = Path(run_dir) / "prior.safetensors"
-    save_tensors(path, model.state_dict())
+    meta = {"prior_config": json.dumps(asdict(prior_config))} if prior_config is not None else None
+    save_tensors(path, model.state_dict(), metadata=meta)
     return file_sha256(path)
+
+
+def _embedded_prior_config(path: Path) -> PriorConfig | None:
+    from distill.storage import read_safetensors_header
+
+    try:
+        raw = (read_safetensors_header(path).get("__metadata__") or {}).get("prior_config")
+        return config_from_dict(PriorConfig, json.loads(raw)) if raw else None
+    except (ValueError, TypeError) as exc:
+        raise UnsafeFileError(f"prior.safetensors: embedded settings are invalid: {exc}") from None
 
 
 def load_prior(run_dir: str | os.PathLike, device: str = "cpu"):
     manifest = read_manifest(run_dir)
     _, vq, prior_cfg = run_configs(manifest)
+    path = Path(run_dir) / "prior.safetensors"
+    if path.is_file():
+        embedded = _embedded_prior_config(path)
+        if embedded is not None:
+            _check_limits(embedded, "prior settings")
+            if embedded.hidden_size % embedded.num_heads:
+                raise UnsafeFileError("prior settings: hidden_size must be a multiple of num_heads")
+            prior_cfg = embedded
     if prior_cfg is None:
         raise UnsafeFileError(f"{Path(run_dir).name}: this run has no trained prior yet")
     model = build_prior(vq, prior_cfg)

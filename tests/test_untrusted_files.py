@@ -154,3 +154,13 @@ def test_hostile_bundles_refused_and_nothing_left_behind(run, tmp_path):
     assert not (tmp_path / "evil.txt").exists()
     leftovers = list((ws / "runs").iterdir()) if (ws / "runs").exists() else []
     assert leftovers == [], leftovers
+
+
+def test_prior_file_carries_its_settings_so_a_lagging_manifest_cannot_break_loading(run):
+    # A retrain saved a differently sized prior, then the manifest update was lost (disk full, kill -9).
+    vq = VQVAEConfig(hidden_channels=32, codebook_dim=16, codebook_size=16, num_quantizers=2)
+    other = PriorConfig(hidden_size=16, num_layers=2, num_heads=2, context_steps=8)
+    save_prior(run, build_prior(vq, other), other)
+    assert read_manifest(run)["prior_config"]["hidden_size"] == 32
+    model = load_prior(run)
+    assert model.settings()["hidden_size"] == 16
