@@ -103,6 +103,10 @@ def register_api(app: DistillApp) -> None:
             return {"ok": False, "message": str(exc), "run_id": run_id}
         return app.retrain(run_id, options)
 
+    def resume(run_id: str) -> dict:
+        """Continue an interrupted or stopped run from its last checkpoint."""
+        return app.resume(run_id)
+
     def generate(run_id: str = "", seconds: float = 4.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, variations: int = 1, fmt: str = "wav", prompt_file: str = "") -> dict:
         """Generate samples from a run (default: the newest run with a prior); saved in its samples/.
@@ -140,5 +144,6 @@ def register_api(app: DistillApp) -> None:
     gr.api(stop, api_name="stop", concurrency_limit=None)
     gr.api(list_runs, api_name="list_runs", concurrency_limit=None)
     gr.api(retrain, api_name="retrain", concurrency_limit=None)
+    gr.api(resume, api_name="resume", concurrency_limit=None)
     gr.api(generate, api_name="generate")
     gr.api(codes, api_name="codes", concurrency_limit=None)

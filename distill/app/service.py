@@ -194,6 +194,19 @@ class DistillApp:
                     "run_id": run_id}
         return self.worker.retrain(run_dir, options)  # the prior's stage_start carries its budget for the ETA
 
+    def resume(self, run_id: str) -> dict:
+        from distill.pipeline import can_resume
+
+        run_dir = self.run_dir(run_id)
+        if run_dir is None:
+            return {"ok": False, "message": "Choose a run first.", "run_id": ""}
+        if self.worker.is_running():
+            return {"ok": False, "message": "A training run is going; wait for it or stop it first.", "run_id": run_id}
+        check = can_resume(run_dir)
+        if not check.get("ok"):
+            return {"ok": False, "message": check.get("message") or "This run cannot be resumed.", "run_id": run_id}
+        return self.worker.resume(run_dir)
+
     # --- runs -------------------------------------------------------------------------------------
 
     def runs(self) -> list[dict]:

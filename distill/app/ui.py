@@ -138,6 +138,10 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
                     health_plot = gr.Plot(figures.health_figure([]), show_label=False, elem_id="d-health-plot",
                                           format="png", scale=3)
                     notes = gr.HTML(notes_html([], []), elem_id="d-notes", scale=2)
+                with gr.Row():
+                    resume_btn = gr.Button("Resume this run from its last checkpoint", elem_id="d-resume-btn",
+                                           size="sm", scale=1)
+                    resume_msg = gr.Markdown("", elem_id="d-resume-msg")
                 with gr.Accordion("Retrain the sequence model with other settings (keeps the sound model and its codes)",
                                   open=False, elem_id="d-retrain"):
                     with gr.Row():
@@ -370,6 +374,13 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
             if not res["ok"]:
                 return f"**⚠ {res['message']}**", gr.skip()
             return f"✓ {res['message']}", {}
+
+        def on_resume(run_id):
+            res = app.resume(run_id)
+            return (f"✓ {res['message']}", {}) if res["ok"] else (f"**⚠ {res['message']}**", gr.skip())
+
+        resume_btn.click(on_resume, inputs=[run_picker], outputs=[resume_msg, view_state], api_visibility="private",
+                         concurrency_limit=None)
 
         retrain_btn.click(on_retrain, inputs=[run_picker, r_preset, r_minutes, r_hidden, r_layers, r_heads, r_dropout, r_lr],
                           outputs=[retrain_msg, view_state], api_visibility="private", concurrency_limit=None)

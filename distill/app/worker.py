@@ -49,6 +49,12 @@ def _default_retrainer(run_dir, options, callbacks=None, stop=None) -> dict:
     return retrain_prior(run_dir, options, callbacks=callbacks, stop=stop)
 
 
+def _default_resumer(run_dir, callbacks=None, stop=None) -> dict:
+    from distill.pipeline import resume_run
+
+    return resume_run(run_dir, callbacks=callbacks, stop=stop)
+
+
 def _default_run_dir(workspace: Path) -> Path:
     from distill.runs import new_run_dir
 
@@ -92,6 +98,7 @@ class Worker:
         self.workspace = Path(workspace)
         self._runner = runner or _default_runner
         self._retrainer = retrainer or _default_retrainer
+        self._resumer = _default_resumer
         self._new_run_dir = run_dir_factory or _default_run_dir
         self._lock = threading.Lock()
         self._job: _Job | None = None
@@ -108,10 +115,18 @@ class Worker:
         """Train a new prior on a finished run's codes (the VQ-VAE is kept)."""
         return self._launch("retrain", Path(run_dir), options, expected)
 
+    def resume(self, run_dir: str | os.PathLike, expected: dict | None = None) -> dict:
+        """Continue an interrupted or stopped run from its checkpoints (distill.pipeline.resume_run)."""
+        return self._launch("resume", Path(run_dir), None, expected)
+
     def _launch(self, kind: str, source: Any, options: Any, expected: dict | None) -> dict:
-        # A retrain appends to a run that already has a history: read it once, so the page keeps
-        # drawing the whole run (the sound model's curves too) from memory while the new prior trains.
-        history = _read_history(Path(source)) if kind == "retrain" else []
+        # A retrain or resume appends to a run that already has a history: read it once, so the page
+        # keeps drawing the whole run from memory while the new work trains.
+        history = _read_history(Path(source)) if kind in ("retrain", "resume") else []
+        if kind == "resume":
+            from distill.runs import continuous_history
+
+            history = continuous_history(history)  # steps redone after a kill are drawn once
         with self._lock:
             if self._job is not None and self._job.status in ("running", "stopping"):
                 job = self._job
@@ -122,19 +137,19 @@ class Worker:
                                 "Distill trains one model at a time: stop it first, or wait until it finishes."),
                 }
             try:
-                run_dir = Path(source) if kind == "retrain" else self._new_run_dir(self.workspace)
+                run_dir = Path(source) if kind in ("retrain", "resume") else self._new_run_dir(self.workspace)
             except OSError as exc:
                 return {"ok": False, "run_id": "", "run_dir": "", "message": f"Could not create the run folder: {exc}"}
             now = time.time()
             job = _Job(kind=kind, run_dir=run_dir, started=now, stop=threading.Event(),
-                       weights=_weights(kind, expected), stage="features" if kind == "train" else "prior",
+                       weights=_weights(kind, expected), stage="prior" if kind == "retrain" else "features",
                        stage_started=now, device=str((expected or {}).get("device") or ""), events=history)
             self._job = job
             self._generation += 1
             thread = threading.Thread(target=self._run, args=(job, source, options), name=f"distill-{kind}", daemon=True)
             self._thread = thread
             thread.start()  # inside the lock: a concurrent start sees a running job, never a half-made one
-        verb = "Training started" if kind == "train" else "Retraining the sequence model"
+        verb = {"train": "Training started", "retrain": "Retraining the sequence model", "resume": "Resuming"}[kind]
         return {"ok": True, "run_id": run_dir.name, "run_dir": str(run_dir), "message": f"{verb} ({run_dir.name})."}
 
     def stop(self) -> dict:
@@ -163,6 +178,8 @@ class Worker:
         try:
             if job.kind == "retrain":
                 summary = self._retrainer(job.run_dir, options, callbacks=[callback], stop=job.stop)
+            elif job.kind == "resume":
+                summary = self._resumer(job.run_dir, callbacks=[callback], stop=job.stop)
             else:
                 summary = self._runner(source, job.run_dir, options, callbacks=[callback], stop=job.stop)
         except BaseException as exc:  # the app must outlive any failure in a run
