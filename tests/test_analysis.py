@@ -11,14 +11,6 @@ from distill.analysis import bigram_bits, copy_fraction, histogram_jsd, longest_
 from distill.models.prior import CodePrior
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_unigram_bits_by_hand():
     # level 0 always code 0 in training, level 1 codes 0/1 equally; K = 4, add-one smoothing
     train = torch.tensor([[0, 0], [0, 1], [0, 0], [0, 1]])

@@ -13,15 +13,6 @@ from distill.config import AudioConfig
 SMALL = AudioConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and immune to OpenMP spin-waits on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tone(freq: float, seconds: float, sr: int) -> torch.Tensor:
     t = torch.arange(int(seconds * sr)) / sr
     return 0.5 * torch.sin(2 * math.pi * freq * t)

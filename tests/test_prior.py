@@ -18,15 +18,6 @@ from distill.storage import load_tensors, save_tensors, tensor_spec
 K, Q = 16, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: a second thread only adds sync overhead on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(seq_len: int = 24, layers: int = 2, seed: int = 0) -> CodePrior:
     torch.manual_seed(seed)
     m = CodePrior(K, seq_len, Q, hidden_size=32, num_layers=layers, num_heads=4, dropout=0.1).eval()

@@ -25,15 +25,6 @@ from distill.training.prior_train import (
 K, Q = 16, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: a second thread only adds sync overhead on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(**kw) -> PriorConfig:
     base = dict(
         hidden_size=32, num_layers=2, num_heads=4, dropout=0.0, max_epochs=40, learning_rate=3e-3,

@@ -14,15 +14,6 @@ from distill.storage import load_tensors, save_tensors, tensor_spec
 N_MELS = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and immune to OpenMP spin-waits on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(**kw) -> VQVAEConfig:
     base = dict(codebook_size=16, num_quantizers=3, codebook_dim=8, hidden_channels=32, num_res_blocks=1, downsample=4)
     return VQVAEConfig(**{**base, **kw})

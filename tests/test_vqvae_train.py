@@ -17,15 +17,6 @@ from distill.training.vqvae_train import estimate_vqvae_memory_bytes, train_vqva
 AUDIO = AudioConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=24)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and immune to OpenMP spin-waits on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tone_dataset(n_files: int = 6, seconds: float = 1.0) -> MelDataset:
     """Decaying tones plus a little noise, one pitch per file: easy to learn, not trivial."""
     g = torch.Generator().manual_seed(0)
