@@ -398,7 +398,7 @@ def _train_prior_stage(run_dir: Path, codes: list, train_index, val_index, vq_cf
             prior_cfg, note = fit_prior_to_budget(prior_cfg, vq_cfg.codebook_size, vq_cfg.num_quantizers,
                                                   prior_cfg.device, fixed=fit_fixed)
             if note:  # recorded before training, so a resume continues with the same settings
-                log({"kind": "info", "message": note, "prior_config": asdict(prior_cfg)})
+                log({"kind": "warning", "code": "budget_fit", "message": note, "prior_config": asdict(prior_cfg)})
                 key = "pending_prior_config" if read_manifest(run_dir).get("pending_prior_config") else "prior_config"
                 update_manifest(run_dir, **{key: asdict(prior_cfg)})
         prior_result = train_prior(codes, prior_cfg, vq_cfg.codebook_size, train_index, val_index, callbacks=[log],
