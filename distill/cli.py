@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -207,6 +208,22 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from distill.bundle import export_run
+
+    out = export_run(args.run_dir, args.out)
+    _err(f"wrote {out} ({out.stat().st_size / 1024**2:.1f} MB)")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from distill.bundle import import_run
+
+    run_dir = import_run(args.bundle, args.workspace)
+    print(run_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m distill", description="Train a generative audio model on your own sounds.")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: $DISTILL_CACHE or ~/.cache/distill)")
@@ -271,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sample-seconds", type=float, default=10.0)
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_evaluate)
+    x = sub.add_parser("export", help="pack a run into one file (a zip of its safetensors + JSON)")
+    x.add_argument("run_dir")
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("import", help="unpack a run bundle into a workspace, checking every file first")
+    i.add_argument("bundle")
+    i.add_argument("--workspace", default=os.environ.get("DISTILL_WORKSPACE", "workspace"))
+    i.set_defaults(func=cmd_import)
     return p
 
 

@@ -164,3 +164,22 @@ def test_prior_file_carries_its_settings_so_a_lagging_manifest_cannot_break_load
     assert read_manifest(run)["prior_config"]["hidden_size"] == 32
     model = load_prior(run)
     assert model.settings()["hidden_size"] == 16
+
+
+def test_bundle_cli_export_and_import(run, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "distill", "export", str(run), "--out", str(tmp_path / "b.zip")],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = subprocess.run([sys.executable, "-m", "distill", "import", str(tmp_path / "b.zip"), "--workspace",
+                          str(tmp_path / "w")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert load_codes(got.stdout.strip().splitlines()[-1]).keys() == load_codes(run).keys()
+    (tmp_path / "evil.zip").write_bytes(b"not a zip")
+    bad = subprocess.run([sys.executable, "-m", "distill", "import", str(tmp_path / "evil.zip"), "--workspace",
+                          str(tmp_path / "w")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and "not a Distill run bundle" in bad.stderr
