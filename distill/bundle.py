@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 from distill.runs import new_run_id, read_manifest, run_configs, runs_root, write_manifest
-from distill.storage import UnsafeFileError
+from distill.storage import OversizeError, UnsafeFileError, copy_limited
 
 TOP_FILES = {"manifest.json", "vqvae.safetensors", "prior.safetensors", "codes.safetensors", "metrics.jsonl"}
 SAMPLE_NAME = re.compile(r"^samples/[A-Za-z0-9][A-Za-z0-9_.-]{0,120}\.(wav|flac|json|safetensors)$")
@@ -100,7 +100,10 @@ def import_run(bundle: str | Path, workspace: str | Path) -> Path:
                     continue
                 target = staging / info.filename  # names were allow-listed: no separators beyond samples/
                 with zf.open(info) as src, open(target, "wb") as dst:
-                    _copy_limited(src, dst, info.file_size)
+                    try:
+                        copy_limited(src, dst, info.file_size)
+                    except OversizeError:
+                        raise UnsafeFileError(f"bundle entry '{info.filename}' is larger than it declares") from None
         manifest = validate_run(staging)
         manifest.update(id=run_id, imported_from=bundle.name)
         manifest.pop("format", None)
@@ -115,15 +118,3 @@ def import_run(bundle: str | Path, workspace: str | Path) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
 
-
-def _copy_limited(src, dst, limit: int) -> int:
-    """Copy at most `limit` bytes: a member that inflates past its declared size is refused."""
-    copied = 0
-    while True:
-        chunk = src.read(1 << 20)
-        if not chunk:
-            return copied
-        copied += len(chunk)
-        if copied > limit:
-            raise UnsafeFileError("bundle entry is larger than it declares")
-        dst.write(chunk)

@@ -132,6 +132,23 @@ def tensor_spec(state: Mapping[str, "torch.Tensor"]) -> dict[str, tuple[tuple[in
     return {k: (tuple(v.shape), names[v.dtype]) for k, v in state.items()}
 
 
+class OversizeError(ValueError):
+    """A stream held more bytes than it declared (a zip member whose header lies, say)."""
+
+
+def copy_limited(src, dst, limit: int) -> int:
+    """Copy a stream in chunks, refusing to write more than `limit` bytes. Returns bytes copied."""
+    copied = 0
+    while True:
+        chunk = src.read(1 << 20)
+        if not chunk:
+            return copied
+        copied += len(chunk)
+        if copied > limit:
+            raise OversizeError(f"more than the declared {limit} bytes")
+        dst.write(chunk)
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line. A crash can leave a torn last line; `read_jsonl` skips it."""
     line = json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default) + "\n"

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from distill.storage import OversizeError, copy_limited
+
 MB = 1024 * 1024
 GB = 1024 * MB
 
@@ -318,17 +320,12 @@ def extract_zip(
 
 def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: Path, limits: UploadLimits, name: str) -> int:
     cap = min(info.file_size, limits.max_file_bytes)
-    written = 0
     try:
         with zf.open(info) as src, open(out, "xb") as dst:
-            while True:
-                chunk = src.read(1 << 20)
-                if not chunk:
-                    break
-                written += len(chunk)
-                if written > cap:  # the header lied about the size
-                    raise UploadError(f"'{name}' is damaged or hostile: '{info.filename}' is larger than it claims")
-                dst.write(chunk)
+            written = copy_limited(src, dst, cap)
+    except OversizeError:  # the header lied about the size
+        out.unlink(missing_ok=True)
+        raise UploadError(f"'{name}' is damaged or hostile: '{info.filename}' is larger than it claims") from None
     except UploadError:
         out.unlink(missing_ok=True)
         raise
