@@ -326,9 +326,6 @@ def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: Path, limits: 
     except OversizeError:  # the header lied about the size
         out.unlink(missing_ok=True)
         raise UploadError(f"'{name}' is damaged or hostile: '{info.filename}' is larger than it claims") from None
-    except UploadError:
-        out.unlink(missing_ok=True)
-        raise
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
         out.unlink(missing_ok=True)
         raise UploadError(f"'{name}' could not be unpacked ('{info.filename}': {exc})") from exc
