@@ -7,6 +7,8 @@ Training: tokens/s of full optimiser steps (forward, backward, clip, AdamW) at e
 sizes, codebook 64/128/256, Q = 3, windows of 432 tokens, the tier's batch size capped by --max-batch
 (for time), after warm-up steps; ours and the baseline alternate step by step so machine noise hits
 both alike; the median step is reported. Targets: >= 1.3x at tiers 2 and 3.
+generate_audio: 10 s of audio at the seed's tier-2 sizes, codes + decode + Griffin-Lim, median wall
+time (target <= 1 s).
 Sampling: 432 new tokens at tier 2. Ours: the cached sampler, median of a few runs. Baseline: the
 seed's sampler re-runs the whole prefix per token; by default its cost is measured at 12 prefix
 lengths (best of 1 thread and the default thread count) and summed over all 432 (each token = one
@@ -152,6 +154,39 @@ def bench_sampling(tier: int, n_tokens: int, full_baseline: bool, runs: int) -> 
             "ratio": t_base / t_ours, "ours_s": t_ours, "base_s": t_base, "how": how}
 
 
+def bench_generate_audio(seconds: float, runs: int) -> dict:
+    """`generate_audio` end to end (codes, decode, Griffin-Lim) with the seed's tier-2 sizes: a 4 × 256
+    prior over codebook-128 codes and the tier-2 codec, in a throwaway run folder. The weights are
+    random: the time of every stage does not depend on what the models learned."""
+    import tempfile
+    from dataclasses import asdict
+
+    from distill.config import AudioConfig, get_adaptive_vqvae_config
+    from distill.generate import RunCache, codes_to_audio, generate_audio, generate_codes
+    from distill.models.vqvae import ConvVQVAE
+    from distill.runs import build_prior, save_prior, save_vqvae, write_manifest
+
+    audio, vq, prior_cfg = AudioConfig(), get_adaptive_vqvae_config(60), get_adaptive_prior_config(60)
+    with tempfile.TemporaryDirectory() as d:
+        write_manifest(d, {"audio_config": asdict(audio), "vqvae_config": asdict(vq), "prior_config": asdict(prior_cfg)})
+        torch.manual_seed(0)
+        save_vqvae(d, ConvVQVAE(audio.n_mels, vq).eval())
+        save_prior(d, build_prior(vq, prior_cfg), prior_cfg)
+        cache = RunCache()
+        generate_audio(d, 1.0, cache=cache)  # loading the models is not generation
+        run = cache.get(d)
+        walls, code_s, audio_s = [], [], []
+        for seed in range(runs):
+            walls.append(timed(lambda: generate_audio(d, seconds, seed=seed, cache=cache)))
+            t = time.perf_counter()
+            codes = generate_codes(run, seconds, seed=seed)
+            code_s.append(time.perf_counter() - t)
+            audio_s.append(timed(lambda: codes_to_audio(run, codes)))
+    return {"seconds": seconds, "wall": statistics.median(walls), "codes": statistics.median(code_s),
+            "audio": statistics.median(audio_s), "tokens": len(codes) * vq.num_quantizers,
+            "size": f"{prior_cfg.num_layers} x {prior_cfg.hidden_size}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiers", default="1,2,3")
@@ -163,6 +198,8 @@ def main() -> None:
     ap.add_argument("--sample-tokens", type=int, default=SEQ)
     ap.add_argument("--sample-runs", type=int, default=3)
     ap.add_argument("--full-baseline", action="store_true")
+    ap.add_argument("--generate-seconds", type=float, default=10.0)
+    ap.add_argument("--generate-only", action="store_true", help="only the generate_audio timing")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -170,6 +207,8 @@ def main() -> None:
     tiers = [int(t) for t in args.tiers.split(",") if t]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; window {SEQ} tokens, Q={Q}")
 
+    if args.generate_only:
+        tiers = []
     print("\nTraining tokens/s (median step; ours vs seed baseline)")
     print(f"{'tier':>4} {'hidden':>6} {'layers':>6} {'batch':>5} {'steps':>5} {'ours':>9} {'baseline':>9} {'ratio':>6}"
           f" {'cpu-time ratio':>14}")
@@ -179,11 +218,17 @@ def main() -> None:
         print(f"{r['tier']:>4} {r['hidden']:>6} {r['layers']:>6} {r['batch']:>5} {r['steps']:>5} "
               f"{r['ours']:>9.0f} {r['base']:>9.0f} {r['ratio']:>5.2f}x {r['cpu_ratio']:>13.2f}x", flush=True)
 
-    s = bench_sampling(2, args.sample_tokens, args.full_baseline, args.sample_runs)
-    print(f"\nSampling {s['tokens']} tokens at tier 2 (baseline {s['how']})")
-    print(f"  ours     {s['ours']:8.0f} tokens/s  ({s['ours_s']:.2f} s)")
-    print(f"  baseline {s['base']:8.1f} tokens/s  ({s['base_s']:.2f} s)")
-    print(f"  ratio    {s['ratio']:8.1f}x")
+    s = None if args.generate_only else bench_sampling(2, args.sample_tokens, args.full_baseline, args.sample_runs)
+    if s is not None:
+        print(f"\nSampling {s['tokens']} tokens at tier 2 (baseline {s['how']})")
+        print(f"  ours     {s['ours']:8.0f} tokens/s  ({s['ours_s']:.2f} s)")
+        print(f"  baseline {s['base']:8.1f} tokens/s  ({s['base_s']:.2f} s)")
+        print(f"  ratio    {s['ratio']:8.1f}x")
+
+    g = bench_generate_audio(args.generate_seconds, args.sample_runs)
+    print(f"\ngenerate_audio {g['seconds']:.0f} s at tier 2 ({g['size']} prior, {g['tokens']} tokens; median of "
+          f"{args.sample_runs}; target <= 1 s)")
+    print(f"  wall     {g['wall']:.2f} s   (codes {g['codes']:.2f} s + decode and Griffin-Lim {g['audio']:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -153,7 +153,10 @@ def _check_limits(obj, where: str) -> None:
 def run_configs(manifest: dict) -> tuple[AudioConfig, VQVAEConfig, PriorConfig | None]:
     try:
         audio = config_from_dict(AudioConfig, manifest.get("audio_config") or {})
-        vq = config_from_dict(VQVAEConfig, manifest.get("vqvae_config") or {})
+        vq_settings = manifest.get("vqvae_config") or {}
+        if isinstance(vq_settings, dict) and vq_settings and "linear_path" not in vq_settings:
+            vq_settings = {**vq_settings, "linear_path": False}  # saved before the codec had one
+        vq = config_from_dict(VQVAEConfig, vq_settings)
         prior = config_from_dict(PriorConfig, manifest["prior_config"]) if manifest.get("prior_config") else None
     except (ValueError, TypeError) as exc:
         raise UnsafeFileError(f"manifest settings are invalid: {exc}") from None

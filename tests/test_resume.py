@@ -100,7 +100,7 @@ def test_vqvae_stop_and_resume_matches_an_uninterrupted_run(tmp_path, vq_referen
     final = train_vqvae(tone_dataset(), vq_config(), checkpoint=store, resume=True, callbacks=[events.append])
     assert final.resumed_from == 23 and final.steps == 40 and not final.interrupted
     assert same_weights(final.model, vq_reference.model)  # bit-identical: weights, codebooks, EMA buffers
-    assert final.best_step == vq_reference.best_step == 40 and final.best_val_loss == vq_reference.best_val_loss
+    assert final.best_step == vq_reference.best_step > 0 and final.best_val_loss == vq_reference.best_val_loss
     # ... along the same path: every evaluation after the resumes scored the same
     assert evaluations(final) == evaluations(vq_reference)
     hist_a, used_a = code_stats(vq_reference.model, tone_dataset())

@@ -70,13 +70,31 @@ def test_bad_inputs_are_refused():
 
 
 def test_gradient_reaches_encoder_through_quantiser():
-    model = tiny_model().train()
+    model = ConvVQVAE(N_MELS, tiny_config(linear_path=False)).train()
     x = mels(2, 32)
     out = model(x)
     (out.recon - x).abs().mean().backward()  # reconstruction only: no commitment path
     first = model.encoder.net[0].weight.grad
     assert first is not None and float(first.abs().sum()) > 0
     assert model.decoder.net[0].weight.grad.abs().sum() > 0
+
+
+def test_linear_path_starts_as_pca_and_gradients_reach_both_paths():
+    model = tiny_model().train()
+    x = mels(4, 64)
+    model.init_linear_path(list(x))
+    # a fresh model is the linear codec: the conv paths add nothing yet
+    z = model._latent(x)
+    assert torch.allclose(z, model.enc_linear(x), atol=1e-6)
+    # the components are orthonormal: encode-decode without quantising is a projection
+    w = model.enc_linear.weight.reshape(model.enc_linear.out_channels, -1)
+    k = min(w.shape)
+    assert torch.allclose(w[:k] @ w[:k].T, torch.eye(k), atol=1e-4)
+    out = model(x)
+    (out.recon - x).abs().mean().backward()
+    assert float(model.enc_linear.weight.grad.abs().sum()) > 0
+    assert float(model.encoder.net[-1].weight.grad.abs().sum()) > 0  # the conv path's way in
+    assert float(model.decoder.net[-1].weight.grad.abs().sum()) > 0
 
 
 def test_commitment_gradient_reaches_encoder():
@@ -171,3 +189,21 @@ def test_decode_then_griffin_lim_gives_audio_of_the_right_length():
     wave = mel_to_audio(recon, audio, n_iter=4)
     assert wave.dim() == 1 and abs(wave.shape[0] - 37 * audio.hop_length) <= audio.hop_length
     assert torch.isfinite(wave).all()
+
+
+def test_runs_saved_before_the_linear_path_still_load(tmp_path):
+    """A manifest written before VQVAEConfig had `linear_path` describes a codec without one."""
+    from dataclasses import asdict
+
+    from distill.runs import load_vqvae, run_configs, save_vqvae, write_manifest
+
+    cfg = tiny_config(linear_path=False)
+    old_settings = {k: v for k, v in asdict(cfg).items() if k != "linear_path"}
+    write_manifest(tmp_path, {"audio_config": asdict(AudioConfig(n_mels=N_MELS)), "vqvae_config": old_settings})
+    assert run_configs({"vqvae_config": old_settings})[1].linear_path is False
+    model = ConvVQVAE(N_MELS, cfg).eval()
+    save_vqvae(tmp_path, model)
+    loaded = load_vqvae(tmp_path)
+    x = mels(1, 40)
+    assert torch.equal(loaded.encode(x), model.encode(x))
+    assert VQVAEConfig().linear_path is True  # new runs get it

@@ -57,11 +57,15 @@ def test_training_lowers_the_loss_and_reports(trained):
     evals = [e for e in events if e["kind"] == "eval"]
     assert steps and evals and result.steps == 100
     # on the training material, the trained codec beats the same codec before its first step
-    untrained = train_vqvae(tone_dataset(), tiny_config(max_steps=0)).model
+    # (and beats its own starting point: the linear path's principal components + k-means codebooks)
+    untrained = train_vqvae(tone_dataset(), tiny_config(max_steps=0, linear_path=False)).model
+    start = train_vqvae(tone_dataset(), tiny_config(max_steps=0)).model
     chunks = validation_chunks(tone_dataset().train_mels())
     before = vt.evaluate(untrained, chunks, torch.device("cpu"))["val_mel_l1"]
+    at_start = vt.evaluate(start, chunks, torch.device("cpu"))["val_mel_l1"]
     after = vt.evaluate(result.model, chunks, torch.device("cpu"))["val_mel_l1"]
     assert after < 0.7 * before
+    assert after < 0.95 * at_start < 0.95 * before
     for key in ("loss", "recon_loss", "commit_loss", "lr", "step", "seconds"):
         assert key in steps[-1]
     for key in ("val_loss", "val_mel_l1", "utilisation", "perplexity", "dead_codes", "codes_reset", "val_perplexity"):

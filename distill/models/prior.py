@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from distill.models.cpu_decode import CpuStepper
+
 # One CPU thread while sampling: each token is a chain of tiny ops, where a second thread costs more
 # in synchronisation than it saves (on a busy 2-core machine, over 10x more).
 SAMPLING_THREADS = 1
@@ -232,7 +234,9 @@ class CodePrior(nn.Module):
 
         # Preallocated cache: per layer [2 (k, v), 1, heads, S, D] (4-D k/v keep CPU SDPA on its fused
         # kernel). Weights pre-transposed to [in, out]: one-row matmuls run faster on CPU that way.
-        cache = torch.zeros(self.num_layers, 2, 1, nh, s, hd, device=dev)
+        # On a CPU the one-token steps run in NumPy (CpuStepper: about half the per-step cost).
+        stepper = CpuStepper(self) if dev.type == "cpu" else None
+        cache = torch.zeros(self.num_layers, 2, 1, nh, s if stepper is None else 1, hd, device=dev)
         pe = self._position_table(s).unbind(0)  # S x [H]: position + level embedding
         tok_w = self.token_emb.weight
         keep = max(q_levels, ((3 * s) // 4) // q_levels * q_levels)  # context kept after a slide
@@ -244,7 +248,7 @@ class CodePrior(nn.Module):
                 cache[li], cache[li, 0], cache[li, 1],
             )
             for li, b in enumerate(self.blocks)
-        ]
+        ] if stepper is None else []
         hsz = (self.hidden_size,)
         lnf_w, lnf_b = self.ln_f.weight, self.ln_f.bias
         head_wt, head_b = self.head.weight.t().contiguous(), self.head.bias
@@ -257,7 +261,10 @@ class CodePrior(nn.Module):
             x = (torch.cat([self.start_emb.view(1, -1), prev]) + torch.stack(pe[:t])).unsqueeze(0)
             for li, blk in enumerate(self.blocks):
                 qkv = blk.qkv(blk.ln1(x)).view(1, t, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, 1, nh, t, hd]
-                cache[li, :, :, :, :t] = qkv[1:]
+                if stepper is not None:
+                    stepper.load(li, qkv[1, 0].numpy(), qkv[2, 0].numpy())
+                else:
+                    cache[li, :, :, :, :t] = qkv[1:]
                 a = sdpa(qkv[0], qkv[1], qkv[2], is_causal=True)  # [1, nh, t, hd]
                 x = x + blk.proj(a.transpose(1, 2).reshape(1, t, -1))
                 x = x + blk.out(F.gelu(blk.fc(blk.ln2(x))))
@@ -283,6 +290,9 @@ class CodePrior(nn.Module):
                 logits = prime(w0, n)
                 continue
             # one cached step: input token stream[n-1] at window position `pos`
+            if stepper is not None:
+                logits = torch.from_numpy(stepper.step(int(tok), pos))
+                continue
             x = tok_w[tok] + pe[pos]  # [1, H]
             for l1w, l1b, qw, qb, pw, pb, l2w, l2b, fw, fb, ow, ob, kv, kc, vc in layers:
                 qkv = addmm(qb, layer_norm(x, hsz, l1w, l1b), qw).view(3, 1, nh, 1, hd)

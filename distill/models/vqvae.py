@@ -284,6 +284,16 @@ class ConvVQVAE(nn.Module):
             config.num_quantizers, config.codebook_size, config.codebook_dim, config.ema_decay, config.dead_code_threshold
         )
         self.decoder = Decoder(n_mels, config.hidden_channels, config.codebook_dim, n_stages, config.num_res_blocks)
+        self.linear_path = bool(config.linear_path)
+        if self.linear_path:
+            ds, dim = config.downsample, config.codebook_dim
+            # one block of `ds` frames <-> one latent vector, linearly; the conv paths start at zero so
+            # a fresh model is exactly this linear codec (see init_linear_path)
+            self.enc_linear = nn.Conv1d(n_mels, dim, ds, stride=ds)
+            self.dec_linear = nn.ConvTranspose1d(dim, n_mels, ds, stride=ds)
+            for last in (self.encoder.net[-1], self.decoder.net[-1]):
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     # -- helpers --
     @torch.no_grad()
@@ -304,7 +314,12 @@ class ConvVQVAE(nn.Module):
         pad = (-x.shape[-1]) % self.downsample
         if pad:
             x = F.pad(x, (0, pad), mode="replicate")
-        return self.encoder(x)
+        z = self.encoder(x)
+        return z + self.enc_linear(x) if self.linear_path else z
+
+    def _decode_latent(self, q: torch.Tensor) -> torch.Tensor:
+        y = self.decoder(q)
+        return y + self.dec_linear(q) if self.linear_path else y
 
     def _frames_out(self, y: torch.Tensor, frames: int | None) -> torch.Tensor:
         """Normalised decoder output [B, n_mels, T'*ds] -> log-mel, cropped/padded to `frames`."""
@@ -314,6 +329,34 @@ class ConvVQVAE(nn.Module):
         if frames < y.shape[-1]:
             return y[..., :frames]
         return F.pad(y, (0, frames - y.shape[-1]), mode="replicate")
+
+    @torch.no_grad()
+    def init_linear_path(self, mels: list[torch.Tensor], max_blocks: int = 32_768) -> None:
+        """Set the linear path to the principal components of blocks of `downsample` normalised frames
+        from `mels` (each [n_mels, frames]; evenly thinned to at most `max_blocks` blocks): encode =
+        project onto the top `codebook_dim` components, decode = map back and add the mean."""
+        if not self.linear_path:
+            return
+        ds, n = self.downsample, self.n_mels
+        blocks = []
+        for m in mels:
+            usable = m.shape[-1] // ds * ds
+            if usable:
+                x = (m[:, :usable].to(torch.float64) - self.mel_mean[:, None]) / self.mel_std[:, None]
+                blocks.append(x.reshape(n, -1, ds).permute(1, 0, 2).reshape(-1, n * ds))  # (mel, tap) order
+        if not blocks:
+            return
+        data = torch.cat(blocks)
+        if data.shape[0] > max_blocks:
+            data = data[torch.linspace(0, data.shape[0] - 1, max_blocks).long()]
+        mean = data.mean(0)
+        _, _, vh = torch.linalg.svd(data - mean, full_matrices=False)  # rows: components, largest first
+        k = min(vh.shape[0], self.enc_linear.out_channels)
+        comps = vh[:k].reshape(k, n, ds).to(torch.float32)
+        self.enc_linear.weight[:k] = comps
+        self.enc_linear.bias[:k] = -(vh[:k] @ mean).to(torch.float32)
+        self.dec_linear.weight[:k] = comps
+        self.dec_linear.bias.copy_(mean.reshape(n, ds).mean(1).to(torch.float32))
 
     @torch.no_grad()
     def init_codebooks(self, mel: torch.Tensor) -> None:
@@ -334,7 +377,7 @@ class ConvVQVAE(nn.Module):
         if codes.dim() != 3 or codes.shape[-1] != self.quantizer.num_quantizers:
             raise ValueError(f"expected codes [B, T', {self.quantizer.num_quantizers}], got {tuple(codes.shape)}")
         codes = codes.long().clamp(0, self.quantizer.codebook_size - 1)
-        return self._frames_out(self.decoder(self.quantizer.decode(codes)), frames)
+        return self._frames_out(self._decode_latent(self.quantizer.decode(codes)), frames)
 
     def forward(self, mel: torch.Tensor) -> VQVAEOutput:
         """mel [B, n_mels, F] -> VQVAEOutput; in training mode also k-means-initialises (first call,
@@ -345,7 +388,7 @@ class ConvVQVAE(nn.Module):
         if self.training and self.config.kmeans_init and not self.quantizer.initted:
             self.quantizer.kmeans_init(z.detach().permute(0, 2, 1).reshape(-1, z.shape[1]))
         quantised, codes, commit, stats = self.quantizer(z)
-        recon = self._frames_out(self.decoder(quantised), frames)
+        recon = self._frames_out(self._decode_latent(quantised), frames)
         return VQVAEOutput(recon=recon, codes=codes, commit_loss=commit, stats=stats)
 
     def num_parameters(self) -> int:

@@ -261,9 +261,13 @@ def train_prior(
         codebook_size, plan.seq_len, q, config.hidden_size, config.num_layers, config.num_heads, config.dropout
     ).to(device)
     opt = _optimizer(model, config, device)
+    # The evaluated (and kept) model: an exponential moving average of the trained weights, or the
+    # trained model itself when averaging is off.
+    averaged = WeightAverage(model, config.weight_average_decay) if config.weight_average_decay > 0 else None
+    scored = averaged.model if averaged is not None else model
     ckpt, problems = None, []
     if resume and checkpoint is not None:
-        ckpt, problems = _load_checkpoint(checkpoint, model, opt, gen, fingerprint)
+        ckpt, problems = _load_checkpoint(checkpoint, model, opt, gen, fingerprint, averaged)
     n_params = sum(p.numel() for p in model.parameters())
     emit(
         "info",
@@ -296,6 +300,8 @@ def train_prior(
     if ckpt is not None:
         meta = ckpt.meta
         model.load_state_dict(_strip(ckpt.tensors, "model."))
+        if averaged is not None:
+            averaged.model.load_state_dict(_strip(ckpt.tensors, "average."))
         restore_optimizer(opt, ckpt.tensors, meta["optimizer"])
         if meta.get("has_best"):
             best_state = {k: v.to(device) for k, v in _strip(ckpt.tensors, "best.").items()}
@@ -322,6 +328,8 @@ def train_prior(
         opt_tensors, opt_meta = optimizer_tensors(opt)
         rng = rng_tensors(device, {"windows": gen})
         tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, **rng}
+        if averaged is not None:
+            tensors.update({f"average.{k}": v for k, v in averaged.model.state_dict().items()})
         if best_state is not None:
             tensors.update({f"best.{k}": v for k, v in best_state.items()})
         meta = {"stage": "prior", "step": step, "seconds": round(time.perf_counter() - t_start, 3),
@@ -346,16 +354,16 @@ def train_prior(
         nonlocal best_val, best_step, best_state, since_best, warned_memorise, warned_gap, warning_text
         nonlocal eval_seconds, last_eval_step
         t0 = time.perf_counter()
-        model.eval()
-        val_loss = _mean_loss(model, val_data, *val_eval, device, eval_batch)
-        train_loss = _mean_loss(model, train_data, *train_eval, device, eval_batch)
+        scored.eval()
+        val_loss = _mean_loss(scored, val_data, *val_eval, device, eval_batch)
+        train_loss = _mean_loss(scored, train_data, *train_eval, device, eval_batch)
         model.train()
         eval_seconds += time.perf_counter() - t0
         last_eval_step = step
         improved = math.isfinite(val_loss) and val_loss < best_val - 1e-4
         if improved:
             best_val, best_step, since_best = val_loss, step, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         else:
             since_best += 1
         gap = val_loss - train_loss
@@ -421,6 +429,8 @@ def train_prior(
         bad_steps = 0
         opt.step()
         step += 1
+        if averaged is not None:
+            averaged.update(model, step)
         last_loss = loss_value
         dt = time.perf_counter() - t0
         n_tok = int((y != -100).sum())
@@ -461,6 +471,8 @@ def train_prior(
         evaluate(round(step / plan.steps_per_epoch, 3))
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif averaged is not None and step > 0:
+        model.load_state_dict(averaged.model.state_dict())
     model.eval()
     seconds = time.perf_counter() - t_start
     if not message:
@@ -474,11 +486,32 @@ def train_prior(
     )
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights, kept in a second copy of the model.
+    The decay ramps up from 0 ((1 + step) / (10 + step)) so early steps are not dragged toward the
+    random initialisation."""
+
+    def __init__(self, model: CodePrior, decay: float):
+        import copy
+
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: CodePrior, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
+
+
 def _strip(tensors: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _load_checkpoint(store: CheckpointStore, model: CodePrior, opt, gen: torch.Generator, fingerprint: str):
+def _load_checkpoint(store: CheckpointStore, model: CodePrior, opt, gen: torch.Generator, fingerprint: str,
+                     averaged: WeightAverage | None = None):
     """The newest checkpoint that fits this model, data and settings (checked before reading tensors)."""
     state = model.state_dict()
 
@@ -491,6 +524,8 @@ def _load_checkpoint(store: CheckpointStore, model: CodePrior, opt, gen: torch.G
                 **rng_spec(meta.get("rng") or {}, {"windows": gen})}
         if meta.get("has_best"):
             spec.update(prefixed_spec("best.", state))
+        if averaged is not None:
+            spec.update(prefixed_spec("average.", state))
         return spec
 
     return store.load(expected)

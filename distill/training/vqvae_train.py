@@ -65,8 +65,11 @@ TRAIN_STATS_MAX_FRAMES = 16_384  # training material re-encoded at each eval for
 # that falls from 1 at AUG_FULL_BELOW_S of training audio to 0 at AUG_NONE_ABOVE_S (log scale).
 AUG_GAIN = 1.0  # random gain of exp(±1) in power (±4.3 dB)
 AUG_SHIFT = 2  # random shift of up to ±2 mel bands
+AUG_MIX = 0.0  # chance that an augmented window also gets another window of the batch mixed in
+AUG_MAX_PROB = 1.0
 AUG_FULL_BELOW_S = 60.0
 AUG_NONE_ABOVE_S = 600.0
+LINEAR_PATH_LR_SCALE = 0.1
 DIFF_WEIGHT = 0.25
 POOLED_WEIGHT = 0.25
 
@@ -137,10 +140,10 @@ class WindowSampler:
 def augment_probability(train_seconds: float) -> float:
     """Chance that a training window is augmented, from the amount of training audio."""
     if train_seconds <= AUG_FULL_BELOW_S:
-        return 1.0
+        return AUG_MAX_PROB
     if train_seconds >= AUG_NONE_ABOVE_S:
         return 0.0
-    return math.log(AUG_NONE_ABOVE_S / train_seconds) / math.log(AUG_NONE_ABOVE_S / AUG_FULL_BELOW_S)
+    return AUG_MAX_PROB * math.log(AUG_NONE_ABOVE_S / train_seconds) / math.log(AUG_NONE_ABOVE_S / AUG_FULL_BELOW_S)
 
 
 def augment(x: torch.Tensor, floor: float, gen: torch.Generator, prob: float = 1.0,
@@ -154,9 +157,16 @@ def augment(x: torch.Tensor, floor: float, gen: torch.Generator, prob: float = 1
     ks = torch.randint(-shift, shift + 1, (b,), generator=gen)
     if prob <= 0 or not bool(chosen.any()):
         return x
+    mix = torch.zeros(b, dtype=torch.bool)
+    if AUG_MIX > 0:  # (no draws otherwise: the window stream stays as it was without mixing)
+        mix = torch.rand(b, generator=gen) < AUG_MIX
+    partner = torch.randint(0, b, (b,), generator=gen) if AUG_MIX > 0 else torch.zeros(b, dtype=torch.long)
+    mix_gain = torch.rand(b, generator=gen) if AUG_MIX > 0 else torch.zeros(b)
     out = x.clone()
     for i in torch.nonzero(chosen).flatten().tolist():
         power = (torch.exp(x[i]) - floor).clamp_min(0.0)
+        if bool(mix[i]) and int(partner[i]) != i:  # two sounds at once, the second up to as loud
+            power = power + float(mix_gain[i]) * (torch.exp(x[int(partner[i])]) - floor).clamp_min(0.0)
         y = torch.log(power * math.exp(float(g[i])) + floor)
         src = (torch.arange(m) - int(ks[i])).clamp(0, m - 1)
         out[i] = y[src]
@@ -200,6 +210,17 @@ def estimate_vqvae_memory_bytes(config: VQVAEConfig, n_mels: int) -> int:
         per_frame += 2 * config.hidden_channels * (2 + 3 * config.num_res_blocks) / 2**s
     activations = config.batch_size * config.window_frames * per_frame * 2  # forward + backward
     return int(params * 4 * 4 + activations * 4 + 64 * 1024**2)  # + framework overhead
+
+
+def _param_groups(model: ConvVQVAE) -> list[dict]:
+    """The linear path starts at its best linear solution (principal components): it moves at
+    LINEAR_PATH_LR_SCALE of the learning rate, so the first large steps do not throw that away."""
+    linear = [p for n, p in model.named_parameters() if n.startswith(("enc_linear.", "dec_linear."))]
+    rest = [p for n, p in model.named_parameters() if not n.startswith(("enc_linear.", "dec_linear."))]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if linear:
+        groups.append({"params": linear, "lr_scale": LINEAR_PATH_LR_SCALE})
+    return groups
 
 
 def _lr_at(step: int, progress: float, peak: float, warmup: int = WARMUP_STEPS) -> float:
@@ -301,7 +322,7 @@ def train_vqvae(
         torch.manual_seed(config.seed)
         model = ConvVQVAE(n_mels, config)
         sampler = WindowSampler(train_mels, config.window_frames, pad_value, config.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        opt = torch.optim.AdamW(_param_groups(model), lr=config.learning_rate, weight_decay=config.weight_decay)
         ckpt, problems = None, []
         if resume and checkpoint is not None:
             ckpt, problems = _load_checkpoint(checkpoint, model, opt, sampler, device, fingerprint)
@@ -312,6 +333,7 @@ def train_vqvae(
             model.load_state_dict(init_state)
         else:
             model.set_normalization(*_norm_stats(train_mels))
+            model.init_linear_path(train_mels)
         if problems:
             emit("warning", message=ignored_message(problems, "sound-model"), problems=problems[:5])
         if ckpt is None and config.kmeans_init and not model.quantizer.initted:
@@ -426,7 +448,7 @@ def train_vqvae(
                 progress = max(progress, elapsed / budget)
             lr = _lr_at(step, progress, config.learning_rate, warmup)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
             x = sampler.batch(config.batch_size)
             x = augment(x, dataset.audio_config.log_floor, sampler.gen, aug_prob)
