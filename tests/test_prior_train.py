@@ -194,3 +194,24 @@ def test_speed_probe_is_quick_and_leaves_rng_alone():
     tps = speed_probe(tiny_config(), K, Q, "cpu", seconds=0.2)
     assert tps > 0
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_weight_average_update_and_off_switch():
+    from distill.training.prior_train import WeightAverage
+
+    lin = torch.nn.Linear(2, 2)
+    avg = WeightAverage(lin, 0.9)
+    start = avg.model.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    avg.update(lin, step=1000)  # past the ramp: decay 0.9
+    assert torch.allclose(avg.model.weight, start + 0.1, atol=1e-6)
+    assert not avg.model.weight.requires_grad
+    avg.update(lin, step=0)  # early on the ramp ((1 + 0) / 10 = 0.1) the average follows the weights closely
+    assert torch.allclose(avg.model.weight, 0.1 * (start + 0.1) + 0.9 * lin.weight, atol=1e-6)
+    # with and without averaging, the kept model is the one the best validation score belongs to
+    codes = _memorise_data()
+    for decay in (0.0, 0.9):
+        res = train_prior(codes, tiny_config(max_epochs=4, weight_average_decay=decay), K, [0, 1], [2, 3])
+        val_bits = nll_bits(res.model, [codes[2], codes[3]])
+        assert math.isclose(val_bits * math.log(2), res.best_val_loss, rel_tol=1e-4)
