@@ -2,6 +2,7 @@
 
     python bench/bench_quality.py --dataset asterisk-en --vq-minutes 5 --prior-minutes 15
     python bench/bench_quality.py --dataset freedesktop --vq-minutes 5 --prior-minutes 5
+    python bench/bench_quality.py --dataset asterisk-en --prior-minutes 15 --retrain-prior bench/out/runs/RUN
 
 Trains the whole pipeline with the default (tier) settings and the given budgets, then reports:
 codec held-out log-mel L1 vs the mean-frame baseline (target ≤ 0.25×), codebook use on the training
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--sample-seconds", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--retrain-prior", metavar="RUN_DIR",
+                    help="keep this earlier bench run's codec and codes; train only a new prior, then evaluate")
     args = ap.parse_args()
 
     import torch
@@ -55,7 +58,17 @@ def main() -> None:
             keep = {k: v for k, v in e.items() if k in ("stage", "kind", "step", "loss", "val_loss", "message", "seconds")}
             print(f"[{time.time() - t0:6.0f}s] {keep}", file=sys.stderr, flush=True)
 
-    summary = run_pipeline(folder, run_dir, options, callbacks=[progress])
+    if args.retrain_prior:
+        import shutil
+
+        from distill.pipeline import retrain_prior
+
+        src = Path(args.retrain_prior)
+        shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("checkpoints", "samples", "prior.safetensors"))
+        summary = retrain_prior(run_dir, options, callbacks=[progress])
+        summary["stage_seconds"] = {**(read_manifest(src).get("stage_seconds") or {}), **summary["stage_seconds"]}
+    else:
+        summary = run_pipeline(folder, run_dir, options, callbacks=[progress])
     if summary["status"] != "done":
         raise SystemExit(f"training did not finish: {summary.get('message')}")
     manifest = read_manifest(run_dir)

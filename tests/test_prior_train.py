@@ -61,6 +61,38 @@ def test_windows_are_level_aligned_and_short_files_whole():
     assert files.tolist() == [0, 0, 0, 1] and starts.tolist() == [0, 24, 48, 0]
 
 
+def test_packed_windows_continue_with_whole_files_from_their_start():
+    flats = [torch.arange(60), 100 + torch.arange(9), 200 + torch.arange(6)]  # 20, 3 and 2 steps
+    data = _Windows(flats, Q, seq_len=24)
+    g = torch.Generator().manual_seed(0)
+    starts_seen = set()
+    for _ in range(30):
+        x, y = data.sample(5, g, pack=True)
+        assert x.shape == (5, 24) and torch.equal(x, y)  # full windows, nothing masked
+        for row in x.tolist():
+            assert row[0] % Q == 0 or row[0] >= 100  # starts on a level-0 token
+            # every piece is a run of one file: file 0 from a level-0 token (any step), the short
+            # files only from their first token
+            i = 0
+            while i < 24:
+                if row[i] < 100:
+                    j = i
+                    while j + 1 < 24 and row[j + 1] == row[j] + 1 and row[j + 1] < 60:
+                        j += 1
+                    assert row[i] % Q == 0 and (j == 23 or row[j] == 59)
+                    starts_seen.add(("long", i == 0))
+                else:
+                    base = row[i] // 100 * 100
+                    assert row[i] == base  # short files fit a window: always from their first token
+                    length = {100: 9, 200: 6}[base]
+                    piece = row[i : i + length]
+                    assert piece == list(range(base, base + len(piece)))
+                    j = i + len(piece) - 1
+                    starts_seen.add(("short", i == 0))
+                i = j + 1
+    assert ("long", False) in starts_seen and ("short", False) in starts_seen  # pieces after a file's end
+
+
 def test_plan_and_lr_schedule():
     cfg = tiny_config(max_epochs=10, batch_size=4, warmup_steps=5, eval_every=1000, learning_rate=1e-3)
     plan = plan_prior_training(cfg, Q, train_tokens=24 * 10)  # 10 windows -> 3 batches

@@ -113,10 +113,28 @@ class _Windows:
         width = int(valid.sum(1).max())  # trim columns that are padding in every row
         return x[:, :width], y[:, :width]
 
-    def sample(self, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch: int, gen: torch.Generator, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of training windows. pack=False: a window that runs past its file's end is padded
+        (masked out of the loss). pack=True: it goes on with the start of another file (drawn like
+        the first), then another, until it is full: short files then teach the model what comes after
+        a sound ends, which sampling needs whenever it is asked for more than one file's length."""
         files = torch.multinomial(self.weights, batch, replacement=True, generator=gen)
         steps = (torch.rand(batch, generator=gen, dtype=torch.float64) * (self.max_start_step[files] + 1).double()).long()
-        return self.gather(files, steps * self.q)
+        x, y = self.gather(files, steps * self.q)
+        if not pack or x.shape[1] == self.seq_len and bool((y != -100).all()):
+            return x, y
+        rows = []
+        for f, start in zip(files.tolist(), (steps * self.q).tolist()):
+            off, n = int(self.offsets[f]), int(self.lengths[f])
+            parts, have = [self.tokens[off + start : off + n]], n - start
+            while have < self.seq_len:
+                g = int(torch.multinomial(self.weights, 1, generator=gen))
+                off, n = int(self.offsets[g]), int(self.lengths[g])
+                parts.append(self.tokens[off : off + min(n, self.seq_len - have)])
+                have += int(parts[-1].shape[0])
+            rows.append(torch.cat(parts)[: self.seq_len])
+        x = torch.stack(rows)
+        return x, x.clone()
 
     def tiles(self, max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Non-overlapping windows covering every token once (each file tiled from its start).
@@ -404,7 +422,7 @@ def train_prior(
         lr = _lr(config, plan, step, t0 - t_start)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = train_data.sample(config.batch_size, gen)
+        x, y = train_data.sample(config.batch_size, gen, pack=config.pack_files)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
