@@ -123,6 +123,18 @@ def test_numpy_steps_match_torch_steps_at_real_sizes(monkeypatch):
     assert (la[:20] - lb[:20]).abs().max() < 1e-4
 
 
+def test_numpy_weights_follow_changed_parameters():
+    m = tiny(seq_len=24)
+    m.generate(5, generator=torch.Generator().manual_seed(0))  # folds and caches the weights
+    with torch.no_grad():
+        m.blocks[0].fc.weight.mul_(-1.5)  # in place, as an optimiser step would
+    tokens, logits, starts = m.generate(30, generator=torch.Generator().manual_seed(2), return_logits=True)
+    _check_against_forward(m, tokens, logits, starts)
+    m.load_state_dict(tiny(seq_len=24, seed=1).state_dict())  # new weights loaded into the same model
+    tokens, logits, starts = m.generate(30, generator=torch.Generator().manual_seed(2), return_logits=True)
+    _check_against_forward(m, tokens, logits, starts)
+
+
 def test_generation_far_past_window_and_zero_tokens():
     m = tiny(seq_len=12)
     out = m.generate(200, generator=torch.Generator().manual_seed(0))

@@ -156,8 +156,9 @@ def test_device_whose_quantiser_disagrees_falls_back_to_cpu(monkeypatch):
 
 
 def test_augmentation():
-    assert vt.augment_probability(10) == 1.0 and vt.augment_probability(3600) == 0.0
-    assert 0 < vt.augment_probability(200) < 1
+    assert vt.augment_probability(10) == vt.AUG_MAX_PROB and vt.augment_probability(3600) == 0.0
+    assert 0 < vt.augment_probability(200) < vt.AUG_MAX_PROB
+    assert vt.augment_probability(100) > vt.augment_probability(200)  # less audio, more augmentation
     floor = 1e-5
     x = torch.full((6, 24, 10), math.log(floor))  # silence ...
     x[:, 12, :] = 0.0  # ... with one loud band

@@ -68,7 +68,6 @@ TRAIN_STATS_MAX_FRAMES = 16_384  # training material re-encoded at each eval for
 # Larger shifts (±6 bands: 0.281) and mixing two windows (no gain) were tried and left out.
 AUG_GAIN = 1.0  # random gain of exp(±1) in power (±4.3 dB)
 AUG_SHIFT = 2  # random shift of up to ±2 mel bands
-AUG_MIX = 0.0  # chance that an augmented window also gets another window of the batch mixed in
 AUG_MAX_PROB = 0.5
 AUG_FULL_BELOW_S = 60.0
 AUG_NONE_ABOVE_S = 600.0
@@ -160,16 +159,9 @@ def augment(x: torch.Tensor, floor: float, gen: torch.Generator, prob: float = 1
     ks = torch.randint(-shift, shift + 1, (b,), generator=gen)
     if prob <= 0 or not bool(chosen.any()):
         return x
-    mix = torch.zeros(b, dtype=torch.bool)
-    if AUG_MIX > 0:  # (no draws otherwise: the window stream stays as it was without mixing)
-        mix = torch.rand(b, generator=gen) < AUG_MIX
-    partner = torch.randint(0, b, (b,), generator=gen) if AUG_MIX > 0 else torch.zeros(b, dtype=torch.long)
-    mix_gain = torch.rand(b, generator=gen) if AUG_MIX > 0 else torch.zeros(b)
     out = x.clone()
     for i in torch.nonzero(chosen).flatten().tolist():
         power = (torch.exp(x[i]) - floor).clamp_min(0.0)
-        if bool(mix[i]) and int(partner[i]) != i:  # two sounds at once, the second up to as loud
-            power = power + float(mix_gain[i]) * (torch.exp(x[int(partner[i])]) - floor).clamp_min(0.0)
         y = torch.log(power * math.exp(float(g[i])) + floor)
         src = (torch.arange(m) - int(ks[i])).clamp(0, m - 1)
         out[i] = y[src]
