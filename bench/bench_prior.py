@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from baseline_prior import BaselinePrior  # noqa: E402
 from distill.config import get_adaptive_prior_config  # noqa: E402
 from distill.models.prior import CodePrior  # noqa: E402
-from distill.training.prior_train import _optimizer  # noqa: E402
+from distill.training.prior_train import _optimizer, plain_training_step  # noqa: E402
 
 Q = 3
 SEQ = 432
@@ -58,12 +58,7 @@ def train_steppers(cfg, k, ours, base, batch):
     opt_base = torch.optim.AdamW(base.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     def step_ours():
-        logits = ours(x)
-        loss = F.cross_entropy(logits.reshape(-1, k), x.reshape(-1))
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ours.parameters(), cfg.gradient_clip_norm)
-        opt_ours.step()
+        plain_training_step(ours, opt_ours, x, cfg.gradient_clip_norm)
 
     def step_base():
         logits = base(x[:, :-1])

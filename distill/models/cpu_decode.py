@@ -17,24 +17,19 @@ import weakref
 
 import numpy as np
 import torch
-from scipy.special import erf
 
 LN_EPS = 1e-5  # nn.LayerNorm's default
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 class CpuStepper:
-    """Weights of a CodePrior as float32 NumPy arrays and a key/value cache [layers, heads, seq_len,
-    head_dim].
-
-    Constants are folded into the weights once, so each step runs as few NumPy calls as possible:
-    every LayerNorm's gain and bias go into the product that follows it (LN(x) @ W + b ==
-    (x - mean) @ (g·W) / std + (beta @ W + b)), the attention scale into the query weights, GELU's
-    1/√2 into the MLP's input weights and the remaining 1/√2 into the output weights
-    (gelu(u) = z·(1 + erf(z))/√2 with z = u/√2).
-    """
+    """Folded float32 NumPy weights of a CodePrior (see `_folded_weights`) and a key/value cache
+    [layers, heads, seq_len, head_dim]."""
 
     def __init__(self, model):
+        from scipy.special import erf  # here, not at import: it costs ~0.2 s and only sampling needs it
+
+        self.erf = erf
         self.nh = model.num_heads
         self.hd = model.hidden_size // model.num_heads
         self.n_inv = 1.0 / model.hidden_size
@@ -72,7 +67,7 @@ class CpuStepper:
             z = xc @ wfc
             z *= 1.0 / math.sqrt(float(xc @ xc) * n_inv + LN_EPS)
             z += bfc
-            e = erf(z)
+            e = self.erf(z)
             e += 1.0
             e *= z
             x = x + e @ wout + bout
@@ -89,6 +84,11 @@ _FOLDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _folded_weights(model):
+    """Constants folded into the weights once, so each step runs as few NumPy calls as possible:
+    every LayerNorm's gain and bias go into the product that follows it (LN(x) @ W + b ==
+    (x - mean) @ (g·W) / std + (beta @ W + b)), the attention scale into the query weights, GELU's
+    1/√2 into the MLP's input weights and the remaining 1/√2 into the output weights
+    (gelu(u) = z·(1 + erf(z))/√2 with z = u/√2)."""
     key = tuple((p.data_ptr(), p._version) for p in model.parameters())
     hit = _FOLDED.get(model)
     if hit is not None and hit[0] == key:

@@ -232,11 +232,11 @@ class CodePrior(nn.Module):
             out = torch.empty(1, 0, dtype=torch.long, device=dev)
             return (out, logits_out, starts_out) if return_logits else out
 
-        # Preallocated cache: per layer [2 (k, v), 1, heads, S, D] (4-D k/v keep CPU SDPA on its fused
-        # kernel). Weights pre-transposed to [in, out]: one-row matmuls run faster on CPU that way.
-        # On a CPU the one-token steps run in NumPy (CpuStepper: about half the per-step cost).
+        # On a CPU the one-token steps run in NumPy (CpuStepper, cheaper per step: see its module);
+        # elsewhere in torch with a preallocated cache: per layer [2 (k, v), 1, heads, S, D] (4-D k/v
+        # keep SDPA on its fused kernel) and weights pre-transposed to [in, out] for one-row matmuls.
         stepper = CpuStepper(self) if dev.type == "cpu" else None
-        cache = torch.zeros(self.num_layers, 2, 1, nh, s if stepper is None else 1, hd, device=dev)
+        cache = torch.zeros(self.num_layers, 2, 1, nh, s, hd, device=dev) if stepper is None else None
         pe = self._position_table(s).unbind(0)  # S x [H]: position + level embedding
         tok_w = self.token_emb.weight
         keep = max(q_levels, ((3 * s) // 4) // q_levels * q_levels)  # context kept after a slide

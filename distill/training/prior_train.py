@@ -13,6 +13,7 @@ and, without a time budget, ends with the same weights as an uninterrupted run (
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -120,9 +121,8 @@ class _Windows:
         a sound ends, which sampling needs whenever it is asked for more than one file's length."""
         files = torch.multinomial(self.weights, batch, replacement=True, generator=gen)
         steps = (torch.rand(batch, generator=gen, dtype=torch.float64) * (self.max_start_step[files] + 1).double()).long()
-        x, y = self.gather(files, steps * self.q)
-        if not pack or x.shape[1] == self.seq_len and bool((y != -100).all()):
-            return x, y
+        if not pack:
+            return self.gather(files, steps * self.q)
         rows = []
         for f, start in zip(files.tolist(), (steps * self.q).tolist()):
             off, n = int(self.offsets[f]), int(self.lengths[f])
@@ -510,8 +510,6 @@ class WeightAverage:
     random initialisation."""
 
     def __init__(self, model: CodePrior, decay: float):
-        import copy
-
         self.decay = float(decay)
         self.model = copy.deepcopy(model)
         self.model.eval()
@@ -552,6 +550,17 @@ def _load_checkpoint(store: CheckpointStore, model: CodePrior, opt, gen: torch.G
 # --- speed probe -----------------------------------------------------------------------------
 
 
+def plain_training_step(model: CodePrior, opt: torch.optim.Optimizer, x: torch.Tensor, clip_norm: float) -> None:
+    """One optimiser step on full windows x [B, S] (each token its own target, as in train_prior),
+    without train_prior's bookkeeping: what speed probes and benchmarks time."""
+    logits = model(x)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    opt.step()
+
+
 def speed_probe(config: PriorConfig, codebook_size: int, num_quantizers: int, device="auto", seconds: float = 2.0) -> float:
     """Training tokens per second for this config on this device, from a short run on random codes
     (one warm-up step, then timed steps until `seconds` pass). Leaves the global RNG as it was.
@@ -568,12 +577,7 @@ def speed_probe(config: PriorConfig, codebook_size: int, num_quantizers: int, de
         x = torch.randint(0, codebook_size, (batch, seq_len), device=dev)
 
         def one_step() -> None:
-            logits = model(x)
-            loss = F.cross_entropy(logits.reshape(-1, codebook_size), x.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_norm)
-            opt.step()
+            plain_training_step(model, opt, x, config.gradient_clip_norm)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
 
