@@ -152,6 +152,13 @@ class _Windows:
         return files_t, starts_t
 
 
+def _corrupt_inputs(x: torch.Tensor, fraction: float, codebook_size: int, gen: torch.Generator) -> torch.Tensor:
+    """x with about `fraction` of its tokens replaced by uniformly random codes."""
+    swap = torch.rand(x.shape, generator=gen) < fraction
+    noise = torch.randint(0, codebook_size, x.shape, generator=gen)
+    return torch.where(swap, noise, x)
+
+
 def _flatten_file(codes: torch.Tensor) -> torch.Tensor:
     if codes.dim() != 2:
         raise ValueError(f"each file's codes must be [T', Q], got shape {tuple(codes.shape)}")
@@ -268,6 +275,8 @@ def train_prior(
     eval_batch = max(1, config.batch_size)
 
     settings = {k: v for k, v in asdict(config).items() if k not in ("time_budget_s", "device")}
+    if not config.input_noise:
+        del settings["input_noise"]  # so checkpoints saved before the setting existed still resume
     fingerprint = settings_fingerprint(settings, codebook_size, q, held_out, [len(f) for f in train_flats],
                                        [len(f) for f in val_flats])
     if checkpoint is not None and not resume:
@@ -423,6 +432,8 @@ def train_prior(
         for g in opt.param_groups:
             g["lr"] = lr
         x, y = train_data.sample(config.batch_size, gen, pack=config.pack_files)
+        if config.input_noise > 0:
+            x = _corrupt_inputs(x, config.input_noise, model.codebook_size, gen)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
