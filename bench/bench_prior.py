@@ -204,9 +204,10 @@ def main() -> None:
 
     if args.generate_only:
         tiers = []
-    print("\nTraining tokens/s (median step; ours vs seed baseline)")
-    print(f"{'tier':>4} {'hidden':>6} {'layers':>6} {'batch':>5} {'steps':>5} {'ours':>9} {'baseline':>9} {'ratio':>6}"
-          f" {'cpu-time ratio':>14}")
+    if tiers:
+        print("\nTraining tokens/s (median step; ours vs seed baseline)")
+        print(f"{'tier':>4} {'hidden':>6} {'layers':>6} {'batch':>5} {'steps':>5} {'ours':>9} {'baseline':>9} {'ratio':>6}"
+              f" {'cpu-time ratio':>14}")
     for tier in tiers:
         cap = args.max_batch_tier3 if tier == 3 else args.max_batch
         r = bench_training(tier, cap, args.warmup, args.min_steps, args.seconds)

@@ -32,7 +32,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from distill.analysis import histogram_jsd
+    from distill.analysis import distribution_jsd, histogram_jsd
     from distill.evaluate import _take_tokens
     from distill.generate import generate_codes, load_run
     from distill.runs import load_codes, read_manifest
@@ -86,7 +86,7 @@ def main() -> None:
                 for lv in range(q):
                     pred[lv] += probs[levels == lv].sum(0)
                     real[lv] += np.bincount(x[0, levels == lv].numpy(), minlength=k)
-    print(f"teacher-forced predictions, all training windows: {fmt([_jsd(pred[lv], real[lv]) for lv in range(q)])}")
+    print(f"teacher-forced predictions, all training windows: {fmt([distribution_jsd(pred[lv], real[lv]) for lv in range(q)])}")
 
     fps = frames / args.seconds
     step = max(1.0, args.seconds / 5)
@@ -97,15 +97,6 @@ def main() -> None:
         print(f"generated, {a:4.1f}-{a + step:4.1f} s of each sample: {fmt(histogram_jsd(seg, train, k))}"
               f"  ({len(pooled)} samples)")
         a += step
-
-
-def _jsd(p, q) -> float:
-    """JSD in bits between two unnormalised histograms (same formula as distill.analysis)."""
-    from distill.analysis import _kl_bits
-
-    p, q = p / p.sum(), q / q.sum()
-    m = 0.5 * (p + q)
-    return 0.5 * _kl_bits(p, m) + 0.5 * _kl_bits(q, m)
 
 
 if __name__ == "__main__":

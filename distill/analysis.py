@@ -137,13 +137,16 @@ def histogram_jsd(codes_a, codes_b, codebook_size: int) -> list[float]:
     a, b = _as_list(codes_a), _as_list(codes_b)
     q = _num_levels(a, b)
     pa, pb = _level_counts(a, codebook_size, q), _level_counts(b, codebook_size, q)
-    out = []
-    for lvl in range(q):
-        p = pa[lvl] / max(pa[lvl].sum(), 1e-12)
-        r = pb[lvl] / max(pb[lvl].sum(), 1e-12)
-        m = 0.5 * (p + r)
-        out.append(float(max(0.0, 0.5 * _kl_bits(p, m) + 0.5 * _kl_bits(r, m))))
-    return out
+    return [distribution_jsd(pa[lvl], pb[lvl]) for lvl in range(q)]
+
+
+def distribution_jsd(counts_a: np.ndarray, counts_b: np.ndarray) -> float:
+    """Jensen-Shannon divergence (bits, 0..1) between two histograms or unnormalised distributions
+    over the same codes."""
+    p = counts_a / max(counts_a.sum(), 1e-12)
+    r = counts_b / max(counts_b.sum(), 1e-12)
+    m = 0.5 * (p + r)
+    return float(max(0.0, 0.5 * _kl_bits(p, m) + 0.5 * _kl_bits(r, m)))
 
 
 def _kl_bits(p: np.ndarray, m: np.ndarray) -> float:

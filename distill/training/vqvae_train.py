@@ -210,8 +210,9 @@ def estimate_vqvae_memory_bytes(config: VQVAEConfig, n_mels: int) -> int:
 def _param_groups(model: ConvVQVAE) -> list[dict]:
     """The linear path starts at its best linear solution (principal components): it moves at
     LINEAR_PATH_LR_SCALE of the learning rate, so the first large steps do not throw that away."""
-    linear = [p for n, p in model.named_parameters() if n.startswith(("enc_linear.", "dec_linear."))]
-    rest = [p for n, p in model.named_parameters() if not n.startswith(("enc_linear.", "dec_linear."))]
+    linear, rest = [], []
+    for name, p in model.named_parameters():
+        (linear if name.startswith(("enc_linear.", "dec_linear.")) else rest).append(p)
     groups = [{"params": rest, "lr_scale": 1.0}]
     if linear:
         groups.append({"params": linear, "lr_scale": LINEAR_PATH_LR_SCALE})
