@@ -102,10 +102,10 @@ def nll_bits(model, codes_list, batch_size: int = 16, device=None) -> float:
     windows = []
     for c in _as_list(codes_list):
         flat = torch.from_numpy(np.ascontiguousarray(c.reshape(-1)))
-        windows += [flat[s : s + seq_len] for s in range(0, len(flat), seq_len)]
+        windows += [(flat[s : s + seq_len], s > 0) for s in range(0, len(flat), seq_len)]  # (codes, resumes)
     if not windows:
         raise ValueError("no codes to score")
-    windows.sort(key=len, reverse=True)  # similar lengths batch together
+    windows.sort(key=lambda w: len(w[0]), reverse=True)  # similar lengths batch together
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
@@ -113,13 +113,14 @@ def nll_bits(model, codes_list, batch_size: int = 16, device=None) -> float:
         with torch.no_grad():
             for i in range(0, len(windows), batch_size):
                 chunk = windows[i : i + batch_size]
-                width = len(chunk[0])
+                width = len(chunk[0][0])
                 x = torch.zeros(len(chunk), width, dtype=torch.long)
                 y = torch.full((len(chunk), width), -100, dtype=torch.long)
-                for r, w in enumerate(chunk):
+                for r, (w, _) in enumerate(chunk):
                     x[r, : len(w)] = w
                     y[r, : len(w)] = w
-                logits = model(x.to(dev))
+                resume = torch.tensor([inside for _, inside in chunk], device=dev)
+                logits = model(x.to(dev), resume=resume)
                 total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(dev).reshape(-1),
                                                ignore_index=-100, reduction="sum"))
                 n += int((y != -100).sum())

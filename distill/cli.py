@@ -136,7 +136,7 @@ def cmd_generate(args) -> int:
     from distill.generate import generate_audio, save_sample
 
     wave, sr, codes = generate_audio(args.run_dir, args.seconds, args.temperature, args.top_k, args.top_p, args.seed,
-                                     prompt_file=args.prompt)
+                                     prompt_file=args.prompt, clip_ends=not args.no_clip_ends)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(out, wave, sr)
@@ -145,7 +145,7 @@ def cmd_generate(args) -> int:
 
         np.save(args.codes_out, codes.astype(np.int64), allow_pickle=False)
     settings = {"seconds": args.seconds, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                "seed": args.seed, "prompt": args.prompt}
+                "seed": args.seed, "prompt": args.prompt, "clip_ends": not args.no_clip_ends}
     if args.keep:
         save_sample(args.run_dir, wave, sr, codes, settings)
     _err(f"wrote {out} ({len(wave) / sr:.2f} s, {codes.shape[0]} code steps × {codes.shape[1]} levels)")
@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-clip-ends", action="store_true",
+                   help="one continuous sound, even where the model learnt that your files end and a new one begins")
     g.add_argument("--prompt", default=None, help="continue from this training file's codes (its relative path)")
     g.add_argument("--out", required=True)
     g.add_argument("--codes-out", default=None)

@@ -71,8 +71,10 @@ class RunCache:
 
 
 def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                   seed: int = 0, prompt_codes: np.ndarray | None = None) -> np.ndarray:
-    """Sample [T', Q] codes covering `seconds` of audio (continuing `prompt_codes` when given)."""
+                   seed: int = 0, prompt_codes: np.ndarray | None = None, clip_ends: bool = True) -> np.ndarray:
+    """Sample [T', Q] codes covering `seconds` of audio (continuing `prompt_codes` when given).
+    clip_ends: where the prior learnt where files end, a sound that ends is followed by a fresh one
+    (False: one continuous stream, as priors without the end head always give)."""
     from distill.models.prior import flatten_codes, unflatten_codes
 
     if not 0 < seconds <= MAX_SECONDS:
@@ -82,13 +84,15 @@ def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top
     audio, vq, _ = run_configs(run.manifest)
     steps = max(1, math.ceil(seconds * audio.frames_per_second / vq.downsample))
     generator = torch.Generator().manual_seed(int(seed))
-    prompt = None
+    prompt, whole_file = None, True
     if prompt_codes is not None and len(prompt_codes):
         context_steps = run.prior.seq_len // vq.num_quantizers
         tail = np.asarray(prompt_codes)[-max(1, context_steps // 2):]
         prompt = flatten_codes(torch.as_tensor(tail, dtype=torch.long)[None])
+        whole_file = len(tail) == len(prompt_codes)
     flat = run.prior.generate(steps * vq.num_quantizers, temperature=temperature, top_k=top_k, top_p=top_p,
-                              prompt=prompt, generator=generator)
+                              prompt=prompt, generator=generator, clip_ends=clip_ends,
+                              prompt_starts_clip=whole_file)  # a cut prompt begins mid-sound
     return unflatten_codes(flat, vq.num_quantizers)[0].cpu().numpy()
 
 
@@ -105,7 +109,8 @@ def codes_to_audio(run: LoadedRun, codes: np.ndarray) -> np.ndarray:
 
 
 def generate_audio(run_dir, seconds: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                   seed: int = 0, prompt_file: str | None = None, cache: RunCache | None = None):
+                   seed: int = 0, prompt_file: str | None = None, cache: RunCache | None = None,
+                   clip_ends: bool = True):
     """-> (waveform float32 [samples], sample_rate, codes int64 [T', Q]). Same inputs, same audio."""
     run = cache.get(run_dir) if cache else load_run(run_dir)
     prompt_codes = None
@@ -114,7 +119,7 @@ def generate_audio(run_dir, seconds: float, temperature: float = 1.0, top_k: int
         if prompt_file not in codes_by_name:
             raise ValueError(f"'{prompt_file}' is not one of this run's training files")
         prompt_codes = codes_by_name[prompt_file]
-    codes = generate_codes(run, seconds, temperature, top_k, top_p, seed, prompt_codes)
+    codes = generate_codes(run, seconds, temperature, top_k, top_p, seed, prompt_codes, clip_ends)
     wave = codes_to_audio(run, codes)
     audio = run.audio_config
     return wave[: int(round(seconds * audio.sample_rate))], audio.sample_rate, codes

@@ -31,6 +31,7 @@ from distill.runs import (
     load_codes,
     load_prior,
     load_vqvae,
+    prior_config_from_dict,
     read_manifest,
     run_configs,
     save_codes,
@@ -599,7 +600,7 @@ def resume_run(run_dir: str | Path, callbacks: Iterable[Callback] | None = None,
 
     audio_cfg, vq_cfg, prior_cfg = run_configs(manifest)
     if manifest.get("pending_prior_config"):  # an interrupted retrain_prior
-        prior_cfg = config_from_dict(PriorConfig, manifest["pending_prior_config"])
+        prior_cfg = prior_config_from_dict(manifest["pending_prior_config"])
     vq_cfg, prior_cfg = _resume_configs(vq_cfg, prior_cfg, overrides)
     done = stages_done(manifest)
     log({"kind": "resumed", "step": None, "from_status": status, "stages_done": done,

@@ -157,7 +157,7 @@ def run_configs(manifest: dict) -> tuple[AudioConfig, VQVAEConfig, PriorConfig |
         if isinstance(vq_settings, dict) and vq_settings and "linear_path" not in vq_settings:
             vq_settings = {**vq_settings, "linear_path": False}  # saved before the codec had one
         vq = config_from_dict(VQVAEConfig, vq_settings)
-        prior = config_from_dict(PriorConfig, manifest["prior_config"]) if manifest.get("prior_config") else None
+        prior = prior_config_from_dict(manifest["prior_config"]) if manifest.get("prior_config") else None
     except (ValueError, TypeError) as exc:
         raise UnsafeFileError(f"manifest settings are invalid: {exc}") from None
     _check_limits(audio, "audio settings")
@@ -193,12 +193,20 @@ def prior_seq_len(vq: VQVAEConfig, prior: PriorConfig) -> int:
     return prior.context_steps * vq.num_quantizers
 
 
+def prior_config_from_dict(data) -> PriorConfig:
+    """A saved prior config; one saved before clip ends existed describes a model without them."""
+    if isinstance(data, dict) and "learn_clip_ends" not in data:
+        data = {**data, "learn_clip_ends": False}
+    return config_from_dict(PriorConfig, data)
+
+
 def build_prior(vq: VQVAEConfig, prior: PriorConfig):
     from distill.models.prior import CodePrior
 
     return CodePrior(
         codebook_size=vq.codebook_size, seq_len=prior_seq_len(vq, prior), num_quantizers=vq.num_quantizers,
         hidden_size=prior.hidden_size, num_layers=prior.num_layers, num_heads=prior.num_heads, dropout=prior.dropout,
+        learn_ends=prior.learn_clip_ends,
     )
 
 
@@ -216,7 +224,7 @@ def _embedded_prior_config(path: Path) -> PriorConfig | None:
 
     try:
         raw = (read_safetensors_header(path).get("__metadata__") or {}).get("prior_config")
-        return config_from_dict(PriorConfig, json.loads(raw)) if raw else None
+        return prior_config_from_dict(json.loads(raw)) if raw else None
     except (ValueError, TypeError) as exc:
         raise UnsafeFileError(f"prior.safetensors: embedded settings are invalid: {exc}") from None
 

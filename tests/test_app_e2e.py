@@ -5,6 +5,8 @@ codes and histograms exist -> generate returns audio -> another start can be sto
 """
 from __future__ import annotations
 
+import json
+
 import os
 import socket
 import subprocess
@@ -183,9 +185,11 @@ def test_full_flow(client, app_server):
         assert sr == SR and len(wave) == pytest.approx(1.5 * SR, rel=0.02) and np.abs(wave).max() > 0
         assert Path(s["sidecar"]).is_file()
     # ... and the page's generate button, which returns real audio to the client
-    out = client.predict(run_id, 1.0, 0.8, 8, 1.0, 3, 1, "wav", codes["files"][0], api_name="/generate_ui")
+    out = client.predict(run_id, 1.0, 0.8, 8, 1.0, 3, 1, "wav", codes["files"][0], False, api_name="/generate_ui")
     msg, audio0 = out[0], out[1]
     assert "saved" in msg
+    newest = max((run_dir / "samples").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert json.loads(newest.read_text())["settings"]["clip_ends"] is False  # the page's toggle reached the sampler
     if isinstance(audio0, dict):  # an update that also relabels the player: {"value": <downloaded file>, ...}
         assert "seed 3" in audio0["label"]
         audio0 = audio0["value"]
@@ -203,7 +207,6 @@ def test_full_flow(client, app_server):
     assert st["state"] == "done" and st["job"] == "retrain", st["message"]
     assert (run_dir / "prior.safetensors").stat().st_mtime_ns != prior_mtime
     assert (run_dir / "vqvae.safetensors").read_bytes() == vq_before
-    import json
 
     assert json.loads((run_dir / "manifest.json").read_text())["prior_config"]["hidden_size"] == 32
 

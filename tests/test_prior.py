@@ -1,6 +1,8 @@
 """CodePrior: code layout, causality, the cached sampler against the full forward, sampling controls."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -76,7 +78,10 @@ def _check_against_forward(m: CodePrior, tokens, logits, starts, prompt=None):
             w0 = int(starts[i])
             n = p + i
             assert w0 % Q == 0 and n - w0 < m.seq_len
-            full = m(stream[w0 : n + 1].unsqueeze(0))[0, -1]
+            # a window begins a clip at the stream's start or where a clip restarted (a token whose
+            # window starts at itself); otherwise, after a slide, it resumes inside one
+            fresh = w0 == 0 or (w0 >= p and int(starts[w0 - p]) == w0)
+            full = m(stream[w0 : n + 1].unsqueeze(0), resume=not fresh)[0, -1]
             assert torch.allclose(full, logits[i], atol=1e-4), (i, (full - logits[i]).abs().max())
 
 
@@ -208,8 +213,10 @@ def test_save_load_identical_logits(tmp_path):
 
 def test_param_count_and_memory_estimate():
     cfg = PriorConfig(hidden_size=32, num_layers=2, num_heads=4, context_steps=8, batch_size=4)
-    m = CodePrior(K, 8 * Q, Q, 32, 2, 4, 0.0)
-    assert prior_param_count(cfg, K, Q) == sum(p.numel() for p in m.parameters())
+    for ends in (False, True):
+        m = CodePrior(K, 8 * Q, Q, 32, 2, 4, 0.0, learn_ends=ends)
+        counted = prior_param_count(replace(cfg, learn_clip_ends=ends), K, Q)
+        assert counted == sum(p.numel() for p in m.parameters())
     small = estimate_prior_memory_bytes(cfg, K, Q)
     big = estimate_prior_memory_bytes(PriorConfig(hidden_size=512, num_layers=6, num_heads=8), 256, 3)
     assert 4 * prior_param_count(cfg, K, Q) < small < big
@@ -219,3 +226,67 @@ def test_train_mode_restored_after_generate():
     m = tiny().train()
     m.generate(5, generator=torch.Generator().manual_seed(0))
     assert m.training
+
+
+def _with_end_bias(m: CodePrior, bias: float) -> CodePrior:
+    with torch.no_grad():
+        m.end_head.weight.zero_()
+        m.end_head.bias.fill_(bias)
+    return m
+
+
+def test_clip_ends_restart_from_the_start_token_and_match_the_full_forward(step_path):
+    torch.manual_seed(0)
+    m = CodePrior(K, 24, Q, hidden_size=32, num_layers=2, num_heads=4, dropout=0.0, learn_ends=True).eval()
+    assert m.settings()["learn_ends"] is True and CodePrior(**m.settings()).end_head is not None
+    x = torch.randint(0, K, (2, 24))
+    logits, end_logits = m.forward_with_ends(x)
+    assert torch.equal(logits, m(x)) and end_logits.shape == (2, 24)
+
+    # an end head that is sure every clip has ended: each time step is a clip of its own
+    tokens, logits, starts = _with_end_bias(m, 30.0).generate(
+        30, generator=torch.Generator().manual_seed(1), return_logits=True)
+    assert starts.tolist() == [i // Q * Q for i in range(30)]
+    _check_against_forward(m, tokens, logits, starts)
+    greedy = m.generate(12, temperature=0)
+    assert torch.equal(greedy, m.generate(3, temperature=0).repeat(1, 4))  # the same one-step clip each time
+    # undecided (p = 1/2): clips of varying length, every step still equal to the full forward
+    tokens, logits, starts = _with_end_bias(m, 0.0).generate(
+        90, generator=torch.Generator().manual_seed(2), return_logits=True)
+    restarts = [i for i in range(1, 90) if starts[i] == i]
+    assert 8 < len(restarts) < 25, restarts
+    _check_against_forward(m, tokens, logits, starts)
+    # never ending: only the window slides, and windows after a slide begin with the resume token
+    tokens, logits, starts = _with_end_bias(m, -30.0).generate(
+        70, generator=torch.Generator().manual_seed(3), return_logits=True)
+    assert all(int(starts[i]) < i for i in range(1, 70)) and int(starts[-1]) > 0
+    _check_against_forward(m, tokens, logits, starts)
+    window = tokens[:, int(starts[-1]):]
+    with torch.no_grad():
+        assert not torch.allclose(m(window, resume=True), m(window))  # the two start vectors differ
+    # clip_ends=False: the plain sampler, token for token (once the resume token, which windows
+    # after a slide begin with, is the start token)
+    plain = CodePrior(K, 24, Q, hidden_size=32, num_layers=2, num_heads=4, dropout=0.0).eval()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith(("end_head", "resume_emb"))})
+    with torch.no_grad():
+        m.resume_emb.copy_(m.start_emb)
+    expected = plain.generate(70, generator=torch.Generator().manual_seed(3))
+    _with_end_bias(m, 30.0)
+    assert torch.equal(m.generate(70, generator=torch.Generator().manual_seed(3), clip_ends=False), expected)
+
+
+def test_numpy_and_torch_steps_end_clips_alike(monkeypatch):
+    import distill.models.prior as prior_module
+
+    torch.manual_seed(0)
+    m = CodePrior(K, 24, Q, hidden_size=32, num_layers=2, num_heads=4, dropout=0.0, learn_ends=True).eval()
+    with torch.no_grad():
+        m.end_head.weight.normal_(0, 0.15)  # end probabilities that depend on the state, not just a bias
+        m.end_head.bias.fill_(-1.0)
+    numpy_run = m.generate(60, generator=torch.Generator().manual_seed(4), return_logits=True)
+    monkeypatch.setattr(prior_module, "CpuStepper", lambda model: None)
+    torch_run = m.generate(60, generator=torch.Generator().manual_seed(4), return_logits=True)
+    restarts = [i for i in range(1, 60) if int(torch_run[2][i]) == i]
+    assert 2 <= len(restarts) <= 16, restarts
+    assert torch.equal(numpy_run[0], torch_run[0]) and torch.equal(numpy_run[2], torch_run[2])
+    assert (numpy_run[1] - torch_run[1]).abs().max() < 1e-4

@@ -46,7 +46,7 @@ def test_windows_are_level_aligned_and_short_files_whole():
     data = _Windows(flats, Q, seq_len=24)
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
-        x, y = data.sample(6, g)
+        x, y, _, _ = data.sample(6, g)
         assert x.shape[1] <= 24
         for row_x, row_y in zip(x, y):
             n = int((row_y != -100).sum())
@@ -67,7 +67,7 @@ def test_packed_windows_continue_with_whole_files_from_their_start():
     g = torch.Generator().manual_seed(0)
     starts_seen = set()
     for _ in range(30):
-        x, y = data.sample(5, g, pack=True)
+        x, y, _, _ = data.sample(5, g, pack=True)
         assert x.shape == (5, 24) and torch.equal(x, y)  # full windows, nothing masked
         for row in x.tolist():
             assert row[0] % Q == 0 or row[0] >= 100  # starts on a level-0 token
@@ -214,7 +214,8 @@ def test_non_finite_losses_are_skipped_then_stop(monkeypatch):
             return torch.tensor(float("nan"), requires_grad=True)
         return F.cross_entropy(*a, **k)
 
-    monkeypatch.setattr(prior_train, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    monkeypatch.setattr(prior_train, "F", types.SimpleNamespace(
+        cross_entropy=cross_entropy, binary_cross_entropy_with_logits=F.binary_cross_entropy_with_logits))
 
     events = []
 
@@ -266,3 +267,47 @@ def test_weight_average_update_and_off_switch():
         res = train_prior(codes, tiny_config(max_epochs=4, weight_average_decay=decay), K, [0, 1], [2, 3])
         val_bits = nll_bits(res.model, [codes[2], codes[3]])
         assert math.isclose(val_bits * math.log(2), res.best_val_loss, rel_tol=1e-4)
+
+
+def test_windows_carry_clip_end_targets():
+    flats = [torch.arange(60), 100 + torch.arange(9), 200 + torch.arange(6)]  # 20, 3 and 2 steps
+    data = _Windows(flats, Q, seq_len=24)
+    x, y, ends, resume = data.gather(torch.tensor([1, 0, 0]), torch.tensor([0, 0, 48]))
+    assert resume.tolist() == [False, False, True]  # the last window begins inside its file
+    assert x.shape == y.shape == ends.shape == (3, 24)
+    # a short file: "not ended" at each later step, "ended" right after its last code
+    assert {i: int(e) for i, e in enumerate(ends[0]) if e != -100} == {3: 0, 6: 0, 9: 1}
+    assert {i: int(e) for i, e in enumerate(ends[1]) if e != -100} == {i: 0 for i in range(3, 24, 3)}
+    assert {i: int(e) for i, e in enumerate(ends[2]) if e != -100} == {3: 0, 6: 0, 9: 0, 12: 1}
+    x, y, ends, _ = data.gather(torch.tensor([1]), torch.tensor([0]))
+    assert x.shape[1] == 10 and int(ends[0, 9]) == 1  # the column where it ends is kept
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):  # packed: "ended" exactly where the next file begins
+        x, _, ends, resume = data.sample(5, g, pack=True)
+        assert torch.equal(resume, torch.tensor([int(r[0]) not in (0, 100, 200) for r in x]))
+        first_codes = torch.isin(x, torch.tensor([0, 100, 200]))
+        labelled = ends != -100
+        assert torch.equal(labelled[0], (torch.arange(24) % Q == 0) & (torch.arange(24) >= Q))
+        assert torch.equal(ends == 1, first_codes & labelled)
+
+
+def test_a_tiny_prior_learns_where_clips_end():
+    # two kinds of clip, told apart by their first code: 3 steps from phase 0, 6 steps from phase 2
+    short, long = pattern_file(3, phase=0), pattern_file(6, phase=2)
+    codes = [short, long] * 4
+    events = []
+    res = train_prior(codes, tiny_config(max_epochs=300, eval_every=50), K, list(range(6)), [6, 7],
+                      callbacks=[events.append])
+    assert res.history[-1]["val_end_loss"] < 0.1, res.history[-1]
+    assert res.history[0]["val_end_loss"] > res.history[-1]["val_end_loss"]
+    tokens, _, starts = res.model.generate(300, generator=torch.Generator().manual_seed(0), return_logits=True)
+    clip_starts = [0] + [i for i in range(1, 300) if int(starts[i]) == i]
+    lengths = [b - a for a, b in zip(clip_starts, clip_starts[1:])]
+    expected = [3 * Q if int(tokens[0, a]) == int(short[0, 0]) else 6 * Q for a in clip_starts[:-1]]
+    assert len(lengths) >= 15
+    assert sum(a == b for a, b in zip(lengths, expected)) >= 0.9 * len(lengths), (lengths, expected)
+    # without the end head nothing restarts: one stream, the window only slides
+    plain = train_prior(codes, tiny_config(max_epochs=5, learn_clip_ends=False), K, list(range(6)), [6, 7])
+    assert plain.model.end_head is None and "val_end_loss" not in plain.history[-1]
+    _, _, starts = plain.model.generate(60, generator=torch.Generator().manual_seed(0), return_logits=True)
+    assert all(int(starts[i]) < i for i in range(1, 60))

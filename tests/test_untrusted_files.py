@@ -183,3 +183,22 @@ def test_bundle_cli_export_and_import(run, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "distill", "import", str(tmp_path / "evil.zip"), "--workspace",
                           str(tmp_path / "w")], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "not a Distill run bundle" in bad.stderr
+
+
+def test_priors_saved_before_clip_ends_still_load(run):
+    """Settings written before PriorConfig had `learn_clip_ends` describe a prior without an end head."""
+    from dataclasses import asdict
+
+    from distill.runs import update_manifest
+
+    vq = VQVAEConfig(hidden_channels=32, codebook_dim=16, codebook_size=16, num_quantizers=2)
+    old = PriorConfig(hidden_size=32, num_layers=1, num_heads=2, context_steps=8, learn_clip_ends=False)
+    old_settings = {k: v for k, v in asdict(old).items() if k != "learn_clip_ends"}
+    update_manifest(run, prior_config=old_settings)
+    model = build_prior(vq, old)
+    save_prior(run, model)  # no settings inside the file, as the oldest runs have
+    loaded = load_prior(run)
+    assert loaded.end_head is None
+    x = torch.randint(0, 16, (1, 10))
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert build_prior(vq, PriorConfig(hidden_size=32, num_layers=1, num_heads=2)).end_head is not None  # new runs

@@ -110,7 +110,9 @@ def register_api(app: DistillApp) -> None:
     def generate(run_id: str = "", seconds: float = 4.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, variations: int = 1, fmt: str = "wav", prompt_file: str = "") -> dict:
         """Generate samples from a run (default: the newest run with a prior); saved in its samples/.
-        Each sample: {"id", "file_path" (the audio), "sidecar", "seconds", "seed", "codes_shape"}."""
+        Each sample: {"id", "file_path" (the audio), "sidecar", "seconds", "seed", "codes_shape"}.
+        Clips end and restart where the model learnt that files end (the page's checkbox can turn it
+        off; here it stays on, since a tenth argument would break callers that send nine)."""
         if not run_id:
             run_id = next((r["id"] for r in app.runs() if r.get("has_prior")), "")
         try:

@@ -336,7 +336,8 @@ class DistillApp:
     # --- generation -------------------------------------------------------------------------------
 
     def generate(self, run_id: str, seconds: float = 4.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: int = 0, variations: int = 1, fmt: str = "wav", prompt_file: str | None = None) -> list[dict]:
+                 seed: int = 0, variations: int = 1, fmt: str = "wav", prompt_file: str | None = None,
+                 clip_ends: bool = True) -> list[dict]:
         """Generate and save `variations` samples (seeds seed, seed+1, ...). Raises ValueError for people."""
         from distill.generate import RunCache, generate_audio, save_sample
 
@@ -365,9 +366,11 @@ class DistillApp:
                 s = int(seed or 0) + i
                 t0 = time.perf_counter()
                 wave, sr, codes = generate_audio(run_dir, seconds, temperature=float(temperature), top_k=int(top_k or 0),
-                                                 top_p=float(top_p), seed=s, prompt_file=prompt, cache=self._run_cache)
+                                                 top_p=float(top_p), seed=s, prompt_file=prompt, cache=self._run_cache,
+                                                 clip_ends=bool(clip_ends))
                 settings = {"seconds": seconds, "temperature": float(temperature), "top_k": int(top_k or 0),
-                            "top_p": float(top_p), "seed": s, "prompt_file": prompt, "format": fmt}
+                            "top_p": float(top_p), "seed": s, "prompt_file": prompt, "format": fmt,
+                            "clip_ends": bool(clip_ends)}
                 saved = save_sample(run_dir, wave, sr, codes, settings, fmt=fmt)
                 out.append({**saved, "seconds": round(len(wave) / sr, 3), "sample_rate": sr, "seed": s,
                             "codes": codes, "elapsed_s": round(time.perf_counter() - t0, 2)})

@@ -187,6 +187,10 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
                         g_prompt = gr.Dropdown([("(none — start from scratch)", "")], value="", label="Continue from a file",
                                                allow_custom_value=True,
                                                info="The sample starts where this training file's codes end.")
+                        g_clips = gr.Checkbox(True, label="New sound after each one ends",
+                                              info="When your files are short sounds, a long sample is a run of "
+                                                   "them, each ending where the model expects. Off: one continuous sound.",
+                                              elem_id="d-g-clips")
                         gen_btn = gr.Button("Generate", variant="primary", elem_id="d-gen-btn")
                         gen_msg = gr.Markdown("", elem_id="d-gen-msg")
                     with gr.Column(scale=5):
@@ -421,9 +425,9 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
         file_pick.input(on_file, inputs=[run_picker, file_pick, view_state], outputs=[code_plot, file_audio, view_state],
                         api_name="show_codes", api_visibility="undocumented")
 
-        def on_generate(run_id, seconds_v, temp, topk, topp, seed_v, nvar, fmt, prompt):
+        def on_generate(run_id, seconds_v, temp, topk, topp, seed_v, nvar, fmt, prompt, clips):
             try:
-                samples = app.generate(run_id, seconds_v, temp, topk, topp, seed_v, nvar, fmt, prompt or None)
+                samples = app.generate(run_id, seconds_v, temp, topk, topp, seed_v, nvar, fmt, prompt or None, clips)
             except (ValueError, RuntimeError) as exc:
                 return [f"**⚠ {exc}**"] + [gr.skip()] * (3 * MAX_VARIATIONS + 3)
             run_dir = app.run_dir(run_id)
@@ -445,7 +449,8 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
             return [msg, *audios, *groups, *plots, [s["path"] for s in samples], samples_rows(app.samples(run_dir)),
                     figures.histogram_figure(train_counts, gen_counts)]
 
-        gen_btn.click(on_generate, inputs=[run_picker, g_seconds, g_temp, g_topk, g_topp, g_seed, g_var, g_fmt, g_prompt],
+        gen_btn.click(on_generate, inputs=[run_picker, g_seconds, g_temp, g_topk, g_topp, g_seed, g_var, g_fmt, g_prompt,
+                                           g_clips],
                       outputs=[gen_msg, *slot_audio, *[g for g, _ in slot_plot], *[p for _, p in slot_plot], downloads,
                                samples_table, hist_plot], api_name="generate_ui", api_visibility="undocumented")
 

@@ -33,7 +33,8 @@ class CpuStepper:
         self.nh = model.num_heads
         self.hd = model.hidden_size // model.num_heads
         self.n_inv = 1.0 / model.hidden_size
-        self.layers, self.head, self.tok, self.pe = _folded_weights(model)
+        self.layers, self.head, self.end, self.tok, self.pe = _folded_weights(model)
+        self._final = None  # the last step's centred final state and its 1/std, for end_logit
         n = model.seq_len
         self.k = np.zeros((model.num_layers, self.nh, n, self.hd), np.float32)
         self.v = np.zeros_like(self.k)
@@ -45,7 +46,8 @@ class CpuStepper:
         self.v[layer, :, :t] = v
 
     def step(self, token: int, pos: int) -> np.ndarray:
-        """Input token `token` at window position `pos` (>= 1) -> logits [K] for the next token."""
+        """Input token `token` at window position `pos` (>= 1) -> logits [K] for the next token
+        (and the end logit as output K when the model has an end head)."""
         nh, hd, n_inv = self.nh, self.hd, self.n_inv
         hh = nh * hd
         x = self.tok[token] + self.pe[pos]
@@ -73,9 +75,17 @@ class CpuStepper:
             x = x + e @ wout + bout
         xc = x - x.sum() * n_inv
         out = xc @ self.head[0]
-        out *= 1.0 / math.sqrt(float(xc @ xc) * n_inv + LN_EPS)
+        rstd = 1.0 / math.sqrt(float(xc @ xc) * n_inv + LN_EPS)
+        out *= rstd
         out += self.head[1]
+        self._final = (xc, rstd)
         return out
+
+    def end_logit(self) -> float:
+        """The clip-end logit at the last step's position (models with an end head): computed only
+        when asked, once per time step, so the code head stays one aligned product."""
+        xc, rstd = self._final
+        return float(xc @ self.end[0]) * rstd + self.end[1]
 
 
 # Folded weights per model, reused while its parameters are unchanged (each parameter's storage and
@@ -118,9 +128,13 @@ def _folded_weights(model):
     gf, bf = arr(model.ln_f.weight), arr(model.ln_f.bias)
     wh, bh = arr(model.head.weight).T, arr(model.head.bias)
     head = (f32(gf[:, None] * wh), f32(bf @ wh + bh))
+    end = None
+    if model.end_head is not None:
+        we, be = arr(model.end_head.weight)[0], arr(model.end_head.bias)[0]
+        end = (f32(gf * we), float(bf @ we + be))
     with torch.no_grad():
         tok = f32(arr(model.token_emb.weight))
         pe = f32(arr(model._position_table(model.seq_len)))
-    folded = (layers, head, tok, pe)
+    folded = (layers, head, end, tok, pe)
     _FOLDED[model] = (key, folded)
     return folded

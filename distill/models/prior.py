@@ -12,6 +12,16 @@ Input/output contract (one window, positions 0..T-1, T <= seq_len):
     embeddings name the token being *predicted*. So the first code of a window is predicted too,
     x[:, T-1] never influences any logit, and the training loss is simply CE(logits, x).
 Windows always begin on level 0 (a multiple of Q into the stream), so `t % Q` is the true level.
+
+Clips (optional, `learn_ends=True`): a second one-number head reads the same final hidden state.
+At a level-0 position t (t >= Q), sigmoid(end_logits[:, t]) is the probability that the clip (the
+file the codes came from) has already ended, i.e. has exactly t tokens. Collections of short sounds
+(one-shots, spoken prompts) then generate as a run of clip-length sounds, each begun afresh from the
+start token, instead of one sound stretched past any length the model was trained on.
+Such a model also has a second start vector, the resume token, for windows that begin inside a
+file (`resume=True`): the start token then only ever precedes a file's real beginning, so a fresh
+clip starts the way files start (without it, long files, whose windows begin anywhere, would make
+every start look like a random moment of a long file).
 """
 from __future__ import annotations
 
@@ -102,6 +112,7 @@ class CodePrior(nn.Module):
         num_layers: int = 4,
         num_heads: int = 4,
         dropout: float = 0.2,
+        learn_ends: bool = False,
     ):
         super().__init__()
         if seq_len < num_quantizers or seq_len % num_quantizers:
@@ -113,6 +124,7 @@ class CodePrior(nn.Module):
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.dropout = dropout
+        self.learn_ends = learn_ends
         self.token_emb = nn.Embedding(codebook_size, hidden_size)
         self.start_emb = nn.Parameter(torch.zeros(hidden_size))
         self.pos_emb = nn.Embedding(seq_len, hidden_size)
@@ -120,8 +132,12 @@ class CodePrior(nn.Module):
         self.blocks = nn.ModuleList(Block(hidden_size, num_heads, dropout) for _ in range(num_layers))
         self.ln_f = nn.LayerNorm(hidden_size)
         self.head = nn.Linear(hidden_size, codebook_size)
+        self.end_head = nn.Linear(hidden_size, 1) if learn_ends else None
+        self.resume_emb = nn.Parameter(torch.zeros(hidden_size)) if learn_ends else None
         self.apply(self._init_weights)
         nn.init.normal_(self.start_emb, std=0.02)
+        if self.resume_emb is not None:
+            nn.init.normal_(self.resume_emb, std=0.02)
         # GPT-2: scale residual output projections by depth so the stream does not grow with layers
         for blk in self.blocks:
             for lin in (blk.proj, blk.out):
@@ -145,6 +161,7 @@ class CodePrior(nn.Module):
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "dropout": self.dropout,
+            "learn_ends": self.learn_ends,
         }
 
     def _position_table(self, n: int) -> torch.Tensor:
@@ -152,22 +169,47 @@ class CodePrior(nn.Module):
         pos = torch.arange(n, device=self.pos_emb.weight.device)
         return self.pos_emb.weight[:n] + self.level_emb.weight[pos % self.num_quantizers]
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [B, T] -> [B, T, H], shifted right behind the start token
+    def start_vector(self, resume: bool = False) -> torch.Tensor:
+        """[H]: what stands before a window's first token (the resume token for a window that begins
+        inside a file, where the model has one)."""
+        return self.resume_emb if resume and self.resume_emb is not None else self.start_emb
+
+    def _embed(self, x: torch.Tensor, resume=None) -> torch.Tensor:
+        # x: [B, T] -> [B, T, H], shifted right behind the start (or resume) token
         b, t = x.shape
         tok = self.token_emb(x[:, : t - 1])  # [B, T-1, H]
         start = self.start_emb.expand(b, 1, -1)
+        if resume is not None and self.resume_emb is not None:
+            rows = torch.as_tensor(resume, device=x.device).expand(b).view(b, 1, 1)
+            start = torch.where(rows, self.resume_emb.view(1, 1, -1), start)
         return torch.cat([start, tok], dim=1) + self._position_table(t)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: LongTensor[B, T], T <= seq_len, a window starting on level 0 -> logits [B, T, K]."""
+    def _hidden(self, x: torch.Tensor, resume=None) -> torch.Tensor:
         b, t = x.shape
         if t > self.seq_len:
             raise ValueError(f"sequence of {t} tokens is longer than the model's window ({self.seq_len})")
-        h = F.dropout(self._embed(x), self.dropout, self.training)
+        h = F.dropout(self._embed(x, resume), self.dropout, self.training)
         for blk in self.blocks:
             h = blk(h)
-        return self.head(self.ln_f(h))
+        return self.ln_f(h)
+
+    def forward(self, x: torch.Tensor, resume=None) -> torch.Tensor:
+        """x: LongTensor[B, T], T <= seq_len, a window starting on level 0 -> logits [B, T, K].
+        resume (models with clip ends): True, or BoolTensor[B] per window, for windows that begin
+        inside a file rather than at its start."""
+        return self.head(self._hidden(x, resume))
+
+    def forward_with_ends(self, x: torch.Tensor, resume=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits [B, T, K], end logits [B, T] or None without an end head): see the module docstring."""
+        h = self._hidden(x, resume)
+        return self.head(h), (self.end_head(h).squeeze(-1) if self.end_head is not None else None)
+
+    def _head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Code head, with the end head as one extra output when there is one: ([H, K(+1)], [K(+1)])."""
+        w, b = self.head.weight, self.head.bias
+        if self.end_head is not None:
+            w, b = torch.cat([w, self.end_head.weight]), torch.cat([b, self.end_head.bias])
+        return w.t().contiguous(), b
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -181,6 +223,8 @@ class CodePrior(nn.Module):
         prompt: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         return_logits: bool = False,
+        clip_ends: bool = True,
+        prompt_starts_clip: bool = True,
     ):
         """Sample `n_tokens` new flattened codes -> LongTensor[1, n_tokens] (only the new tokens).
 
@@ -192,6 +236,11 @@ class CodePrior(nn.Module):
         (seq_len positions, the first being the start token) is full, it slides: the cache is
         rebuilt from the most recent ~3/4 window, starting on a level-0 token with positions
         restarting at 0, exactly like a training window.
+        clip_ends (models with an end head): before each new time step, draw whether the clip has
+        ended (greedy: whether its probability passes 1/2); if so, the next clip begins afresh from
+        the start token, at window position 0 with no context, as a file does in training.
+        Windows that begin inside a clip (after a slide; a prompt cut to fit, or one that is not the
+        beginning of a sound, prompt_starts_clip=False) begin with the resume token where the model has one.
         With return_logits=True also returns (logits[n_tokens, K] used for each token, before
         temperature/filtering, and window_starts LongTensor[n_tokens]: the stream index each
         token's window began at) so tests can compare against `forward`.
@@ -205,13 +254,15 @@ class CodePrior(nn.Module):
         try:
             if on_cpu and threads != SAMPLING_THREADS:
                 torch.set_num_threads(SAMPLING_THREADS)  # per calling thread under OpenMP
-            return self._generate(n_tokens, temperature, top_k, top_p, prompt, generator, return_logits)
+            return self._generate(n_tokens, temperature, top_k, top_p, prompt, generator, return_logits,
+                                  clip_ends and self.end_head is not None, prompt_starts_clip)
         finally:
             if on_cpu and threads != SAMPLING_THREADS:
                 torch.set_num_threads(threads)
             self.train(was_training)
 
-    def _generate(self, n_tokens, temperature, top_k, top_p, prompt, generator, return_logits):
+    def _generate(self, n_tokens, temperature, top_k, top_p, prompt, generator, return_logits, clip_ends,
+                  prompt_starts_clip):
         dev = self.head.weight.device
         q_levels, s, k_size = self.num_quantizers, self.seq_len, self.codebook_size
         nh = self.num_heads
@@ -251,14 +302,15 @@ class CodePrior(nn.Module):
         ] if stepper is None else []
         hsz = (self.hidden_size,)
         lnf_w, lnf_b = self.ln_f.weight, self.ln_f.bias
-        head_wt, head_b = self.head.weight.t().contiguous(), self.head.bias
+        head_wt, head_b = self._head_weights()  # [H, K(+1)]: the end logit rides along as output K
+        from_stepper = False  # whether `out` came from the NumPy stepper (logits only; end logit on request)
         layer_norm, addmm, sdpa = F.layer_norm, torch.addmm, F.scaled_dot_product_attention
 
-        def prime(w0: int, n: int) -> torch.Tensor:
-            # Fill cache positions 0..n-w0 from [start, stream[w0:n]]; return logits [K] for token n.
+        def prime(w0: int, n: int, resume: bool) -> torch.Tensor:
+            # Fill cache positions 0..n-w0 from [start, stream[w0:n]]; return outputs [K(+1)] for token n.
             t = n - w0 + 1
             prev = self.token_emb(torch.cat(toks[w0:n])) if n > w0 else tok_w[:0]
-            x = (torch.cat([self.start_emb.view(1, -1), prev]) + torch.stack(pe[:t])).unsqueeze(0)
+            x = (torch.cat([self.start_vector(resume).view(1, -1), prev]) + torch.stack(pe[:t])).unsqueeze(0)
             for li, blk in enumerate(self.blocks):
                 qkv = blk.qkv(blk.ln1(x)).view(1, t, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, 1, nh, t, hd]
                 if stepper is not None:
@@ -268,14 +320,21 @@ class CodePrior(nn.Module):
                 a = sdpa(qkv[0], qkv[1], qkv[2], is_causal=True)  # [1, nh, t, hd]
                 x = x + blk.proj(a.transpose(1, 2).reshape(1, t, -1))
                 x = x + blk.out(F.gelu(blk.fc(blk.ln2(x))))
-            return self.head(self.ln_f(x[0, -1]))
+            return addmm(head_b, self.ln_f(x[0, -1:]), head_wt)[0]
 
         w0 = 0
         if p_len > s - 1:  # a long prompt: start from its last part, on a level-0 token
             w0 = -(-(p_len - keep) // q_levels) * q_levels
-        logits = prime(w0, p_len)
+        out = prime(w0, p_len, resume=w0 > 0 or (p_len > 0 and not prompt_starts_clip))
         n, end = p_len, p_len + n_tokens
+        clip_start = 0  # stream index where the current clip began (a prompt is the clip so far)
         while True:
+            if clip_ends and n % q_levels == 0 and n - clip_start >= q_levels:
+                p_end = torch.sigmoid(torch.tensor(stepper.end_logit()) if from_stepper else out[k_size])
+                if bool(p_end > 0.5) if greedy else bool(torch.rand(1, generator=generator, device=dev) < p_end):
+                    clip_start = w0 = n  # the clip has ended: the next begins afresh
+                    out, from_stepper = prime(w0, n, resume=False), False
+            logits = out[:k_size]
             if return_logits:
                 logits_out[n - p_len] = logits
                 starts_out[n - p_len] = w0
@@ -287,11 +346,11 @@ class CodePrior(nn.Module):
             pos = n - w0
             if pos >= s:  # window full: slide and rebuild the cache
                 w0 = -(-(n - keep) // q_levels) * q_levels
-                logits = prime(w0, n)
+                out, from_stepper = prime(w0, n, resume=True), False
                 continue
             # one cached step: input token stream[n-1] at window position `pos`
             if stepper is not None:
-                logits = torch.from_numpy(stepper.step(int(tok), pos))
+                out, from_stepper = torch.from_numpy(stepper.step(int(tok), pos)), True
                 continue
             x = tok_w[tok] + pe[pos]  # [1, H]
             for l1w, l1b, qw, qb, pw, pb, l2w, l2b, fw, fb, ow, ob, kv, kc, vc in layers:
@@ -300,9 +359,9 @@ class CodePrior(nn.Module):
                 a = sdpa(qkv[0], kc.narrow(2, 0, pos + 1), vc.narrow(2, 0, pos + 1))  # [1, nh, 1, hd]
                 x = x + addmm(pb, a.view(1, -1), pw)
                 x = x + addmm(ob, F.gelu(addmm(fb, layer_norm(x, hsz, l2w, l2b), fw)), ow)
-            logits = addmm(head_b, layer_norm(x, hsz, lnf_w, lnf_b), head_wt)[0]
-        out = torch.cat(toks[p_len:]).unsqueeze(0)
-        return (out, logits_out, starts_out) if return_logits else out
+            out = addmm(head_b, layer_norm(x, hsz, lnf_w, lnf_b), head_wt)[0]
+        codes = torch.cat(toks[p_len:]).unsqueeze(0)
+        return (codes, logits_out, starts_out) if return_logits else codes
 
     @staticmethod
     def _pick(logits, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
@@ -341,7 +400,8 @@ def prior_param_count(config, codebook_size: int, num_quantizers: int) -> int:
     seq_len = config.context_steps * num_quantizers
     per_block = 2 * 2 * h + (3 * h * h + 3 * h) + (h * h + h) + (4 * h * h + 4 * h) + (4 * h * h + h)
     emb = codebook_size * h + h + seq_len * h + num_quantizers * h
-    return emb + n_layers * per_block + 2 * h + (h * codebook_size + codebook_size)
+    clips = (h + 1) + h if getattr(config, "learn_clip_ends", False) else 0  # end head + resume token
+    return emb + n_layers * per_block + 2 * h + (h * codebook_size + codebook_size) + clips
 
 
 def estimate_prior_memory_bytes(config, codebook_size: int, num_quantizers: int) -> int:

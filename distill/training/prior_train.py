@@ -103,18 +103,30 @@ class _Windows:
     def total(self) -> int:
         return int(self.lengths.sum())
 
-    def gather(self, files: torch.Tensor, start_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """files, start_tokens: [B] -> (inputs [B, S] long, targets [B, S] with -100 on padding)."""
+    def gather(self, files: torch.Tensor, start_tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """files, start_tokens: [B] -> (inputs [B, S] long, targets [B, S] with -100 on padding,
+        clip-end targets [B, S]: at level-0 positions from Q on, 1 where the file has just ended,
+        0 before, -100 elsewhere; resume [B] bool: the window begins inside its file)."""
         span = torch.arange(self.seq_len)
         local = start_tokens[:, None] + span  # [B, S] index within each file
-        valid = local < self.lengths[files][:, None]
+        lengths = self.lengths[files][:, None]
+        valid = local < lengths
         idx = (self.offsets[files][:, None] + local).clamp(max=max(0, len(self.tokens) - 1))
         x = torch.where(valid, self.tokens[idx], torch.zeros((), dtype=torch.long))
         y = torch.where(valid, x, torch.full((), -100, dtype=torch.long))
-        width = int(valid.sum(1).max())  # trim columns that are padding in every row
-        return x[:, :width], y[:, :width]
+        ends = torch.where(valid, 0, torch.where(local == lengths, 1, -100))
+        ends = torch.where(self._end_positions(), ends, torch.full((), -100, dtype=torch.long))
+        # trim columns that are padding in every row, keeping the one where the longest file ends
+        width = min(self.seq_len, int(valid.sum(1).max()) + 1)
+        return x[:, :width], y[:, :width], ends[:, :width], start_tokens > 0
 
-    def sample(self, batch: int, gen: torch.Generator, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _end_positions(self) -> torch.Tensor:
+        # [S] bool: window positions that carry a clip-end target (a time step's first token, after
+        # at least one whole step in the window)
+        span = torch.arange(self.seq_len)
+        return (span % self.q == 0) & (span >= self.q)
+
+    def sample(self, batch: int, gen: torch.Generator, pack: bool = False) -> tuple[torch.Tensor, ...]:
         """A batch of training windows. pack=False: a window that runs past its file's end is padded
         (masked out of the loss). pack=True: it goes on with the start of another file (drawn like
         the first), then another, until it is full: short files then teach the model what comes after
@@ -124,17 +136,20 @@ class _Windows:
         if not pack:
             return self.gather(files, steps * self.q)
         rows = []
-        for f, start in zip(files.tolist(), (steps * self.q).tolist()):
+        ends = torch.zeros(batch, self.seq_len, dtype=torch.long)
+        for r, (f, start) in enumerate(zip(files.tolist(), (steps * self.q).tolist())):
             off, n = int(self.offsets[f]), int(self.lengths[f])
             parts, have = [self.tokens[off + start : off + n]], n - start
             while have < self.seq_len:
+                ends[r, have] = 1  # one file ended here; the next follows
                 g = int(torch.multinomial(self.weights, 1, generator=gen))
                 off, n = int(self.offsets[g]), int(self.lengths[g])
                 parts.append(self.tokens[off : off + min(n, self.seq_len - have)])
                 have += int(parts[-1].shape[0])
             rows.append(torch.cat(parts)[: self.seq_len])
         x = torch.stack(rows)
-        return x, x.clone()
+        ends = torch.where(self._end_positions(), ends, torch.full((), -100, dtype=torch.long))
+        return x, x.clone(), ends, steps > 0
 
     def tiles(self, max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Non-overlapping windows covering every token once (each file tiled from its start).
@@ -165,17 +180,31 @@ def _flatten_file(codes: torch.Tensor) -> torch.Tensor:
     return codes.reshape(-1).long()
 
 
+def _end_loss(end_logits, ends: torch.Tensor, reduction: str = "mean"):
+    """Binary cross-entropy of the clip-end head on its labelled positions (None without a head)."""
+    if end_logits is None:
+        return None
+    mask = ends != -100
+    if not bool(mask.any()):
+        return end_logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(end_logits[mask], ends[mask].float(), reduction=reduction)
+
+
 @torch.no_grad()
-def _mean_loss(model: CodePrior, data: _Windows, files, starts, device, batch: int) -> float:
-    """Mean cross-entropy (nats/token) over the given windows, eval mode."""
-    total, count = 0.0, 0
+def _mean_loss(model: CodePrior, data: _Windows, files, starts, device, batch: int) -> tuple[float, float | None]:
+    """(mean code cross-entropy in nats/token, mean clip-end cross-entropy or None) over the given
+    windows, eval mode."""
+    total, count, end_total, end_count = 0.0, 0, 0.0, 0
     for i in range(0, len(files), batch):
-        x, y = data.gather(files[i : i + batch], starts[i : i + batch])
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
+        x, y, ends, resume = data.gather(files[i : i + batch], starts[i : i + batch])
+        x, y, ends, resume = x.to(device), y.to(device), ends.to(device), resume.to(device)
+        logits, end_logits = model.forward_with_ends(x, resume)
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum"))
         count += int((y != -100).sum())
-    return total / max(1, count)
+        if end_logits is not None:
+            end_total += float(_end_loss(end_logits, ends, reduction="sum"))
+            end_count += int((ends != -100).sum())
+    return total / max(1, count), (end_total / end_count if end_count else None)
 
 
 # --- training --------------------------------------------------------------------------------
@@ -275,8 +304,11 @@ def train_prior(
     eval_batch = max(1, config.batch_size)
 
     settings = {k: v for k, v in asdict(config).items() if k not in ("time_budget_s", "device")}
-    if not config.input_noise:
-        del settings["input_noise"]  # so checkpoints saved before the setting existed still resume
+    if not config.learn_clip_ends:
+        del settings["clip_end_weight"]
+    for key, off in (("input_noise", 0.0), ("learn_clip_ends", False)):
+        if settings[key] == off:
+            del settings[key]  # so checkpoints saved before the setting existed still resume
     fingerprint = settings_fingerprint(settings, codebook_size, q, held_out, [len(f) for f in train_flats],
                                        [len(f) for f in val_flats])
     if checkpoint is not None and not resume:
@@ -285,7 +317,8 @@ def train_prior(
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model = CodePrior(
-        codebook_size, plan.seq_len, q, config.hidden_size, config.num_layers, config.num_heads, config.dropout
+        codebook_size, plan.seq_len, q, config.hidden_size, config.num_layers, config.num_heads, config.dropout,
+        learn_ends=config.learn_clip_ends,
     ).to(device)
     opt = _optimizer(model, config, device)
     # The evaluated (and kept) model: an exponential moving average of the trained weights, or the
@@ -382,8 +415,8 @@ def train_prior(
         nonlocal eval_seconds, last_eval_step
         t0 = time.perf_counter()
         scored.eval()
-        val_loss = _mean_loss(scored, val_data, *val_eval, device, eval_batch)
-        train_loss = _mean_loss(scored, train_data, *train_eval, device, eval_batch)
+        val_loss, val_end_loss = _mean_loss(scored, val_data, *val_eval, device, eval_batch)
+        train_loss, _ = _mean_loss(scored, train_data, *train_eval, device, eval_batch)
         model.train()
         eval_seconds += time.perf_counter() - t0
         last_eval_step = step
@@ -401,6 +434,8 @@ def train_prior(
             "gap": _safe(gap), "perplexity_ratio": _safe(ratio),
             "best_val_loss": _safe(best_val), "best_step": best_step,
         }
+        if val_end_loss is not None:
+            record["val_end_loss"] = _safe(val_end_loss)
         history.append(record)
         emit("eval", **record)
         # Memorisation: held-out score worse than its best for a few checks while training score falls
@@ -431,14 +466,16 @@ def train_prior(
         lr = _lr(config, plan, step, t0 - t_start)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = train_data.sample(config.batch_size, gen, pack=config.pack_files)
+        x, y, ends, resume = train_data.sample(config.batch_size, gen, pack=config.pack_files)
         if config.input_noise > 0:
             x = _corrupt_inputs(x, config.input_noise, model.codebook_size, gen)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        x, y, ends, resume = (t.to(device, non_blocking=True) for t in (x, y, ends, resume))
+        logits, end_logits = model.forward_with_ends(x, resume)
+        code_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        end_loss = _end_loss(end_logits, ends)
+        loss = code_loss if end_loss is None else code_loss + config.clip_end_weight * end_loss
         opt.zero_grad(set_to_none=True)
-        loss_value = float(loss.detach())
+        loss_value = float(code_loss.detach())  # plotted: the code loss alone, comparable across settings
         grad_ok = False
         if math.isfinite(loss_value):
             loss.backward()
@@ -564,8 +601,11 @@ def _load_checkpoint(store: CheckpointStore, model: CodePrior, opt, gen: torch.G
 def plain_training_step(model: CodePrior, opt: torch.optim.Optimizer, x: torch.Tensor, clip_norm: float) -> None:
     """One optimiser step on full windows x [B, S] (each token its own target, as in train_prior),
     without train_prior's bookkeeping: what speed probes and benchmarks time."""
-    logits = model(x)
+    logits, end_logits = model.forward_with_ends(x)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1))
+    if end_logits is not None:  # no file ends inside full windows: "not ended" at each step's first token
+        loss = loss + F.binary_cross_entropy_with_logits(end_logits[:, model.num_quantizers :: model.num_quantizers],
+                                                         torch.zeros_like(end_logits[:, model.num_quantizers :: model.num_quantizers]))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -583,7 +623,7 @@ def speed_probe(config: PriorConfig, codebook_size: int, num_quantizers: int, de
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = CodePrior(codebook_size, seq_len, num_quantizers, config.hidden_size, config.num_layers,
-                          config.num_heads, config.dropout).to(dev).train()
+                          config.num_heads, config.dropout, learn_ends=config.learn_clip_ends).to(dev).train()
         opt = _optimizer(model, config, dev)
         x = torch.randint(0, codebook_size, (batch, seq_len), device=dev)
 
