@@ -101,9 +101,9 @@ class PriorConfig:
     input_noise: float = 0.0
     # Also learn where files end (a small second head, and a resume token for windows that begin
     # inside a file; see distill/models/prior.py), so a collection of short sounds generates as a run
-    # of sound-length clips rather than one sound stretched on. On asterisk-en (15 min, one run each)
-    # it took the generated-code histogram JSD from 0.047/0.038/0.037 to 0.043/0.031/0.035, at the
-    # 0.041/0.033/0.030 that real training files score at that size (bench/bench_prior_samples.py).
+    # of sound-length clips rather than one sound stretched on. On asterisk-en (15 min) the
+    # generated-code histogram JSD went from 0.047/0.038/0.037 (the run before) to 0.044/0.031/0.035,
+    # near the 0.041/0.033/0.030 that real training files score at that size (README, bench/bench_prior_samples.py).
     learn_clip_ends: bool = True
     # The clip-end loss's weight next to the code loss. 1.0 cost held-out bits (0.822x unigram);
     # 0.3 did not (0.811x; 0.805x with the resume token).
