@@ -47,7 +47,7 @@ class CpuStepper:
 
     def step(self, token: int, pos: int) -> np.ndarray:
         """Input token `token` at window position `pos` (>= 1) -> logits [K] for the next token
-        (and the end logit as output K when the model has an end head)."""
+        (the clip-end logit, where the model has one, comes from `end_logit`)."""
         nh, hd, n_inv = self.nh, self.hd, self.n_inv
         hh = nh * hd
         x = self.tok[token] + self.pe[pos]

@@ -303,7 +303,6 @@ class CodePrior(nn.Module):
         hsz = (self.hidden_size,)
         lnf_w, lnf_b = self.ln_f.weight, self.ln_f.bias
         head_wt, head_b = self._head_weights()  # [H, K(+1)]: the end logit rides along as output K
-        from_stepper = False  # whether `out` came from the NumPy stepper (logits only; end logit on request)
         layer_norm, addmm, sdpa = F.layer_norm, torch.addmm, F.scaled_dot_product_attention
 
         def prime(w0: int, n: int, resume: bool) -> torch.Tensor:
@@ -330,10 +329,11 @@ class CodePrior(nn.Module):
         clip_start = 0  # stream index where the current clip began (a prompt is the clip so far)
         while True:
             if clip_ends and n % q_levels == 0 and n - clip_start >= q_levels:
-                p_end = torch.sigmoid(torch.tensor(stepper.end_logit()) if from_stepper else out[k_size])
+                # torch paths return the end logit as output K; the NumPy stepper computes it on request
+                p_end = torch.sigmoid(out[k_size] if out.shape[0] > k_size else torch.tensor(stepper.end_logit()))
                 if bool(p_end > 0.5) if greedy else bool(torch.rand(1, generator=generator, device=dev) < p_end):
                     clip_start = w0 = n  # the clip has ended: the next begins afresh
-                    out, from_stepper = prime(w0, n, resume=False), False
+                    out = prime(w0, n, resume=False)
             logits = out[:k_size]
             if return_logits:
                 logits_out[n - p_len] = logits
@@ -346,11 +346,11 @@ class CodePrior(nn.Module):
             pos = n - w0
             if pos >= s:  # window full: slide and rebuild the cache
                 w0 = -(-(n - keep) // q_levels) * q_levels
-                out, from_stepper = prime(w0, n, resume=True), False
+                out = prime(w0, n, resume=True)
                 continue
             # one cached step: input token stream[n-1] at window position `pos`
             if stepper is not None:
-                out, from_stepper = torch.from_numpy(stepper.step(int(tok), pos)), True
+                out = torch.from_numpy(stepper.step(int(tok), pos))
                 continue
             x = tok_w[tok] + pe[pos]  # [1, H]
             for l1w, l1b, qw, qb, pw, pb, l2w, l2b, fw, fb, ow, ob, kv, kc, vc in layers:
@@ -400,7 +400,7 @@ def prior_param_count(config, codebook_size: int, num_quantizers: int) -> int:
     seq_len = config.context_steps * num_quantizers
     per_block = 2 * 2 * h + (3 * h * h + 3 * h) + (h * h + h) + (4 * h * h + 4 * h) + (4 * h * h + h)
     emb = codebook_size * h + h + seq_len * h + num_quantizers * h
-    clips = (h + 1) + h if getattr(config, "learn_clip_ends", False) else 0  # end head + resume token
+    clips = (h + 1) + h if config.learn_clip_ends else 0  # end head + resume token
     return emb + n_layers * per_block + 2 * h + (h * codebook_size + codebook_size) + clips
 
 

@@ -98,6 +98,10 @@ class _Windows:
         # last level-0 start that still fits a whole window (0 for short files)
         self.max_start_step = ((lengths - seq_len).clamp(min=0)) // num_quantizers
         self.weights = lengths.double()
+        # [S] bool: window positions that carry a clip-end target (a time step's first token, after
+        # at least one whole step in the window)
+        span = torch.arange(seq_len)
+        self.end_positions = (span % num_quantizers == 0) & (span >= num_quantizers)
 
     @property
     def total(self) -> int:
@@ -115,16 +119,10 @@ class _Windows:
         x = torch.where(valid, self.tokens[idx], torch.zeros((), dtype=torch.long))
         y = torch.where(valid, x, torch.full((), -100, dtype=torch.long))
         ends = torch.where(valid, 0, torch.where(local == lengths, 1, -100))
-        ends = torch.where(self._end_positions(), ends, torch.full((), -100, dtype=torch.long))
+        ends = torch.where(self.end_positions, ends, torch.full((), -100, dtype=torch.long))
         # trim columns that are padding in every row, keeping the one where the longest file ends
         width = min(self.seq_len, int(valid.sum(1).max()) + 1)
         return x[:, :width], y[:, :width], ends[:, :width], start_tokens > 0
-
-    def _end_positions(self) -> torch.Tensor:
-        # [S] bool: window positions that carry a clip-end target (a time step's first token, after
-        # at least one whole step in the window)
-        span = torch.arange(self.seq_len)
-        return (span % self.q == 0) & (span >= self.q)
 
     def sample(self, batch: int, gen: torch.Generator, pack: bool = False) -> tuple[torch.Tensor, ...]:
         """A batch of training windows. pack=False: a window that runs past its file's end is padded
@@ -148,7 +146,7 @@ class _Windows:
                 have += int(parts[-1].shape[0])
             rows.append(torch.cat(parts)[: self.seq_len])
         x = torch.stack(rows)
-        ends = torch.where(self._end_positions(), ends, torch.full((), -100, dtype=torch.long))
+        ends = torch.where(self.end_positions, ends, torch.full((), -100, dtype=torch.long))
         return x, x.clone(), ends, steps > 0
 
     def tiles(self, max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -604,8 +602,9 @@ def plain_training_step(model: CodePrior, opt: torch.optim.Optimizer, x: torch.T
     logits, end_logits = model.forward_with_ends(x)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1))
     if end_logits is not None:  # no file ends inside full windows: "not ended" at each step's first token
-        loss = loss + F.binary_cross_entropy_with_logits(end_logits[:, model.num_quantizers :: model.num_quantizers],
-                                                         torch.zeros_like(end_logits[:, model.num_quantizers :: model.num_quantizers]))
+        ends = torch.full_like(x, -100)
+        ends[:, model.num_quantizers :: model.num_quantizers] = 0
+        loss = loss + _end_loss(end_logits, ends)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
