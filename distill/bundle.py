@@ -12,7 +12,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from distill.runs import new_run_id, read_manifest, run_configs, runs_root, write_manifest
+from distill.runs import check_manifest_fields, new_run_id, read_manifest, run_configs, runs_root, write_manifest
 from distill.storage import OversizeError, UnsafeFileError, copy_limited
 
 TOP_FILES = {"manifest.json", "vqvae.safetensors", "prior.safetensors", "codes.safetensors", "metrics.jsonl"}
@@ -70,6 +70,7 @@ def validate_run(run_dir: Path) -> dict:
     from distill.runs import load_codes, load_prior, load_vqvae
 
     manifest = read_manifest(run_dir)
+    check_manifest_fields(manifest)  # what the page draws from it has the types Distill writes
     run_configs(manifest)  # bounds checked before any model is built
     if (run_dir / "vqvae.safetensors").is_file():
         load_vqvae(run_dir)

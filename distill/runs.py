@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 import time
@@ -104,6 +105,67 @@ def continuous_history(events: list[dict]) -> list[dict]:
     return out
 
 
+# --- what the page shows of a manifest ---------------------------------------------------------------
+
+RUN_STATUSES = ("running", "interrupted", "stopped", "failed", "done")
+_TEXT_LIMITS = {"created": 40, "message": 4000, "source": 4096, "id": 120, "imported_from": 300}
+
+
+def _manifest_problems(m: dict) -> list[str]:
+    """What in a manifest's display fields has the wrong type or an impossible value (a bundle from a
+    stranger, a hand edit): the page and the runs list read only these fields, always through `run_summary`."""
+    bad = []
+    for key, limit in _TEXT_LIMITS.items():
+        if key in m and m[key] is not None and (not isinstance(m[key], str) or len(m[key]) > limit):
+            bad.append(f"{key} is not a short text")
+    if "status" in m and m["status"] not in RUN_STATUSES:
+        bad.append(f"status is not one of {', '.join(RUN_STATUSES)}")
+    tier = m.get("tier")
+    if tier is not None and (not isinstance(tier, dict) or _tier_number(tier.get("tier")) is None):
+        bad.append("tier is not a tier card with a tier number 1–3")
+    files = m.get("files")
+    if files is not None and (not isinstance(files, dict) or not all(
+            isinstance(files.get(k, []), list) and all(isinstance(e, dict) and isinstance(e.get("path"), str)
+                                                       for e in files.get(k, [])) for k in ("used", "skipped"))):
+        bad.append("files is not a list of used and skipped files")
+    stages = m.get("stage_seconds")
+    if stages is not None and (not isinstance(stages, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in stages.items())):
+        bad.append("stage_seconds is not a table of seconds")
+    return bad
+
+
+def check_manifest_fields(m: dict, where: str = "manifest.json") -> None:
+    """Refuse a manifest whose display fields are not what Distill writes (bundle import)."""
+    bad = _manifest_problems(m)
+    if bad:
+        raise UnsafeFileError(f"{where}: {'; '.join(bad)}; this is not a manifest Distill wrote")
+
+
+def _tier_number(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 3 else None
+
+
+def _text(value, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def run_summary(m: dict) -> dict:
+    """The manifest's display fields, typed and bounded whatever the file holds: the one reader the runs
+    list and the status card use, so a wrong type never breaks the page (the HTML is escaped in views)."""
+    tier = m.get("tier") if isinstance(m.get("tier"), dict) else {}
+    files = m.get("files") if isinstance(m.get("files"), dict) else {}
+    used = files.get("used") if isinstance(files.get("used"), list) else []
+    stages = m.get("stage_seconds") if isinstance(m.get("stage_seconds"), dict) else {}
+    seconds = {str(k): float(v) for k, v in stages.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    status = m.get("status") if m.get("status") in RUN_STATUSES else "unknown"
+    return {"status": status, "created": _text(m.get("created"), _TEXT_LIMITS["created"]),
+            "message": _text(m.get("message"), _TEXT_LIMITS["message"]) or "",
+            "source": _text(m.get("source"), _TEXT_LIMITS["source"]), "tier": _tier_number(tier.get("tier")),
+            "files_used": len(used), "stage_seconds": seconds}
+
+
 def list_runs(workspace: str | os.PathLike) -> list[dict]:
     """Every readable run, newest first. Unreadable folders are listed with their problem, not hidden."""
     root = runs_root(workspace)
@@ -119,13 +181,14 @@ def list_runs(workspace: str | os.PathLike) -> list[dict]:
         except UnsafeFileError as exc:
             out.append({"id": d.name, "path": str(d), "status": "unreadable", "problem": str(exc)})
             continue
+        shown = run_summary(m)
         out.append({
-            "id": d.name, "path": str(d), "created": m.get("created"), "status": m.get("status", "unknown"),
-            "tier": (m.get("tier") or {}).get("tier"), "files_used": len((m.get("files") or {}).get("used", [])),
+            "id": d.name, "path": str(d), "created": shown["created"], "status": shown["status"],
+            "tier": shown["tier"], "files_used": shown["files_used"],
             "has_vqvae": (d / "vqvae.safetensors").is_file(), "has_prior": (d / "prior.safetensors").is_file(),
-            "source": m.get("source"),
+            "source": shown["source"],
             # can `distill.pipeline.resume_run` continue it (`can_resume` gives the details)
-            "resumable": m.get("status") in ("interrupted", "stopped", "failed") and bool(m.get("source")),
+            "resumable": shown["status"] in ("interrupted", "stopped", "failed") and bool(shown["source"]),
         })
     return out
 

@@ -151,3 +151,13 @@ def test_no_usable_files_fails_with_a_clear_message(tmp_path):
     summary = run_pipeline(tmp_path / "d", tmp_path / "run", TrainOptions(preset="quick", cache_dir=str(tmp_path / "c")))
     assert summary["status"] == "failed" and "No usable audio" in summary["message"]
     assert read_manifest(tmp_path / "run")["status"] == "failed"
+
+
+def test_a_real_run_passes_the_bundle_checks(trained, tmp_path):
+    """The import checks on a manifest's display fields accept everything Distill itself writes."""
+    from distill.bundle import export_run, import_run
+    from distill.runs import check_manifest_fields
+
+    check_manifest_fields(read_manifest(trained["run"]))
+    assert import_run(export_run(trained["run"], tmp_path / "b.zip"), tmp_path / "ws").is_dir()
+    assert list_runs(tmp_path / "ws")[0]["tier"] == read_manifest(trained["run"])["tier"]["tier"] in (1, 2, 3)

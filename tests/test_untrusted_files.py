@@ -202,3 +202,46 @@ def test_priors_saved_before_clip_ends_still_load(run):
     x = torch.randint(0, 16, (1, 10))
     assert torch.equal(loaded(x), model.eval()(x))
     assert build_prior(vq, PriorConfig(hidden_size=32, num_layers=1, num_heads=2)).end_head is not None  # new runs
+
+
+# --- manifests shown on the page (issue 16) ----------------------------------------------------------
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def test_bundle_with_markup_in_its_manifest_is_refused_and_never_drawn(run, tmp_path):
+    """A shared bundle's manifest is drawn on page load: markup in it must never reach the page as markup."""
+    from distill.app.service import DistillApp
+    from distill.app.views import status_card_html
+    from distill.runs import update_manifest
+
+    update_manifest(run, tier={"tier": XSS})
+    ws = tmp_path / "other_ws"
+    with pytest.raises(UnsafeFileError, match="tier"):
+        import_run(export_run(run, tmp_path / "xss.zip"), ws)
+    assert not [p for p in (ws / "runs").iterdir()]
+    # A run already in the workspace with such a manifest (imported before the check): listed, drawn escaped.
+    app = DistillApp(run.parent.parent)
+    assert app.runs()[0]["tier"] is None
+    assert "<img" not in status_card_html(None, "r", read_manifest(run))
+    for field in ("status", "created", "message", "source", "id"):
+        card = status_card_html(None, XSS, {**read_manifest(run), field: XSS})
+        assert "<img" not in card and "<b>" in card, field  # the card's own markup stays
+
+
+def test_wrong_types_in_a_manifest_never_break_the_runs_list(run, tmp_path):
+    from distill.app.service import DistillApp
+    from distill.app.views import runs_rows, status_card_html
+    from distill.runs import update_manifest
+
+    app = DistillApp(run.parent.parent)
+    for changes in ({"tier": "x"}, {"files": "x"}, {"files": {"used": 3}}, {"status": ["a"]}, {"created": {"a": 1}},
+                    {"stage_seconds": [1, 2]}, {"message": 7}, {"source": {"x": 1}}):
+        update_manifest(run, **changes)
+        listed = app.runs()
+        assert listed[0]["id"] == "r" and listed[0]["status"] != "unreadable", changes
+        runs_rows(listed)
+        assert "d-status" in status_card_html(None, "r", read_manifest(run)), changes
+        with pytest.raises(UnsafeFileError):
+            import_run(export_run(run, tmp_path / "typed.zip"), tmp_path / "other_ws")
+        write_manifest(run, {k: v for k, v in read_manifest(run).items() if k not in changes})

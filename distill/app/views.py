@@ -37,8 +37,24 @@ def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+class Html(str):
+    """Markup built by `render` (or a literal tag): `render` inserts it as it is, and escapes everything else."""
+
+
+def render(template: str, **values: Any) -> Html:
+    """`template.format(**values)` with every value escaped unless it is `Html`.
+
+    The one place where page markup meets data from files (manifests and metrics may come from a
+    stranger's bundle): a card never escapes by hand, so a new field cannot be forgotten."""
+    return Html(template.format(**{k: v if isinstance(v, Html) else esc(v) for k, v in values.items()}))
+
+
+def _join(parts: list[Html], sep: str = "") -> Html:
+    return Html(sep.join(parts))
+
+
 def _num(x: Any, fmt: str = "{:.3g}") -> str:
-    return fmt.format(x) if isinstance(x, (int, float)) else "—"
+    return fmt.format(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else "—"
 
 
 # --- cards ------------------------------------------------------------------------------------------
@@ -46,42 +62,49 @@ def _num(x: Any, fmt: str = "{:.3g}") -> str:
 
 def tier_card_html(card: dict | None, edited: list[str] | None = None, error: str | None = None) -> str:
     if error:
-        return f'<div class="d-card d-empty d-error"><b>Nothing to train on yet.</b><br>{esc(error)}</div>'
+        return render('<div class="d-card d-empty d-error"><b>Nothing to train on yet.</b><br>{error}</div>', error=error)
     if not card:
         return ('<div class="d-card d-empty"><b>No dataset yet.</b><br>Drop a folder of sounds on the left, '
                 'type a path, or try the demo. The tier Distill picks for it will appear here.</div>')
     vq = (card.get("settings") or {}).get("vqvae") or {}
     pr = (card.get("settings") or {}).get("prior") or {}
     tier = int(card.get("tier") or 1)
-    reasons = "".join(f"<li>{esc(r)}</li>" for r in card.get("reasons") or [])
-    warnings = "".join(f'<div class="d-warn">⚠ {esc(w)}</div>' for w in card.get("warnings") or [])
+    reasons = _join([render("<li>{r}</li>", r=r) for r in card.get("reasons") or []])
+    warnings = _join([render('<div class="d-warn">⚠ {w}</div>', w=w) for w in card.get("warnings") or []])
     budget = (vq.get("time_budget_s") or 0) + (pr.get("time_budget_s") or 0)
-    edited_note = (f'<div class="d-muted">Edited: {esc(", ".join(edited))}</div>' if edited else "")
-    return f"""
+    edited_note = render('<div class="d-muted">Edited: {e}</div>', e=", ".join(edited)) if edited else Html("")
+    return render("""
 <div class="d-card d-tier">
   <div class="d-tier-head">
     <span class="d-badge d-t{tier}">Tier {tier}</span>
-    <span class="d-tier-name">{esc(card.get("name", ""))}</span>
-    <span class="d-eta" title="Upper estimate: each model stops at its time budget or earlier">≈ {esc(fmt_duration(card.get("eta_s")))}
-      on {esc(card.get("device") or "this machine")}</span>
+    <span class="d-tier-name">{name}</span>
+    <span class="d-eta" title="Upper estimate: each model stops at its time budget or earlier">≈ {eta}
+      on {device}</span>
   </div>
   <ul class="d-reasons">{reasons}</ul>
   <div class="d-grid">
     <div><div class="d-k">Sound model (VQ-VAE)</div>
-      <div class="d-v">{esc(vq.get("codebook_size"))} codes × {esc(vq.get("num_quantizers"))} levels ·
-      {esc(vq.get("hidden_channels"))} channels · time ÷{esc(vq.get("downsample"))}</div></div>
+      <div class="d-v">{codes} codes × {levels} levels ·
+      {channels} channels · time ÷{down}</div></div>
     <div><div class="d-k">Sequence model (prior)</div>
-      <div class="d-v">{esc(pr.get("num_layers"))} layers × {esc(pr.get("hidden_size"))} wide ·
-      {esc(pr.get("num_heads"))} heads · dropout {esc(pr.get("dropout"))} · lr {_num(pr.get("learning_rate"), "{:g}")}</div></div>
+      <div class="d-v">{layers} layers × {width} wide ·
+      {heads} heads · dropout {dropout} · lr {lr}</div></div>
     <div><div class="d-k">Held out for checking</div>
-      <div class="d-v">{round(float(pr.get("val_fraction") or 0) * 100)} % of files</div></div>
+      <div class="d-v">{held} % of files</div></div>
     <div><div class="d-k">Time budget</div>
-      <div class="d-v">{esc(fmt_duration(budget))} of training (sound model {esc(fmt_duration(vq.get("time_budget_s")))},
-      sequence model {esc(fmt_duration(pr.get("time_budget_s")))})</div></div>
+      <div class="d-v">{budget} of training (sound model {vq_budget},
+      sequence model {pr_budget})</div></div>
   </div>
   {edited_note}
   {warnings}
-</div>"""
+</div>""", tier=tier, name=card.get("name", ""), eta=fmt_duration(card.get("eta_s")),
+                  device=card.get("device") or "this machine", reasons=reasons, codes=vq.get("codebook_size"),
+                  levels=vq.get("num_quantizers"), channels=vq.get("hidden_channels"), down=vq.get("downsample"),
+                  layers=pr.get("num_layers"), width=pr.get("hidden_size"), heads=pr.get("num_heads"),
+                  dropout=pr.get("dropout"), lr=_num(pr.get("learning_rate"), "{:g}"),
+                  held=round(float(pr.get("val_fraction") or 0) * 100), budget=fmt_duration(budget),
+                  vq_budget=fmt_duration(vq.get("time_budget_s")), pr_budget=fmt_duration(pr.get("time_budget_s")),
+                  edited_note=edited_note, warnings=warnings)
 
 
 def status_card_html(snap: dict | None, run_id: str | None = None, manifest: dict | None = None) -> str:
@@ -94,7 +117,7 @@ def status_card_html(snap: dict | None, run_id: str | None = None, manifest: dic
             'then press <i>Start training</i>. You can close this tab: training goes on, and the page reattaches.</div>')
 
 
-def _chips(stages: list[tuple[str, str]], done: set[str], current: str | None, state: str) -> str:
+def _chips(stages: list[tuple[str, str]], done: set[str], current: str | None, state: str) -> Html:
     out = []
     for key, label in stages:
         if key in done:
@@ -105,12 +128,12 @@ def _chips(stages: list[tuple[str, str]], done: set[str], current: str | None, s
             cls, mark = "fail", "✗"
         else:
             cls, mark = "todo", "○"
-        out.append(f'<span class="d-chip d-{cls}">{mark} {esc(label)}</span>')
-    return '<span class="d-sep">→</span>'.join(out)
+        out.append(render('<span class="d-chip d-{cls}">{mark} {label}</span>', cls=cls, mark=mark, label=label))
+    return _join(out, '<span class="d-sep">→</span>')
 
 
 def _job_card(snap: dict) -> str:
-    state = snap.get("state", "idle")
+    state = str(snap.get("state", "idle"))
     stages = PIPELINE_STAGES if snap.get("job") != "retrain" else PIPELINE_STAGES[3:]
     done = set(snap.get("stages_done") or [])
     if state == "done":
@@ -129,49 +152,54 @@ def _job_card(snap: dict) -> str:
             tps = ev.get("tokens_per_s")
             detail = f"step {ev.get('step')} · loss {_num(ev.get('loss'))}" + (f" · {tps:,.0f} tokens/s" if isinstance(tps, (int, float)) else "")
         eta = snap.get("eta_s")
-        head = (f'<b>{esc(snap.get("stage_label", ""))}</b>'
-                + (f' <span class="d-muted">· {esc(detail)}</span>' if detail else "")
-                + f'<span class="d-right">{"about " + fmt_duration(eta) + " left" if eta is not None else "estimating…"}</span>')
+        head = render('<b>{label}</b>{detail}<span class="d-right">{eta}</span>', label=snap.get("stage_label", ""),
+                      detail=render(' <span class="d-muted">· {d}</span>', d=detail) if detail else Html(""),
+                      eta="about " + fmt_duration(eta) + " left" if eta is not None else "estimating…")
     else:
         words = {"done": "Finished", "stopped": "Stopped", "failed": "Failed"}.get(state, state)
-        head = (f'<b>{words}</b> <span class="d-muted">after {esc(fmt_duration(snap.get("elapsed_s")))}</span>'
-                f'<span class="d-right">{esc(snap.get("run_id", ""))}</span>')
+        head = render('<b>{words}</b> <span class="d-muted">after {elapsed}</span><span class="d-right">{run}</span>',
+                      words=words, elapsed=fmt_duration(snap.get("elapsed_s")), run=snap.get("run_id", ""))
     bar_cls = {"failed": "d-bar-fail", "stopped": "d-bar-stop"}.get(state, "")
     msg = snap.get("message") or ""
-    msg_html = f'<div class="d-msg d-msg-{esc(state)}">{esc(msg)}</div>' if msg else ""
-    return f"""
-<div class="d-card d-status" data-state="{esc(state)}">
-  <div class="d-chips">{_chips(stages, done, stage, state)}</div>
+    msg_html = render('<div class="d-msg d-msg-{state}">{msg}</div>', state=state, msg=msg) if msg else Html("")
+    return render("""
+<div class="d-card d-status" data-state="{state}">
+  <div class="d-chips">{chips}</div>
   <div class="d-line">{head}</div>
-  <div class="d-bar {bar_cls}"><div style="width:{pct:.1f}%"></div></div>
-  <div class="d-line d-small"><span>{pct:.0f} %</span>
-    <span class="d-right">Device: <b>{esc(snap.get("device") or "—")}</b> · elapsed {esc(fmt_duration(snap.get("elapsed_s")))}</span></div>
+  <div class="d-bar {bar_cls}"><div style="width:{width}%"></div></div>
+  <div class="d-line d-small"><span>{pct} %</span>
+    <span class="d-right">Device: <b>{device}</b> · elapsed {elapsed}</span></div>
   {msg_html}
-</div>"""
+</div>""", state=state, chips=_chips(stages, done, stage, state), head=head, bar_cls=bar_cls, width=f"{pct:.1f}",
+                  pct=f"{pct:.0f}", device=snap.get("device") or "—", elapsed=fmt_duration(snap.get("elapsed_s")),
+                  msg_html=msg_html)
 
 
 def _manifest_card(run_id: str, m: dict) -> str:
-    status = m.get("status", "unknown")
+    from distill.runs import run_summary
+
+    shown = run_summary(m)  # typed and bounded: a stranger's manifest cannot break the card
+    status = shown["status"]
     interrupted = status == "running"
     word = "Interrupted" if interrupted else {"done": "Finished", "stopped": "Stopped", "failed": "Failed"}.get(status, status)
-    seconds = sum(float(v) for v in (m.get("stage_seconds") or {}).values() if isinstance(v, (int, float)))
-    files = len((m.get("files") or {}).get("used") or [])
-    tier = (m.get("tier") or {}).get("tier")
+    seconds = sum(shown["stage_seconds"].values())
+    tier = shown["tier"]
     msg = ("The app was closed while this run trained; the stages that finished were kept."
-           if interrupted else m.get("message") or "")
-    done = set((m.get("stage_seconds") or {}).keys())
-    return f"""
-<div class="d-card d-status" data-state="{esc(status)}">
-  <div class="d-chips">{_chips(PIPELINE_STAGES, done, None, status)}</div>
-  <div class="d-line"><b>{esc(word)}</b> <span class="d-muted">· run {esc(run_id)} · created {esc(m.get("created", "?"))}
-    · {files} files{f" · tier {tier}" if tier else ""}{f" · {fmt_duration(seconds)} of training" if seconds else ""}</span></div>
-  {f'<div class="d-msg">{esc(msg)}</div>' if msg else ""}
-</div>"""
+           if interrupted else shown["message"])
+    facts = " · ".join([f"run {run_id}", f"created {shown['created'] or '?'}", f"{shown['files_used']} files"]
+                       + ([f"tier {tier}"] if tier else []) + ([f"{fmt_duration(seconds)} of training"] if seconds else []))
+    return render("""
+<div class="d-card d-status" data-state="{status}">
+  <div class="d-chips">{chips}</div>
+  <div class="d-line"><b>{word}</b> <span class="d-muted">· {facts}</span></div>
+  {msg_html}
+</div>""", status=status, chips=_chips(PIPELINE_STAGES, set(shown["stage_seconds"]), None, status), word=word,
+                  facts=facts, msg_html=render('<div class="d-msg">{msg}</div>', msg=msg) if msg else Html(""))
 
 
 def notes_html(warnings: list[str], levels: list[dict]) -> str:
     """Warnings (the memorisation warning among them) and a plain verdict per codebook level."""
-    parts = [f'<div class="d-warn">⚠ {esc(w)}</div>' for w in warnings]
+    parts = [render('<div class="d-warn">⚠ {w}</div>', w=w) for w in warnings]
     if levels:
         items = []
         for i, lv in enumerate(levels):
@@ -179,13 +207,14 @@ def notes_html(warnings: list[str], levels: list[dict]) -> str:
             v = str(lv.get("verdict") or figures.verdict(u, lv.get("perplexity"), lv.get("codebook_size")))
             text = lv.get("explanation") or f"{u:.0%} of its codes in use."
             cls = {"healthy": "ok", "some codes unused": "meh", "collapse": "bad"}.get(v, "meh")
-            items.append(f'<li><span class="d-dot d-{cls}"></span><b>Level {i + 1}: {esc(v)}.</b> '
-                         f'<span class="d-muted">{esc(text)}</span></li>')
-        parts.append(f'<div class="d-health"><div class="d-k">Codebook health</div><ul>{"".join(items)}</ul></div>')
+            items.append(render('<li><span class="d-dot d-{cls}"></span><b>Level {n}: {v}.</b> '
+                                '<span class="d-muted">{text}</span></li>', cls=cls, n=i + 1, v=v, text=text))
+        parts.append(render('<div class="d-health"><div class="d-k">Codebook health</div><ul>{items}</ul></div>',
+                            items=_join(items)))
     if not parts:
         return ('<div class="d-card d-empty">Warnings (for example when the model starts memorising) and a plain '
                 'verdict on each codebook level appear here while the model trains.</div>')
-    return '<div class="d-notes">' + "".join(parts) + "</div>"
+    return render('<div class="d-notes">{parts}</div>', parts=_join(parts))
 
 
 # --- tables -----------------------------------------------------------------------------------------
