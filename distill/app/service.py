@@ -306,10 +306,13 @@ class DistillApp:
         return out
 
     def file_audio(self, run_dir: Path, name: str):
-        """The training file to play next to its codes: a path inside the workspace, else a decoded preview."""
+        """The training file to play next to its codes: a path inside the workspace, else a decoded preview.
+
+        Only a file the run's report lists as used: any client of the page may ask for any name, and
+        the source folder may hold private files the scan skipped (hidden folders, other formats)."""
         m = self.manifest(run_dir) or {}
         source = m.get("source")
-        if not source or not name:
+        if not isinstance(source, str) or not source or not isinstance(name, str) or name not in _used_files(m):
             return None
         path = (Path(source) / name)
         try:
@@ -375,6 +378,11 @@ class DistillApp:
                 out.append({**saved, "seconds": round(len(wave) / sr, 3), "sample_rate": sr, "seed": s,
                             "codes": codes, "elapsed_s": round(time.perf_counter() - t0, 2)})
         return out
+
+
+def _used_files(manifest: dict) -> set[str]:
+    used = (manifest.get("files") or {}).get("used") if isinstance(manifest.get("files"), dict) else None
+    return {e["path"] for e in used if isinstance(e, dict) and isinstance(e.get("path"), str)} if isinstance(used, list) else set()
 
 
 def upload_root() -> Path:
