@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="largest single upload in MB, enforced by the server (default 500, $DISTILL_MAX_FILE_MB)")
     p.add_argument("--max-upload-mb", type=float, default=_env_float("DISTILL_MAX_UPLOAD_MB", 4096),
                    help="largest upload in all, archives unpacked, in MB (default 4096, $DISTILL_MAX_UPLOAD_MB)")
+    p.add_argument("--upload-quota-mb", type=float, default=_env_float("DISTILL_UPLOAD_QUOTA_MB", 8192),
+                   help="most uploads kept waiting in the workspace, in MB; they are cleared after a day "
+                        "(default 8192, $DISTILL_UPLOAD_QUOTA_MB)")
     return p.parse_args(argv)
 
 
@@ -57,19 +60,24 @@ def lock_workspace(workspace: Path):
     return fh
 
 
-def host_guard(host: str) -> dict:
-    """Launch kwargs that refuse requests whose Host header is not this machine's loopback name.
+def host_guard(host: str, upload_dir: str | os.PathLike | None = None, upload_quota: int | None = None) -> dict:
+    """Launch kwargs that put `distill.app.guard.RequestGuard` in front of the app.
 
-    Bound to 127.0.0.1, only pages from this machine can reach the app, except through DNS
-    rebinding: a web page whose own name resolves to 127.0.0.1 could then call the API and read
-    the answers (the origin check passes because the Host is not 'localhost'). Checking the Host
-    header closes that. Not applied when the user chose to listen on the network."""
-    if host not in ("127.0.0.1", "localhost"):
-        return {}
+    Bound to loopback (127.0.0.1, localhost, ::1), only pages from this machine can reach the app,
+    except through DNS rebinding: a web page whose own name resolves to 127.0.0.1 could then call
+    the API and read the answers. The guard refuses a Host header that is not this machine's
+    loopback name (not when the user chose to listen on the network), refuses requests another web
+    site makes (any host), caps what waits in the upload folder and never serves an uploaded page
+    inline."""
     from starlette.middleware import Middleware
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    return {"app_kwargs": {"middleware": [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])]}}
+    from distill.app.guard import RequestGuard, is_loopback, teach_gradio_ipv6_loopback
+
+    loopback = is_loopback(host)
+    if loopback:
+        teach_gradio_ipv6_loopback()
+    guard = Middleware(RequestGuard, loopback_only=loopback, upload_dir=upload_dir, upload_quota=upload_quota)
+    return {"app_kwargs": {"middleware": [guard]}}
 
 
 def _warm_up() -> None:
@@ -94,8 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(workspace / "tmp" / "examples"))
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("DISTILL_CACHE", str(workspace / "cache"))
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    from distill.app.guard import is_loopback
+
+    if not is_loopback(args.host):
         print(f"Warning: listening on {args.host}: other machines on the network can reach this page.", file=sys.stderr)
+    # Gradio wants an IPv6 address in brackets (it builds the page's URL from it).
+    server_name = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
 
     from distill.runs import recover_workspace
 
@@ -113,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     app = DistillApp(workspace, limits=limits)
     demo = build_ui(workspace, app=app)
     print(f"Distill workspace: {workspace}", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser, **launch_kwargs(app),
-                **host_guard(args.host))
+    from distill.app.service import upload_root
+
+    demo.launch(server_name=server_name, server_port=args.port, inbrowser=not args.no_browser, **launch_kwargs(app),
+                **host_guard(args.host, upload_root(), max(1, int(args.upload_quota_mb * MB))))
 
 
 if __name__ == "__main__":

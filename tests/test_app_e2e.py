@@ -46,13 +46,14 @@ def synth_folder(folder: Path, n: int = 6, seconds: float = 1.2) -> Path:
     return folder
 
 
-def start_app(workspace: Path, port: int, log: Path) -> subprocess.Popen:
+def start_app(workspace: Path, port: int, log: Path, host: str = "127.0.0.1") -> subprocess.Popen:
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "DISTILL_CACHE": str(workspace / "cache"),
            "PYTHONUNBUFFERED": "1"}
     env.pop("GRADIO_TEMP_DIR", None)
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--workspace", str(workspace), "--port", str(port),
-                             "--no-browser"], cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+                             "--no-browser", "--host", host], cwd=REPO, env=env, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://{host}:{port}/"
     deadline = time.time() + 90
     while time.time() < deadline:
         if proc.poll() is not None:
