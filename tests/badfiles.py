@@ -256,3 +256,56 @@ def make_hostile_uploads(root: Path, limits) -> list[UploadCase]:
     cases.append(UploadCase("equal names in one upload", [(good, "d/same.wav"), (good2, "d/same.wav")], "ingested",
                             "renamed"))
     return cases
+
+
+# --- decompression bombs (issue 16) ----------------------------------------------------------------
+
+
+def _crc_table(poly: int, bits: int) -> list[int]:
+    top, mask = 1 << (bits - 1), (1 << bits) - 1
+    table = []
+    for byte in range(256):
+        crc = byte << (bits - 8)
+        for _ in range(8):
+            crc = ((crc << 1) ^ poly) & mask if crc & top else (crc << 1) & mask
+        table.append(crc)
+    return table
+
+
+_CRC8, _CRC16 = _crc_table(0x07, 8), _crc_table(0x8005, 16)
+
+
+def _crc(data: bytes, table: list[int], bits: int) -> int:
+    crc, shift, mask = 0, bits - 8, (1 << bits) - 1
+    for b in data:
+        crc = ((crc << 8) & mask) ^ table[(crc >> shift) ^ b]
+    return crc
+
+
+def _utf8_number(n: int) -> bytes:
+    return chr(n).encode("utf-8") if n < 0x110000 else b""  # FLAC frame numbers use UTF-8's coding
+
+
+def silent_flac(path: Path, channels: int = 8, rate: int = 192_000, seconds: float = 600.0, tag: int = 0) -> Path:
+    """A real FLAC of digital silence, a few hundred KB on disk and `channels × rate × seconds` samples
+    decoded (8 × 192 kHz × 600 s: 3.7 GB as float32). Written frame by frame (constant subframes), so
+    making one takes a fraction of a second; `tag` pads the header so equal files differ in content."""
+    assert rate == 192_000 and channels <= 8
+    block, total = 4096, int(rate * seconds)
+    info = struct.pack(">HH", block, block) + b"\0" * 6
+    info += ((rate << 44) | ((channels - 1) << 41) | (15 << 36) | total).to_bytes(8, "big") + b"\0" * 16
+    head = b"fLaC" + bytes([0]) + len(info).to_bytes(3, "big") + info
+    head += bytes([0x80 | 1]) + (tag + 1).to_bytes(3, "big") + b"\0" * (tag + 1)  # PADDING, the last block
+    subframes = b"\0\0\0" * channels  # CONSTANT subframe, value 0, 16-bit
+    frames = []
+    for i in range((total + block - 1) // block):
+        n = min(block, total - i * block)
+        size_code = 0xC if n == block else 0x7  # 4096, or a 16-bit (size - 1) after the number
+        hdr = bytes([0xFF, 0xF8, (size_code << 4) | 0x3, ((channels - 1) << 4) | (4 << 1)]) + _utf8_number(i)
+        if size_code == 0x7:
+            hdr += (n - 1).to_bytes(2, "big")
+        hdr += bytes([_crc(hdr, _CRC8, 8)])
+        frame = hdr + subframes
+        frames.append(frame + _crc(frame, _CRC16, 16).to_bytes(2, "big"))
+    path.write_bytes(head + b"".join(frames))
+    return path

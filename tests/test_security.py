@@ -12,6 +12,7 @@ Each test records what it tried with `record_property` (bench/reliability_report
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -230,3 +231,68 @@ def test_uploads_waiting_in_the_workspace_have_a_quota(server, record_property):
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     assert _upload(server, "after.wav", blob).status_code == 200
     record_property("quota", json.dumps({"quota_mb": QUOTA_MB, "accepted_before_refusal": i, "message": refused.text}))
+
+
+# --- hole 5: audio decompression bombs ------------------------------------------------------------------
+
+SCAN_CHILD = textwrap.dedent("""
+    import json, os, resource, sys, threading, time
+
+    def watchdog(limit=1536 * 1024 * 1024):  # stop a runaway decode before it hurts the machine
+        page = os.sysconf("SC_PAGE_SIZE")
+        while True:
+            with open("/proc/self/statm") as fh:
+                rss = int(fh.read().split()[1]) * page
+            if rss > limit:
+                print(json.dumps({"killed_at_mb": rss // 2**20}), flush=True)
+                os._exit(3)
+            time.sleep(0.01)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    from distill.scan import scan_dataset
+
+    t0 = time.time()
+    report = scan_dataset(sys.argv[1], cache_dir=sys.argv[2], keep_features=False, workers=4)
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": time.time() - t0,
+                      "entries": [[e.path, e.status, e.reason] for e in report.entries]}))
+""")
+
+
+def test_tiny_files_that_decode_to_gigabytes_are_skipped_from_their_header(tmp_path, record_property):
+    from badfiles import silent_flac
+
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    for i in range(4):  # 8 channels × 192 kHz × 600 s: about 1 MB on disk, 3.7 GB decoded, each
+        silent_flac(folder / f"bomb{i}.flac", tag=i)
+    sf.write(folder / "fine.wav", _sine(), 24_000)
+    out = subprocess.run([sys.executable, "-c", SCAN_CHILD, str(folder), str(tmp_path / "cache")], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, (out.stdout[-500:], out.stderr[-2000:])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["peak_mb"] < 1024, result["peak_mb"]
+    got = {path: (status, reason) for path, status, reason in result["entries"]}
+    assert got["fine.wav"] == ("used", "")
+    for i in range(4):
+        status, reason = got[f"bomb{i}.flac"]
+        assert status == "skipped" and reason.startswith("too much audio to decode safely"), reason
+        assert "8 channels" in reason and "192 kHz" in reason and "GB" in reason, reason
+    record_property("bombs", json.dumps({"files": 4, "decoded_gb_each": 3.7, "peak_mb": round(result["peak_mb"]),
+                                         "skipped": 4, "reason": got["bomb0.flac"][1]}))
+
+
+def test_the_longest_stereo_file_still_decodes_in_bounded_memory(tmp_path):
+    """Stereo at 192 kHz past 10 minutes is within the limit: cut to 10 minutes as before, not refused."""
+    import tracemalloc
+
+    from badfiles import silent_flac
+    from distill.audio.io import AudioSkip, decode_file
+    from distill.config import AudioConfig
+
+    path = silent_flac(tmp_path / "long.flac", channels=2, seconds=601)
+    tracemalloc.start()
+    with pytest.raises(AudioSkip, match="^digital silence$"):
+        decode_file(path, AudioConfig())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 600 * 2**20, peak  # the mono copy (460 MB), never the 920 MB of both channels
