@@ -456,11 +456,17 @@ def retrain_prior(run_dir: str | Path, options: TrainOptions | None = None,
     manifest = read_manifest(run_dir)
     summary: dict = {"run_dir": str(run_dir), "status": "running", "results": dict(manifest.get("results") or {})}
     try:
-        _, vq_cfg, _ = run_configs(manifest)
+        audio_cfg, vq_cfg, _ = run_configs(manifest)
         codes_by_name = load_codes(run_dir)
         names = list(codes_by_name)
         train_index, val_index = _split_indices(names, manifest.get("split") or {})
         _, prior_cfg = _preset_configs(len(names), options)
+        try:  # the limits Start enforces, before any model is built; the run is left as it was
+            from distill.resources import check_settings
+
+            check_settings(vq_cfg, prior_cfg, audio_cfg.n_mels, options.device)
+        except SettingsError as exc:
+            return {**summary, "status": "failed", "message": f"Nothing was retrained: {exc}"}
         done = [s for s in stages_done(manifest) if s in ("vqvae", "codes")]
         update_manifest(run_dir, status="running", pending_prior_config=asdict(prior_cfg), stages_done=done)
         import torch

@@ -58,3 +58,18 @@ def check_fits(vq: VQVAEConfig, prior: PriorConfig, n_mels: int, device_type: st
             )
     return {"vqvae_mb": round(need["vqvae"] / 1024**2), "prior_mb": round(need["prior"] / 1024**2),
             "free_mb": round(free / 1024**2)}
+
+
+def check_settings(vq: VQVAEConfig, prior: PriorConfig, n_mels: int, device: str = "auto") -> dict:
+    """Everything Start checks before a model is built (bounds, heads, memory), for paths that do not
+    go through a plan, such as retraining the prior. Raises SettingsError in words."""
+    from distill.device import resolve_device
+
+    if prior.num_heads >= 1 and prior.hidden_size % prior.num_heads:
+        raise SettingsError(f"The prior width ({prior.hidden_size}) must be a multiple of the number of heads "
+                            f"({prior.num_heads}). Nothing was started.")
+    try:
+        device_type = resolve_device(device).type
+    except (RuntimeError, ValueError) as exc:
+        raise SettingsError(str(exc)) from None
+    return check_fits(vq, prior, n_mels, device_type)

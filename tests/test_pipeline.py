@@ -161,3 +161,21 @@ def test_a_real_run_passes_the_bundle_checks(trained, tmp_path):
     check_manifest_fields(read_manifest(trained["run"]))
     assert import_run(export_run(trained["run"], tmp_path / "b.zip"), tmp_path / "ws").is_dir()
     assert list_runs(tmp_path / "ws")[0]["tier"] == read_manifest(trained["run"])["tier"]["tier"] in (1, 2, 3)
+
+
+def test_retrain_refuses_settings_start_would_refuse_before_building_anything(trained, monkeypatch):
+    from distill.models import prior as prior_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(prior_module.CodePrior, "__init__", never)
+    run = trained["run"]
+    before = (read_manifest(run), (run / "prior.safetensors").read_bytes())
+    for overrides, words in (({"hidden_size": 100000, "num_heads": 1}, "hidden_size=100000 is outside"),
+                             ({"hidden_size": 100, "num_heads": 3}, "multiple of the number of heads"),
+                             ({"num_layers": 10**6}, "num_layers=1000000 is outside")):
+        summary = retrain_prior(run, TrainOptions(preset="quick", prior_overrides=overrides))
+        assert summary["status"] == "failed" and words in summary["message"], summary
+        assert summary["message"].startswith("Nothing was retrained"), summary["message"]
+    assert (read_manifest(run), (run / "prior.safetensors").read_bytes()) == before  # the run is as it was
