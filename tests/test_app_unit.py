@@ -90,6 +90,33 @@ def test_ingest_limits_have_clear_messages(tmp_path):
     assert not any(list((tmp_path / d).glob("*.wav")) for d in ("d1", "d2", "d3"))
 
 
+def test_a_name_that_is_both_a_file_and_a_folder_is_refused_in_words(tmp_path, monkeypatch):
+    """'x' and 'x/y.wav' in one upload (or one zip) cannot both exist: refused, nothing left behind."""
+    for i, order in enumerate((["x", "x/y.wav"], ["x/y.wav", "x"], ["a/x", "a/x/y/z.wav"])):
+        items = _upload_dir(tmp_path / f"up{i}", {rel: b"RIFF" for rel in order})
+        dest = tmp_path / "ws" / f"ds{i}"
+        with pytest.raises(UploadError, match="both a file and a folder"):
+            ingest_files(items, dest)
+        assert not list(dest.rglob("*")), order
+    z = _zip(tmp_path / "clash.zip", {"set/x": b"1", "set/x/y.wav": b"2"})
+    with pytest.raises(UploadError, match="as both a file and a folder"):
+        extract_zip(z, tmp_path / "zip-out")
+    assert not (tmp_path / "zip-out").exists()
+    # through the app: the message reaches the page and no dataset folder is left
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-tmp"))
+    from distill.app.service import DistillApp, upload_root
+
+    app = DistillApp(tmp_path / "app-ws")
+    cache = upload_root() / "abc"
+    cache.mkdir(parents=True)
+    (cache / "x").write_bytes(b"1")
+    (cache / "y.wav").write_bytes(b"2")
+    payload = '{"files": [{"path": "%s", "rel": "x"}, {"path": "%s", "rel": "x/y.wav"}]}' % (cache / "x", cache / "y.wav")
+    with pytest.raises(UploadError, match="both a file and a folder"):
+        app.ingest_upload(payload)
+    assert list((tmp_path / "app-ws" / "datasets").iterdir()) == []
+
+
 def test_new_dataset_dir_is_fresh(tmp_path):
     a, b = new_dataset_dir(tmp_path, "my folder/../x"), new_dataset_dir(tmp_path, "my folder/../x")
     assert a != b and a.parent == b.parent == tmp_path / "datasets"

@@ -114,6 +114,9 @@ class DistillApp:
         except UploadError:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        except OSError as exc:  # a disk or file-system problem: said in words, nothing half-copied left behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise UploadError(f"The upload could not be copied into the workspace ({exc.strerror or exc}).") from None
         # A dropped folder (or a zip of one) lands as <dataset>/<folder>/...: scan from inside it.
         root = folder
         for _ in range(4):

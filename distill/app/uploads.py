@@ -110,6 +110,18 @@ def unique_destination(folder: Path, rel: PurePosixPath, taken: set[str]) -> Pur
     raise UploadError(f"too many files called '{rel.name}'")
 
 
+def file_and_folder(paths: Iterable[PurePosixPath]) -> tuple[str, str] | None:
+    """A name used both as a file and as a folder ('x' and 'x/y.wav'): the two cannot both exist on disk.
+    Returns (that name, a path inside it), or None."""
+    paths = list(paths)
+    files = {p.as_posix() for p in paths}
+    for p in paths:
+        for parent in list(p.parents)[:-1]:  # the last parent is '.'
+            if parent.as_posix() in files:
+                return parent.as_posix(), p.as_posix()
+    return None
+
+
 def new_dataset_dir(workspace: str | os.PathLike, label: str = "upload") -> Path:
     """A fresh folder `<workspace>/datasets/<label>-<time>-<random>` (never reused)."""
     safe_label = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40] or "upload"
@@ -160,6 +172,10 @@ def ingest_files(
         plan.append((src_path, clean, st.st_size))
     if not plan:
         raise UploadError("nothing was uploaded")
+    clash = file_and_folder(clean for _, clean, _ in plan)
+    if clash:
+        raise UploadError(f"'{clash[0]}' is both a file and a folder in this upload (there is also '{clash[1]}'). "
+                          "Rename one of them and drop the folder again.")
     if len(plan) > limits.max_files:
         raise UploadError(
             f"{len(plan)} files were sent; the limit is {limits.max_files} per upload. "
@@ -284,6 +300,10 @@ def extract_zip(
                     )
             declared += info.file_size
             members.append((info, clean))
+        clash = file_and_folder(clean for _, clean in members)
+        if clash:
+            raise UploadError(f"'{name}' holds '{clash[0]}' as both a file and a folder (there is also "
+                              f"'{clash[1]}'). Rename one of them in the archive. Nothing was extracted.")
         if budget.files + len(members) > limits.max_files:
             raise UploadError(
                 f"'{name}' holds {len(members)} files; the limit is {limits.max_files} per upload. "
