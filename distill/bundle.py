@@ -12,14 +12,27 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from distill.runs import check_manifest_fields, new_run_id, read_manifest, run_configs, runs_root, write_manifest
-from distill.storage import OversizeError, UnsafeFileError, copy_limited
+from distill.runs import (
+    MAX_MANIFEST_BYTES,
+    MAX_METRICS_BYTES,
+    check_manifest_fields,
+    human_bytes,
+    new_run_id,
+    read_manifest,
+    run_configs,
+    runs_root,
+    write_manifest,
+)
+from distill.storage import OversizeError, UnsafeFileError, copy_limited, parse_json
 
 TOP_FILES = {"manifest.json", "vqvae.safetensors", "prior.safetensors", "codes.safetensors", "metrics.jsonl"}
 SAMPLE_NAME = re.compile(r"^samples/[A-Za-z0-9][A-Za-z0-9_.-]{0,120}\.(wav|flac|json|safetensors)$")
 MAX_MEMBERS = 2000
 MAX_MEMBER_BYTES = 1024**3
 MAX_TOTAL_BYTES = 4 * 1024**3
+MAX_SIDECAR_BYTES = 1024**2  # a sample's settings: a few hundred bytes
+# Files that are read whole into memory and parsed get their own, smaller caps.
+TEXT_LIMITS = {"manifest.json": (MAX_MANIFEST_BYTES, "manifest"), "metrics.jsonl": (MAX_METRICS_BYTES, "training log")}
 
 
 def export_run(run_dir: str | Path, out_path: str | Path) -> Path:
@@ -55,6 +68,11 @@ def _check_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
             raise UnsafeFileError(f"bundle entry '{name}' is a symbolic link")
         if info.file_size > MAX_MEMBER_BYTES:
             raise UnsafeFileError(f"bundle entry '{name}' claims {info.file_size} bytes; too large")
+        limit, what = TEXT_LIMITS.get(name, (MAX_SIDECAR_BYTES, "sample description") if name.endswith(".json")
+                                      else (None, ""))
+        if limit is not None and info.file_size > limit:
+            raise UnsafeFileError(f"bundle entry '{name}' is {human_bytes(info.file_size)}; a Distill run's {what} is "
+                                  f"far smaller (the limit is {human_bytes(limit)})")
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > 200 * max(info.compress_size, 1):
             raise UnsafeFileError(f"bundle entry '{name}' expands {info.file_size // max(info.compress_size, 1)}×: refusing a zip bomb")
         total += info.file_size
@@ -78,7 +96,19 @@ def validate_run(run_dir: Path) -> dict:
         load_prior(run_dir)
     if (run_dir / "codes.safetensors").is_file():
         load_codes(run_dir)
+    for sidecar in sorted((run_dir / "samples").glob("*.json")):
+        _check_sidecar(sidecar)
     return manifest
+
+
+def _check_sidecar(path: Path) -> None:
+    """A sample's settings file is read by the page: it must be the plain JSON object Distill writes."""
+    try:
+        meta = parse_json(path.read_bytes())
+    except ValueError as exc:
+        raise UnsafeFileError(f"bundle entry 'samples/{path.name}' is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise UnsafeFileError(f"bundle entry 'samples/{path.name}' is not a sample description")
 
 
 def import_run(bundle: str | Path, workspace: str | Path) -> Path:
@@ -105,6 +135,8 @@ def import_run(bundle: str | Path, workspace: str | Path) -> Path:
                         copy_limited(src, dst, info.file_size)
                     except OversizeError:
                         raise UnsafeFileError(f"bundle entry '{info.filename}' is larger than it declares") from None
+                    except EOFError:
+                        raise UnsafeFileError(f"bundle entry '{info.filename}' is shorter than it declares") from None
         manifest = validate_run(staging)
         manifest.update(id=run_id, imported_from=bundle.name)
         manifest.pop("format", None)

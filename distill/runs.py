@@ -24,13 +24,22 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import AudioConfig, PriorConfig, VQVAEConfig, config_from_dict
-from distill.storage import UnsafeFileError, atomic_write_json, load_tensors, read_jsonl, save_tensors, tensor_spec
+from distill.storage import (
+    UnsafeFileError,
+    atomic_write_json,
+    load_tensors,
+    parse_json,
+    read_jsonl,
+    save_tensors,
+    tensor_spec,
+)
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 MANIFEST_FORMAT = "distill-run"
 MANIFEST_VERSION = 1
 MAX_MANIFEST_BYTES = 32 * 1024**2
+MAX_METRICS_BYTES = 64 * 1024**2  # a 4-hour run logs a few MB
 
 # Sanity bounds for settings read from a file: far above anything Distill trains, far below
 # anything that would exhaust memory when the model is built.
@@ -66,8 +75,8 @@ def read_manifest(run_dir: str | os.PathLike) -> dict:
     if size > MAX_MANIFEST_BYTES:
         raise UnsafeFileError(f"{Path(run_dir).name}: manifest.json is implausibly large ({size} bytes)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # bad UTF-8, bad JSON, nested too deeply
         raise UnsafeFileError(f"{Path(run_dir).name}: manifest.json is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise UnsafeFileError(f"{Path(run_dir).name}: manifest.json is not a Distill run manifest")
@@ -87,7 +96,21 @@ def update_manifest(run_dir: str | os.PathLike, **changes) -> dict:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    return read_jsonl(Path(run_dir) / METRICS)
+    """The run's events; a file too large to read safely gives one warning event instead (shown as a note)."""
+    path = Path(run_dir) / METRICS
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return []
+    if size > MAX_METRICS_BYTES:
+        return [{"stage": "run", "kind": "warning",
+                 "message": f"This run's metrics.jsonl is {human_bytes(size)}, too large to draw (the limit is "
+                            f"{human_bytes(MAX_METRICS_BYTES)}), so the loss plots stay empty. The models are not affected."}]
+    return read_jsonl(path)
+
+
+def human_bytes(n: int) -> str:
+    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 else f"{n / 1024**2:.0f} MB" if n >= 1024**2 else f"{n / 1024:.0f} KB"
 
 
 def continuous_history(events: list[dict]) -> list[dict]:
@@ -287,7 +310,7 @@ def _embedded_prior_config(path: Path) -> PriorConfig | None:
 
     try:
         raw = (read_safetensors_header(path).get("__metadata__") or {}).get("prior_config")
-        return prior_config_from_dict(json.loads(raw)) if raw else None
+        return prior_config_from_dict(parse_json(raw)) if raw else None
     except (ValueError, TypeError) as exc:
         raise UnsafeFileError(f"prior.safetensors: embedded settings are invalid: {exc}") from None
 
@@ -333,8 +356,8 @@ def load_codes(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
     try:
-        names = json.loads(meta.get("names", "[]"))
-    except json.JSONDecodeError:
+        names = parse_json(meta.get("names", "[]"))
+    except ValueError:
         names = []
     keys = sorted(tensors)
     if not isinstance(names, list) or len(names) != len(keys):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 MAX_TENSOR_FILE_BYTES = 2 * 1024**3  # nothing Distill writes comes near this
+MAX_JSON_DEPTH = 64  # far deeper than anything Distill writes, far below Python's recursion limit
 
 
 class UnsafeFileError(ValueError):
@@ -39,6 +40,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Tru
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """json.loads for files that may come from a stranger: nesting deeper than MAX_JSON_DEPTH is a
+    ValueError (json.JSONDecodeError's parent), never a RecursionError in the parser or in whatever
+    walks the result later."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        obj = None
+    else:
+        if _json_depth(obj) <= MAX_JSON_DEPTH:
+            return obj
+    raise ValueError(f"nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+
+
+def _json_depth(obj: Any) -> int:
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -82,8 +109,8 @@ def read_safetensors_header(path: str | os.PathLike) -> dict:
         if n <= 0 or n > min(size - 8, 100 * 1024**2):
             raise UnsafeFileError(f"{path.name}: not a safetensors file (bad header length)")
         try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = parse_json(fh.read(n))
+        except ValueError as exc:  # bad UTF-8, bad JSON, nested too deeply
             raise UnsafeFileError(f"{path.name}: not a safetensors file ({exc})") from None
     if not isinstance(header, dict):
         raise UnsafeFileError(f"{path.name}: not a safetensors file (header is not an object)")
@@ -170,9 +197,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # torn line from a crash mid-append
+                    rec = parse_json(line)
+                except ValueError:
+                    continue  # torn line from a crash mid-append (or nested too deeply)
                 if isinstance(rec, dict):
                     out.append(rec)
     except FileNotFoundError:

@@ -245,3 +245,89 @@ def test_wrong_types_in_a_manifest_never_break_the_runs_list(run, tmp_path):
         with pytest.raises(UnsafeFileError):
             import_run(export_run(run, tmp_path / "typed.zip"), tmp_path / "other_ws")
         write_manifest(run, {k: v for k, v in read_manifest(run).items() if k not in changes})
+
+
+def _claim_size(bundle, member: str, size: int):
+    """Make the bundle's central directory claim `size` bytes for `member` (nothing that large is written)."""
+    import struct
+
+    data = bytearray(bundle.read_bytes())
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) >= 0:
+        name_len = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46:at + 46 + name_len] == member.encode():
+            struct.pack_into("<II", data, at + 20, size, size)
+        at += 4
+    bundle.write_bytes(bytes(data))
+    return bundle
+
+
+def test_oversized_and_deeply_nested_files_in_a_bundle_are_refused(run, tmp_path):
+    from distill.storage import append_jsonl
+
+    ws = tmp_path / "other_ws"
+    append_jsonl(run / "metrics.jsonl", {"kind": "step", "stage": "vqvae", "step": 1, "loss": 1.0})
+    big = _claim_size(export_run(run, tmp_path / "big.zip"), "metrics.jsonl", 1024**3)
+    with pytest.raises(UnsafeFileError, match="metrics.jsonl.*1.0 GB.*64 MB"):
+        import_run(big, ws)
+    deep = "[" * 100_000 + "]" * 100_000
+    manifest = (run / "manifest.json").read_text()
+    cases = {
+        "manifest": {"manifest.json": manifest[:-2] + f', "deep": {deep}}}\n'},
+        "sidecar": {"manifest.json": manifest, "samples/s1.json": deep},
+        "sidecar-not-object": {"manifest.json": manifest, "samples/s2.json": "[1, 2]"},
+    }
+    for label, members in cases.items():
+        with pytest.raises(UnsafeFileError, match="nested too deeply|not a sample description"):
+            import_run(_zip(tmp_path / f"{label}.zip", members), ws)
+    assert list((ws / "runs").iterdir()) == []
+
+
+def test_oversized_and_deeply_nested_files_in_a_run_are_shown_safely(run, tmp_path, monkeypatch):
+    """Runs already in the workspace (imported before the checks, or edited by hand) never break the page."""
+    import time
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-tmp"))
+    from distill.app.service import DistillApp
+    from distill.app.views import notes_html
+    from distill.runs import read_metrics
+
+    deep = "[" * 100_000 + "]" * 100_000
+    with open(run / "metrics.jsonl", "w") as fh:  # a readable line, a nested one, a readable one
+        fh.write('{"kind": "step", "stage": "vqvae", "step": 1, "loss": 1.0}\n{"deep": %s}\n' % deep)
+        fh.write('{"kind": "step", "stage": "vqvae", "step": 2, "loss": 0.5}\n')
+    assert [e["step"] for e in read_metrics(run)] == [1, 2]
+    (run / "samples").mkdir(exist_ok=True)
+    (run / "samples" / "s1.json").write_text(deep)
+    (run / "samples" / "s1.wav").write_bytes(b"RIFF")
+    app = DistillApp(run.parent.parent)
+    assert app.samples(run) == []
+    with open(run / "metrics.jsonl", "wb") as fh:  # 1 GB, sparse: nothing that large is written
+        fh.truncate(1024**3)
+    t0 = time.perf_counter()
+    events = app.run_events(run)
+    assert time.perf_counter() - t0 < 1.0
+    assert len(events) == 1 and events[0]["kind"] == "warning" and "1.0 GB" in events[0]["message"], events
+    assert "too large to draw" in notes_html([events[0]["message"]], [])
+    good = read_manifest(run)
+    (run / "manifest.json").write_text(json.dumps({**good, "deep": json.loads("[" * 500 + "]" * 500)}))
+    listed = app.runs()
+    assert listed[0]["status"] == "unreadable" and "nested too deeply" in listed[0]["problem"]
+    save_codes(run, ["a.wav"], [torch.zeros(4, 2, dtype=torch.long)])
+    write_manifest(run, good)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(run / "codes.safetensors")
+    save_file(tensors, run / "codes.safetensors", metadata={"names": deep})  # names nested: keys shown instead
+    assert list(load_codes(run)) == ["00000"]
+
+
+def test_a_file_name_matplotlib_reads_as_maths_is_drawn_as_text():
+    import io as _io
+
+    from distill.app import figures
+
+    for name in ("$\\x$.wav", "a $b$ c.wav", "$$.wav", "\\frac{$}.wav"):
+        fig = figures.code_sequence_figure(torch.zeros(8, 2, dtype=torch.long).numpy(), 16, 10.0, title=name)
+        fig.savefig(_io.BytesIO(), format="png")  # mathtext would raise here
+        assert fig.axes[0].get_title(loc="left").startswith(name)

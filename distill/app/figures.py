@@ -233,7 +233,7 @@ def health_figure(levels: Sequence[dict], width: float = 6.2, height: float | No
     ax.barh(y, [1.0] * len(levels), color="#eef0f3", height=0.62)
     ax.barh(y, utils, color=colours, height=0.62)
     for yi, note in zip(y, notes):
-        ax.text(0.015, yi, note, va="center", ha="left", fontsize=8.5, color="#111")
+        ax.text(0.015, yi, note, va="center", ha="left", fontsize=8.5, color="#111", parse_math=False)
     ax.set_yticks(y, names, fontsize=9)
     ax.set_xlim(0, 1)
     ax.set_xticks([0, COLLAPSE_UTILISATION, HEALTHY_UTILISATION, 1.0], ["0", "30 %", "80 %", "100 %"])
@@ -273,7 +273,7 @@ def code_sequence_figure(
     label = title or "Code sequence"
     if k > 1:
         label += f"  (every {k}th step shown)"
-    ax.set_title(label, fontsize=11, loc="left")
+    ax.set_title(label, fontsize=11, loc="left", parse_math=False)  # a file name like "$\\x$" is text, not maths
     cax = fig.add_axes((1 - 0.85 / width, ax.get_position().y0, 0.12 / width, ax.get_position().height))
     cb = fig.colorbar(im, cax=cax)
     cb.set_label("code", fontsize=8)

@@ -296,7 +296,10 @@ class DistillApp:
     def samples(self, run_dir: Path) -> list[dict]:
         from distill.generate import list_samples
 
-        return list_samples(run_dir)
+        try:
+            return list_samples(run_dir)
+        except RecursionError:  # a sidecar nested too deeply (bundle import refuses them now): no list, no crash
+            return []
 
     def sample_codes(self, run_dir: Path) -> dict[str, np.ndarray | None]:
         from distill.generate import load_sample_codes
