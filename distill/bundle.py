@@ -23,7 +23,7 @@ from distill.runs import (
     runs_root,
     write_manifest,
 )
-from distill.storage import OversizeError, UnsafeFileError, copy_limited, parse_json
+from distill.storage import OversizeError, UnsafeFileError, copy_limited, parse_json, zip_directory
 
 TOP_FILES = {"manifest.json", "vqvae.safetensors", "prior.safetensors", "codes.safetensors", "metrics.jsonl"}
 SAMPLE_NAME = re.compile(r"^samples/[A-Za-z0-9][A-Za-z0-9_.-]{0,120}\.(wav|flac|json|safetensors)$")
@@ -111,8 +111,22 @@ def _check_sidecar(path: Path) -> None:
         raise UnsafeFileError(f"bundle entry 'samples/{path.name}' is not a sample description")
 
 
+def _check_directory(bundle: Path) -> None:
+    """The member count and directory size a bundle claims, checked before zipfile reads the directory."""
+    try:
+        entries, cd_bytes = zip_directory(bundle)
+    except (OSError, ValueError) as exc:
+        raise UnsafeFileError(f"{bundle.name}: not a Distill run bundle ({exc})") from None
+    if entries > MAX_MEMBERS:
+        raise UnsafeFileError(f"{bundle.name}: claims {entries:,} entries; a Distill run has far fewer")
+    if cd_bytes > MAX_MEMBERS * 512:  # names are at most ~130 characters
+        raise UnsafeFileError(f"{bundle.name}: its table of contents is {human_bytes(cd_bytes)}; a Distill run's is "
+                              "a few KB")
+
+
 def import_run(bundle: str | Path, workspace: str | Path) -> Path:
     bundle = Path(bundle)
+    _check_directory(bundle)
     try:
         zf = zipfile.ZipFile(bundle)
     except (zipfile.BadZipFile, OSError) as exc:

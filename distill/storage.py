@@ -159,6 +159,33 @@ def tensor_spec(state: Mapping[str, "torch.Tensor"]) -> dict[str, tuple[tuple[in
     return {k: (tuple(v.shape), names[v.dtype]) for k, v in state.items()}
 
 
+def zip_directory(path: str | os.PathLike) -> tuple[int, int]:
+    """(entries, central directory bytes) a zip claims in its end record (zip64 aware), read from the
+    last 64 KB only: zipfile reads and parses the whole directory before any member count can be
+    checked, so a tiny file claiming millions of entries is refused from this first. ValueError if
+    there is no end record."""
+    import struct
+
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - (22 + 65535 + 20)))  # end record + longest comment + zip64 locator
+        tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        raise ValueError("no end-of-central-directory record")
+    entries, cd_bytes = struct.unpack_from("<HI", tail, at + 10)
+    if (entries == 0xFFFF or cd_bytes == 0xFFFFFFFF) and at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
+        z64_at = struct.unpack_from("<Q", tail, at - 20 + 8)[0]
+        with open(path, "rb") as fh:
+            fh.seek(z64_at)
+            record = fh.read(56)
+        if len(record) < 56 or record[:4] != b"PK\x06\x06":
+            raise ValueError("damaged zip64 end record")
+        entries, cd_bytes = struct.unpack_from("<QQ", record, 32)
+    return entries, cd_bytes
+
+
 class OversizeError(ValueError):
     """A stream held more bytes than it declared (a zip member whose header lies, say)."""
 

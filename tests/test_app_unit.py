@@ -537,3 +537,49 @@ def test_retrain_keeps_the_run_history_and_plots_only_the_new_prior(tmp_path):
     line = fig.axes[0].get_lines()[0]
     assert list(line.get_xdata()) == [1, 2, 3] and set(line.get_ydata()) == {2.0}
     assert len(figures.vqvae_loss_figure(events).axes[0].get_lines()) >= 1
+
+
+def _claim_entries(path: Path, entries: int) -> Path:
+    """Rewrite a zip's end records (zip64) to claim `entries` members and a central directory to match;
+    the file stays a few hundred bytes."""
+    import struct
+
+    data = path.read_bytes()
+    eocd = data.rfind(b"PK\x05\x06")
+    cd_size, cd_offset = struct.unpack_from("<II", data, eocd + 12)
+    claimed = entries * 46
+    z64 = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, entries, entries, claimed, cd_offset)
+    locator = struct.pack("<IIQI", 0x07064B50, 0, eocd, 1)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    path.write_bytes(data[:eocd] + z64 + locator + end)
+    return path
+
+
+def test_zip_claiming_millions_of_entries_is_refused_from_its_end_record(tmp_path, monkeypatch):
+    """zipfile reads the whole central directory before any cap applies: the claim is checked first."""
+    from distill.bundle import import_run
+    from distill.storage import UnsafeFileError
+
+    opened = []
+    real = zipfile.ZipFile
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real(file, *args, **kwargs)
+
+    many = _zip(tmp_path / "many.zip", {f"f{i}.wav": b"" for i in range(3000)}, zipfile.ZIP_STORED)  # 3000 real entries
+    claims = _claim_entries(_zip(tmp_path / "claims.zip", {"a.wav": b"x"}), 5_000_000)
+    assert claims.stat().st_size < 1000
+    monkeypatch.setattr(zipfile, "ZipFile", spy)
+    with pytest.raises(UploadError, match="claims 5,000,000 files"):
+        extract_zip(claims, tmp_path / "out1")
+    with pytest.raises(UploadError, match="claims 3,000 files"):
+        extract_zip(many, tmp_path / "out2", UploadLimits(max_files=1000))
+    with pytest.raises(UnsafeFileError, match="claims 5,000,000 entries"):
+        import_run(claims, tmp_path / "ws")
+    assert opened == [] and not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+    monkeypatch.setattr(zipfile, "ZipFile", real)
+    ok = _zip(tmp_path / "ok.zip", {"a/x.wav": b"1", "b/y.wav": b"2"})
+    with real(ok, "a") as zf:
+        zf.comment = b"an archive comment moves the end record"
+    assert sorted(extract_zip(ok, tmp_path / "out3").files) == ["a/x.wav", "b/y.wav"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from distill.storage import OversizeError, copy_limited
+from distill.storage import OversizeError, copy_limited, zip_directory
 
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -35,6 +35,8 @@ class UploadLimits:
     max_total_bytes: int = 4 * GB  # one upload, after extraction
     max_zip_ratio: float = 100.0  # uncompressed / compressed, for members big enough to matter
     zip_ratio_min_bytes: int = 4 * MB  # small members may compress well (silence) without harm
+    zip_entries_per_file: int = 2  # an archive may list up to this many entries per allowed file (folders, junk)
+    zip_directory_bytes_per_entry: int = 1024  # its table of contents, per entry allowed (long names included)
 
 
 @dataclass
@@ -262,6 +264,7 @@ def extract_zip(
     name = Path(zip_path).name if prefix is None else prefix.as_posix() + ".zip"
     result = result if result is not None else IngestResult(folder=dest)
     budget = budget if budget is not None else _Budget(limits, files=0, total=0)
+    _check_zip_directory(zip_path, name, limits)
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -336,6 +339,21 @@ def extract_zip(
             result.notes.append(f"{skipped_junk} macOS metadata file(s) inside '{name}' were left out")
     result.total_bytes = budget.total
     return result
+
+
+def _check_zip_directory(zip_path, name: str, limits: UploadLimits) -> None:
+    """Refuse from the end record alone an archive whose table of contents is too long to read."""
+    try:
+        entries, cd_bytes = zip_directory(zip_path)
+    except (OSError, ValueError) as exc:
+        raise UploadError(f"'{name}' is not a readable .zip archive") from exc
+    most = limits.zip_entries_per_file * limits.max_files
+    if entries > most:
+        raise UploadError(f"'{name}' claims {entries:,} files; the limit is {limits.max_files} per upload. "
+                          "Nothing was extracted.")
+    if cd_bytes > most * limits.zip_directory_bytes_per_entry:
+        raise UploadError(f"'{name}' has a {_human(cd_bytes)} table of contents, far more than {limits.max_files} "
+                          "files need; it is damaged or hostile. Nothing was extracted.")
 
 
 def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: Path, limits: UploadLimits, name: str) -> int:
