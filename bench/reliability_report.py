@@ -1,13 +1,15 @@
-"""Reliability report (issue 6): run the fault-injection tests and print what they survived.
+"""Reliability report (issues 6 and 16): run the fault-injection and security tests and print what
+they survived.
 
-    python bench/reliability_report.py            # ~1.5 min on 2 cores
+    python bench/reliability_report.py            # ~2.5 min on 2 cores
     python bench/reliability_report.py --json out.json
 
 Runs pytest in this process on the reliability test files with a small plugin that collects each
 test's outcome and the figures the tests record (`record_property`), and counts the refusals of
 hostile model files and bundles by wrapping the loaders the untrusted-file tests call. Prints:
 kinds of bad input tried and their outcomes, kills survived, concurrent clients held, hostile
-bundle kinds refused, disk-full cases, server checks, each with its "nothing lost" check.
+bundle kinds refused, disk-full cases, server checks, the security holes of issue 16, each with its
+"nothing lost" check.
 Exits non-zero when any check failed.
 """
 from __future__ import annotations
@@ -30,6 +32,10 @@ FILES = [
     "tests/test_untrusted_files.py",
     "tests/test_disk_full.py",
     "tests/test_reliability_app.py",
+    "tests/test_security.py",
+    "tests/test_app_unit.py::test_a_name_that_is_both_a_file_and_a_folder_is_refused_in_words",
+    "tests/test_app_unit.py::test_zip_claiming_millions_of_entries_is_refused_from_its_end_record",
+    "tests/test_pipeline.py::test_retrain_refuses_settings_start_would_refuse_before_building_anything",
 ]
 WRAPPED = ("import_run", "load_vqvae", "load_prior", "load_codes", "read_manifest")
 PWNED = Path("/tmp/distill-pwned")  # what the pickle payload in test_untrusted_files would create
@@ -89,6 +95,54 @@ def mark(ok: bool) -> str:
     return "ok" if ok else "FAILED"
 
 
+def security_report(out, test, passed) -> None:
+    """Issue 16: each hole a review found, and what its test tried."""
+    out("Security (issue 16)")
+    pv = test("test_preview_plays_only_files_the_run_used")["props"].get("preview", {})
+    v6 = test("test_launched_on_ipv6_loopback_other_sites_get_nothing")["props"].get("ipv6", {})
+    xs = test("test_other_sites_cannot_upload_or_call_the_api")["props"].get("cross_site", {})
+    il = test("test_a_non_audio_upload_is_never_served_inline")["props"].get("inline", {})
+    qu = test("test_uploads_waiting_in_the_workspace_have_a_quota")["props"].get("quota", {})
+    bo = test("test_tiny_files_that_decode_to_gigabytes_are_skipped_from_their_header")["props"].get("bombs", {})
+    rows = [
+        ("markup in a bundle's manifest", "refused on import; a run already holding it is drawn escaped; 8 wrong "
+         "types never break the runs list or the card",
+         ("test_bundle_with_markup_in_its_manifest_is_refused_and_never_drawn",
+          "test_wrong_types_in_a_manifest_never_break_the_runs_list")),
+        ("audio preview", f"{pv.get('names_tried', '?')} spellings of a file under a run's source that the run did not "
+         f"use -> {pv.get('served', '?')} played", ("test_preview_plays_only_files_the_run_used",
+                                                     "test_preview_still_plays_a_used_file")),
+        ("IPv6 loopback ([::1])", "another site's Origin: 403 with no Access-Control-Allow-Origin "
+         f"({'none' if v6.get('acao') is None else v6.get('acao')}); foreign Host: 400",
+         ("test_launched_on_ipv6_loopback_other_sites_get_nothing", "test_host_guard_treats_every_loopback_name_alike")),
+        ("requests from other sites", f"cross-site upload and API call: {xs.get('refused', '?')} refused (403), "
+         f"{xs.get('stored', '?')} files stored; foreign/null Origin and Sec-Fetch-Site refused on every host",
+         ("test_other_sites_cannot_upload_or_call_the_api", "test_guard_refuses_other_sites_on_any_host")),
+        ("uploads served back", f"{il.get('kinds', '?')} non-audio kinds (html, svg, js, txt, a dataset copy) -> "
+         f"{il.get('inline', '?')} inline; audio still plays", ("test_a_non_audio_upload_is_never_served_inline",)),
+        ("upload quota", f"{qu.get('quota_mb', '?')} MB quota: refused after {qu.get('accepted_before_refusal', '?')} "
+         "uploads of 1 MB, in words (HTTP 413)", ("test_uploads_waiting_in_the_workspace_have_a_quota",)),
+        ("audio decompression bombs", f"{bo.get('files', '?')} FLACs of ~1 MB, {bo.get('decoded_gb_each', '?')} GB "
+         f"decoded each: all skipped from the header, scan peak RSS {bo.get('peak_mb', '?')} MB",
+         ("test_tiny_files_that_decode_to_gigabytes_are_skipped_from_their_header",
+          "test_the_longest_stereo_file_still_decodes_in_bounded_memory")),
+        ("retrain settings", "3 impossible prior settings refused in words before any model is built",
+         ("test_retrain_refuses_settings_start_would_refuse_before_building_anything",)),
+        ("a file and a folder of one name", "'x' with 'x/y.wav' (upload, zip): refused in words, nothing left",
+         ("test_a_name_that_is_both_a_file_and_a_folder_is_refused_in_words",)),
+        ("oversized and nested files", "1 GB metrics.jsonl, 100,000-deep JSON in a manifest, sidecar, log line "
+         "or code names: refused on import or shown safely", (
+             "test_oversized_and_deeply_nested_files_in_a_bundle_are_refused",
+             "test_oversized_and_deeply_nested_files_in_a_run_are_shown_safely")),
+        ("maths-like file names", "4 names matplotlib would read as maths ($\\x$ ...) drawn as text",
+         ("test_a_file_name_matplotlib_reads_as_maths_is_drawn_as_text",)),
+        ("zip directory claims", "a 300-byte zip claiming 5,000,000 entries: refused from its end record, zipfile "
+         "never called", ("test_zip_claiming_millions_of_entries_is_refused_from_its_end_record",)),
+    ]
+    for label, what, names in rows:
+        out(f"  {label:<33} {what}  [{mark(passed(*names))}]")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", help="also write the collected figures here")
@@ -104,6 +158,10 @@ def main() -> int:
     tests = collector.tests
 
     def test(name: str) -> dict:
+        cases = [t for n, t in tests.items() if n.startswith(name + "[")]  # a parametrized test: all its cases
+        if name not in tests and cases:
+            return {"outcome": "passed" if all(t["outcome"] == "passed" for t in cases) else "failed", "props": {},
+                    "seconds": sum(t["seconds"] for t in cases)}
         return tests.get(name, {"outcome": "not run", "props": {}, "seconds": 0.0})
 
     def passed(*names: str) -> bool:
@@ -203,6 +261,8 @@ def main() -> int:
             f"(HTTP 413); foreign Host header (DNS rebinding) refused: "
             f"{'yes' if fr.get('foreign_host_refused') else 'no'}  "
             f"[{mark(passed('test_binds_localhost_and_serves_nothing_outside', 'test_hostile_uploads_and_archives'))}]")
+
+    security_report(out, test, passed)
 
     failed = [n for n, t in tests.items() if t["outcome"] != "passed"]
     out("-" * 78)
