@@ -151,6 +151,10 @@ def _manifest_problems(m: dict) -> list[str]:
             isinstance(files.get(k, []), list) and all(isinstance(e, dict) and isinstance(e.get("path"), str)
                                                        for e in files.get(k, [])) for k in ("used", "skipped"))):
         bad.append("files is not a list of used and skipped files")
+    split = m.get("split")
+    if split is not None and (not isinstance(split, dict) or not all(
+            isinstance(split.get(k, []), list) and all(isinstance(n, str) for n in split.get(k, [])) for k in ("train", "val"))):
+        bad.append("split is not two lists of file names")
     stages = m.get("stage_seconds")
     if stages is not None and (not isinstance(stages, dict) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in stages.items())):

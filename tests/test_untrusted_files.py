@@ -234,17 +234,22 @@ def test_wrong_types_in_a_manifest_never_break_the_runs_list(run, tmp_path):
     from distill.app.views import runs_rows, status_card_html
     from distill.runs import update_manifest
 
+    from distill.app.ui import _refresh
+
     app = DistillApp(run.parent.parent)
     for changes in ({"tier": "x"}, {"files": "x"}, {"files": {"used": 3}}, {"status": ["a"]}, {"created": {"a": 1}},
-                    {"stage_seconds": [1, 2]}, {"message": 7}, {"source": {"x": 1}}):
+                    {"stage_seconds": [1, 2]}, {"message": 7}, {"source": {"x": 1}}, {"split": "x"}):
         update_manifest(run, **changes)
         listed = app.runs()
         assert listed[0]["id"] == "r" and listed[0]["status"] != "unreadable", changes
         runs_rows(listed)
         assert "d-status" in status_card_html(None, "r", read_manifest(run)), changes
+        assert _refresh(app, "r", {}, True), changes  # the whole run view redraws
         with pytest.raises(UnsafeFileError):
             import_run(export_run(run, tmp_path / "typed.zip"), tmp_path / "other_ws")
         write_manifest(run, {k: v for k, v in read_manifest(run).items() if k not in changes})
+    update_manifest(run, prior_config="x")  # unreadable settings: listed as such, the view still draws
+    assert app.runs()[0]["status"] == "unreadable" and _refresh(app, "r", {}, True)
 
 
 def _claim_size(bundle, member: str, size: int):

@@ -287,8 +287,9 @@ class DistillApp:
         _, k = self.code_rate(run_dir)
         if not codes or not k:
             return None, None
-        split = (self.manifest(run_dir) or {}).get("split") or {}
-        train_names = set(split.get("train") or codes)
+        split = (self.manifest(run_dir) or {}).get("split")
+        listed = split.get("train") if isinstance(split, dict) else None  # a hand-edited manifest may hold anything
+        train_names = {n for n in listed if isinstance(n, str)} if isinstance(listed, list) and listed else set(codes)
         train = [c for n, c in codes.items() if n in train_names] or list(codes.values())
         gen = [c for c in self.sample_codes(run_dir).values() if c is not None]
         return _counts(train, k), (_counts(gen, k) if gen else None)

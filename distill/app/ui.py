@@ -602,7 +602,7 @@ def _refresh(app: DistillApp, run_id: str | None, vs: dict | None, force: bool) 
             prior_cfg = (manifest or app.manifest(run_dir) or {}).get("prior_config") if force else None
         except Exception:  # an unreadable manifest: the form keeps its values
             prior_cfg = None
-        if prior_cfg:  # the retrain form starts from the settings this run's prior was trained with
+        if isinstance(prior_cfg, dict):  # the retrain form starts from the settings this run's prior was trained with
             out["retrain"] = [prior_cfg.get(k, gr.skip()) for k in
                               ("hidden_size", "num_layers", "num_heads", "dropout", "learning_rate")]
     return _ordered(out, vs)
