@@ -136,7 +136,7 @@ def cmd_generate(args) -> int:
     from distill.generate import generate_audio, save_sample
 
     wave, sr, codes = generate_audio(args.run_dir, args.seconds, args.temperature, args.top_k, args.top_p, args.seed,
-                                     prompt_file=args.prompt, clip_ends=not args.no_clip_ends)
+                                     prompt_file=args.prompt, clip_ends=not args.no_clip_ends, retrieval=args.follow)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(out, wave, sr)
@@ -145,7 +145,7 @@ def cmd_generate(args) -> int:
 
         np.save(args.codes_out, codes.astype(np.int64), allow_pickle=False)
     settings = {"seconds": args.seconds, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                "seed": args.seed, "prompt": args.prompt, "clip_ends": not args.no_clip_ends}
+                "seed": args.seed, "prompt": args.prompt, "clip_ends": not args.no_clip_ends, "retrieval": args.follow}
     if args.keep:
         save_sample(args.run_dir, wave, sr, codes, settings)
     _err(f"wrote {out} ({len(wave) / sr:.2f} s, {codes.shape[0]} code steps × {codes.shape[1]} levels)")
@@ -225,6 +225,8 @@ def cmd_import(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from distill.config import SAMPLING_DEFAULTS
+
     p = argparse.ArgumentParser(prog="python -m distill", description="Train a generative audio model on your own sounds.")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: $DISTILL_CACHE or ~/.cache/distill)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -265,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-clip-ends", action="store_true",
                    help="one continuous sound, even where the model learnt that your files end and a new one begins")
+    g.add_argument("--follow", type=float, default=SAMPLING_DEFAULTS["retrieval"], metavar="0..1",
+                   help="how closely each next moment follows what came next in your own files "
+                        f"(0: the model alone; default {SAMPLING_DEFAULTS['retrieval']})")
     g.add_argument("--prompt", default=None, help="continue from this training file's codes (its relative path)")
     g.add_argument("--out", required=True)
     g.add_argument("--codes-out", default=None)

@@ -111,6 +111,12 @@ class PriorConfig:
     seed: int = 0
 
 
+# The sampling settings a user gets: the CLI, the page and the API start from these, and
+# bench/bench_samples.py measures them. "retrieval": how much each next code follows what came next
+# in the material after the same recent codes (distill/models/retrieval.py).
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "clip_ends": True, "retrieval": 0.9}
+
+
 # --- adaptive tiers -------------------------------------------------------------------------
 
 TIER_NAMES = {1: "Small (≤ 20 files)", 2: "Medium (21–100 files)", 3: "Large (> 100 files)"}

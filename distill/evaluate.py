@@ -1,6 +1,7 @@
 """Measure a trained run on a folder of audio: codec quality, codebook use, prior bits, sample statistics."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,14 @@ def _evaluate_prior(run_dir: Path, manifest: dict, eval_codes: list, codebook_si
         held = _take_tokens(eval_t, gen_tokens)
         out["prior.heldout_jsd"] = histogram_jsd(held, train_codes, codebook_size)
         out["prior.copy_fraction"] = float(np.mean([copy_fraction(g, train_codes) for g in generated]))
+        # a replay of training files, even cut into pieces, is not a new sound: the share of generated
+        # time steps inside a run of >= 0.5 s found verbatim in the training codes
+        from distill.sample_score import verbatim_share
+
+        audio, vq, _ = run_configs(manifest)
+        min_steps = math.ceil(0.5 * audio.frames_per_second / vq.downsample)
+        out["prior.verbatim_share"] = float(np.mean([verbatim_share(g.numpy(), [c.numpy() for c in train_codes], min_steps)
+                                                     for g in generated]))
     return out
 
 

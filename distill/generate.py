@@ -5,12 +5,13 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from distill.config import SAMPLING_DEFAULTS
 from distill.runs import file_sha256, load_codes, load_prior, load_vqvae, read_manifest, run_configs
 from distill.storage import atomic_write_bytes, atomic_write_json
 
@@ -27,6 +28,18 @@ class LoadedRun:
     prior: torch.nn.Module
     prior_hash: str
     stamp: tuple  # (mtime_ns of vqvae, prior): tells a cache when the files changed
+    _retrieval: dict = field(default_factory=dict, repr=False)  # RetrievalSettings -> index, built on first use
+
+    def retrieval_index(self, settings):
+        """The training codes indexed for retrieval while sampling (built once per run and settings)."""
+        from distill.models.retrieval import CodeRetrieval
+
+        if settings not in self._retrieval:
+            vq = self.vqvae_config
+            # every file the user gave is material (the held-back split only served early stopping)
+            codes = list(load_codes(self.run_dir).values())
+            self._retrieval[settings] = CodeRetrieval(codes, vq.codebook_size, vq.num_quantizers, settings)
+        return self._retrieval[settings]
 
     @property
     def audio_config(self):
@@ -71,16 +84,27 @@ class RunCache:
 
 
 def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                   seed: int = 0, prompt_codes: np.ndarray | None = None, clip_ends: bool = True) -> np.ndarray:
+                   seed: int = 0, prompt_codes: np.ndarray | None = None, clip_ends: bool = True,
+                   retrieval=SAMPLING_DEFAULTS["retrieval"]) -> np.ndarray:
     """Sample [T', Q] codes covering `seconds` of audio (continuing `prompt_codes` when given).
     clip_ends: where the prior learnt where files end, a sound that ends is followed by a fresh one
-    (False: one continuous stream, as priors without the end head always give)."""
+    (False: one continuous stream, as priors without the end head always give).
+    retrieval: 0..1, how much each next code follows what came next in the material after the same
+    recent codes (distill/models/retrieval.py); 0: the model alone. (A RetrievalSettings: all of its
+    settings, for benchmarks.)"""
+    from distill.models.retrieval import RetrievalSettings
+
+    settings = retrieval if isinstance(retrieval, RetrievalSettings) else RetrievalSettings(weight=float(retrieval))
+    retrieval = settings.weight
+
     from distill.models.prior import flatten_codes, unflatten_codes
 
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"duration must be between 0 and {MAX_SECONDS:.0f} seconds")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise ValueError("temperature must be ≥ 0, top-p in (0, 1], top-k ≥ 0")
+    if not 0 <= retrieval <= 1:
+        raise ValueError("how closely to follow your material (retrieval) must be between 0 and 1")
     audio, vq, _ = run_configs(run.manifest)
     steps = max(1, math.ceil(seconds * audio.frames_per_second / vq.downsample))
     generator = torch.Generator().manual_seed(int(seed))
@@ -92,7 +116,8 @@ def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top
         whole_file = len(tail) == len(prompt_codes)
     flat = run.prior.generate(steps * vq.num_quantizers, temperature=temperature, top_k=top_k, top_p=top_p,
                               prompt=prompt, generator=generator, clip_ends=clip_ends,
-                              prompt_starts_clip=whole_file)  # a cut prompt begins mid-sound
+                              prompt_starts_clip=whole_file,  # a cut prompt begins mid-sound
+                              retrieval=run.retrieval_index(settings) if retrieval > 0 else None)
     return unflatten_codes(flat, vq.num_quantizers)[0].cpu().numpy()
 
 
@@ -110,7 +135,7 @@ def codes_to_audio(run: LoadedRun, codes: np.ndarray) -> np.ndarray:
 
 def generate_audio(run_dir, seconds: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                    seed: int = 0, prompt_file: str | None = None, cache: RunCache | None = None,
-                   clip_ends: bool = True):
+                   clip_ends: bool = True, retrieval: float = SAMPLING_DEFAULTS["retrieval"]):
     """-> (waveform float32 [samples], sample_rate, codes int64 [T', Q]). Same inputs, same audio."""
     run = cache.get(run_dir) if cache else load_run(run_dir)
     prompt_codes = None
@@ -119,7 +144,7 @@ def generate_audio(run_dir, seconds: float, temperature: float = 1.0, top_k: int
         if prompt_file not in codes_by_name:
             raise ValueError(f"'{prompt_file}' is not one of this run's training files")
         prompt_codes = codes_by_name[prompt_file]
-    codes = generate_codes(run, seconds, temperature, top_k, top_p, seed, prompt_codes, clip_ends)
+    codes = generate_codes(run, seconds, temperature, top_k, top_p, seed, prompt_codes, clip_ends, retrieval)
     wave = codes_to_audio(run, codes)
     audio = run.audio_config
     return wave[: int(round(seconds * audio.sample_rate))], audio.sample_rate, codes

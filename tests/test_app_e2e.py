@@ -186,11 +186,12 @@ def test_full_flow(client, app_server):
         assert sr == SR and len(wave) == pytest.approx(1.5 * SR, rel=0.02) and np.abs(wave).max() > 0
         assert Path(s["sidecar"]).is_file()
     # ... and the page's generate button, which returns real audio to the client
-    out = client.predict(run_id, 1.0, 0.8, 8, 1.0, 3, 1, "wav", codes["files"][0], False, api_name="/generate_ui")
+    out = client.predict(run_id, 1.0, 0.8, 8, 1.0, 3, 1, "wav", codes["files"][0], False, 0.7, api_name="/generate_ui")
     msg, audio0 = out[0], out[1]
     assert "saved" in msg
     newest = max((run_dir / "samples").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    assert json.loads(newest.read_text())["settings"]["clip_ends"] is False  # the page's toggle reached the sampler
+    settings = json.loads(newest.read_text())["settings"]
+    assert settings["clip_ends"] is False and settings["retrieval"] == 0.7  # the page's controls reached the sampler
     if isinstance(audio0, dict):  # an update that also relabels the player: {"value": <downloaded file>, ...}
         assert "seed 3" in audio0["label"]
         audio0 = audio0["value"]

@@ -77,6 +77,14 @@ def test_generate_cli_and_determinism(trained):
     w3, _, c3 = generate_audio(run, 2.0, 0.9, 20, 1.0, seed=8)
     assert np.array_equal(c1, c2) and np.array_equal(w1, w2) and np.array_equal(c1, codes)
     assert not np.array_equal(c1, c3)
+    # following the material changes the sample; --follow 0 is the model alone
+    _, _, alone = generate_audio(run, 2.0, 0.9, 20, 1.0, seed=7, retrieval=0.0)
+    out0 = _cli("generate", run, "--seconds", "2", "--seed", "7", "--temperature", "0.9", "--top-k", "20",
+                "--follow", "0", "--out", root / "g0.wav", "--codes-out", root / "g0.npy")
+    assert out0.returncode == 0, out0.stderr
+    assert np.array_equal(np.load(root / "g0.npy"), alone) and not np.array_equal(alone, c1)
+    bad = _cli("generate", run, "--seconds", "2", "--follow", "1.5", "--out", root / "bad.wav")
+    assert bad.returncode != 0 and "retrieval" in bad.stderr
     samples = list_samples(run)
     assert samples and samples[0]["settings"]["seed"] == 7 and samples[0]["prior_hash"]
     assert np.array_equal(load_sample_codes(samples[0]), codes)
@@ -114,6 +122,7 @@ def test_evaluate_cli_json(trained):
     assert len(res["vqvae.levels"]) == 3 and all(0 <= lv["utilisation"] <= 1 for lv in res["vqvae.levels"])
     for key in ("prior.val_nll_bits", "prior.unigram_bits", "prior.copy_fraction"):
         assert np.isfinite(res[key]), key
+    assert 0 <= res["prior.verbatim_share"] <= 1
     assert len(res["prior.generated_jsd"]) == 3
 
 

@@ -112,7 +112,8 @@ def register_api(app: DistillApp) -> None:
         """Generate samples from a run (default: the newest run with a prior); saved in its samples/.
         Each sample: {"id", "file_path" (the audio), "sidecar", "seconds", "seed", "codes_shape"}.
         Clips end and restart where the model learnt that files end (the page's checkbox can turn it
-        off; here it stays on, since a tenth argument would break callers that send nine)."""
+        off; here it stays on, since a tenth argument would break callers that send nine; "Follow your
+        material" stays at its default, distill.config.SAMPLING_DEFAULTS)."""
         if not run_id:
             run_id = next((r["id"] for r in app.runs() if r.get("has_prior")), "")
         try:

@@ -347,7 +347,7 @@ class DistillApp:
 
     def generate(self, run_id: str, seconds: float = 4.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, variations: int = 1, fmt: str = "wav", prompt_file: str | None = None,
-                 clip_ends: bool = True) -> list[dict]:
+                 clip_ends: bool = True, follow: float | None = None) -> list[dict]:
         """Generate and save `variations` samples (seeds seed, seed+1, ...). Raises ValueError for people."""
         from distill.generate import RunCache, generate_audio, save_sample
 
@@ -365,6 +365,11 @@ class DistillApp:
             raise ValueError("Duration must be between 0.1 s and 10 minutes.")
         if not math.isfinite(float(temperature)) or not math.isfinite(float(top_p)):
             raise ValueError("Temperature and top-p must be numbers.")
+        from distill.config import SAMPLING_DEFAULTS
+
+        follow = SAMPLING_DEFAULTS["retrieval"] if follow is None else float(follow)
+        if not 0 <= follow <= 1:
+            raise ValueError("'Follow your material' must be between 0 and 1.")
         if not -2**63 <= int(seed or 0) < 2**63 - MAX_VARIATIONS:
             raise ValueError("The seed must be a whole number below 9.2 × 10¹⁸.")
         prompt = prompt_file or None
@@ -377,10 +382,10 @@ class DistillApp:
                 t0 = time.perf_counter()
                 wave, sr, codes = generate_audio(run_dir, seconds, temperature=float(temperature), top_k=int(top_k or 0),
                                                  top_p=float(top_p), seed=s, prompt_file=prompt, cache=self._run_cache,
-                                                 clip_ends=bool(clip_ends))
+                                                 clip_ends=bool(clip_ends), retrieval=follow)
                 settings = {"seconds": seconds, "temperature": float(temperature), "top_k": int(top_k or 0),
                             "top_p": float(top_p), "seed": s, "prompt_file": prompt, "format": fmt,
-                            "clip_ends": bool(clip_ends)}
+                            "clip_ends": bool(clip_ends), "retrieval": follow}
                 saved = save_sample(run_dir, wave, sr, codes, settings, fmt=fmt)
                 out.append({**saved, "seconds": round(len(wave) / sr, 3), "sample_rate": sr, "seed": s,
                             "codes": codes, "elapsed_s": round(time.perf_counter() - t0, 2)})

@@ -32,6 +32,7 @@ from distill.app.views import (
     tier_card_html,
 )
 from distill.app.worker import levels_from_event
+from distill.config import SAMPLING_DEFAULTS
 
 JS_PATH = Path(__file__).with_name("folder_drop.js")
 REDRAW_EVERY_S = 2.0  # loss plots redraw at most this often while training (they cost CPU)
@@ -191,6 +192,10 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
                                               info="When your files are short sounds, a long sample is a run of "
                                                    "them, each ending where the model expects. Off: one continuous sound.",
                                               elem_id="d-g-clips")
+                        g_follow = gr.Slider(0.0, 1.0, value=SAMPLING_DEFAULTS["retrieval"], step=0.05,
+                                             label="Follow your material", elem_id="d-g-follow",
+                                             info="Higher: each moment continues the way your own files continue "
+                                                  "(fewer clicks and noise, closer to your sounds). 0: the model alone.")
                         gen_btn = gr.Button("Generate", variant="primary", elem_id="d-gen-btn")
                         gen_msg = gr.Markdown("", elem_id="d-gen-msg")
                     with gr.Column(scale=5):
@@ -425,9 +430,10 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
         file_pick.input(on_file, inputs=[run_picker, file_pick, view_state], outputs=[code_plot, file_audio, view_state],
                         api_name="show_codes", api_visibility="undocumented")
 
-        def on_generate(run_id, seconds_v, temp, topk, topp, seed_v, nvar, fmt, prompt, clips):
+        def on_generate(run_id, seconds_v, temp, topk, topp, seed_v, nvar, fmt, prompt, clips, follow):
             try:
-                samples = app.generate(run_id, seconds_v, temp, topk, topp, seed_v, nvar, fmt, prompt or None, clips)
+                samples = app.generate(run_id, seconds_v, temp, topk, topp, seed_v, nvar, fmt, prompt or None, clips,
+                                       follow)
             except (ValueError, RuntimeError) as exc:
                 return [f"**⚠ {exc}**"] + [gr.skip()] * (3 * MAX_VARIATIONS + 3)
             run_dir = app.run_dir(run_id)
@@ -450,7 +456,7 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
                     figures.histogram_figure(train_counts, gen_counts)]
 
         gen_btn.click(on_generate, inputs=[run_picker, g_seconds, g_temp, g_topk, g_topp, g_seed, g_var, g_fmt, g_prompt,
-                                           g_clips],
+                                           g_clips, g_follow],
                       outputs=[gen_msg, *slot_audio, *[g for g, _ in slot_plot], *[p for _, p in slot_plot], downloads,
                                samples_table, hist_plot], api_name="generate_ui", api_visibility="undocumented")
 

@@ -225,6 +225,7 @@ class CodePrior(nn.Module):
         return_logits: bool = False,
         clip_ends: bool = True,
         prompt_starts_clip: bool = True,
+        retrieval=None,
     ):
         """Sample `n_tokens` new flattened codes -> LongTensor[1, n_tokens] (only the new tokens).
 
@@ -241,6 +242,8 @@ class CodePrior(nn.Module):
         the start token, at window position 0 with no context, as a file does in training.
         Windows that begin inside a clip (after a slide; a prompt cut to fit, or one that is not the
         beginning of a sound, prompt_starts_clip=False) begin with the resume token where the model has one.
+        retrieval (a `distill.models.retrieval.CodeRetrieval` over the training codes, or None): each
+        next-code distribution is mixed with what followed the clip's recent codes in the material.
         With return_logits=True also returns (logits[n_tokens, K] used for each token, before
         temperature/filtering, and window_starts LongTensor[n_tokens]: the stream index each
         token's window began at) so tests can compare against `forward`.
@@ -255,14 +258,14 @@ class CodePrior(nn.Module):
             if on_cpu and threads != SAMPLING_THREADS:
                 torch.set_num_threads(SAMPLING_THREADS)  # per calling thread under OpenMP
             return self._generate(n_tokens, temperature, top_k, top_p, prompt, generator, return_logits,
-                                  clip_ends and self.end_head is not None, prompt_starts_clip)
+                                  clip_ends and self.end_head is not None, prompt_starts_clip, retrieval)
         finally:
             if on_cpu and threads != SAMPLING_THREADS:
                 torch.set_num_threads(threads)
             self.train(was_training)
 
     def _generate(self, n_tokens, temperature, top_k, top_p, prompt, generator, return_logits, clip_ends,
-                  prompt_starts_clip):
+                  prompt_starts_clip, retrieval):
         dev = self.head.weight.device
         q_levels, s, k_size = self.num_quantizers, self.seq_len, self.codebook_size
         nh = self.num_heads
@@ -327,18 +330,31 @@ class CodePrior(nn.Module):
         out = prime(w0, p_len, resume=w0 > 0 or (p_len > 0 and not prompt_starts_clip))
         n, end = p_len, p_len + n_tokens
         clip_start = 0  # stream index where the current clip began (a prompt is the clip so far)
+        recall = None
+        if retrieval is not None and retrieval.settings.weight > 0:
+            recall = retrieval.start(begins_clip=p_len == 0 or prompt_starts_clip)
+            for t in toks[-retrieval.max_len:]:
+                recall.push(int(t))
         while True:
             if clip_ends and n % q_levels == 0 and n - clip_start >= q_levels:
                 # torch paths return the end logit as output K; the NumPy stepper computes it on request
                 p_end = torch.sigmoid(out[k_size] if out.shape[0] > k_size else torch.tensor(stepper.end_logit()))
+                if recall is not None:
+                    p_end = torch.tensor(recall.end_mix(float(p_end)))
                 if bool(p_end > 0.5) if greedy else bool(torch.rand(1, generator=generator, device=dev) < p_end):
                     clip_start = w0 = n  # the clip has ended: the next begins afresh
                     out = prime(w0, n, resume=False)
+                    if recall is not None:
+                        recall = retrieval.start(begins_clip=True)
             logits = out[:k_size]
             if return_logits:
                 logits_out[n - p_len] = logits
                 starts_out[n - p_len] = w0
-            tok = self._pick(logits, greedy, temperature, top_k, top_p, generator)  # LongTensor[1]
+            if recall is None:
+                tok = self._pick(logits, greedy, temperature, top_k, top_p, generator)  # LongTensor[1]
+            else:
+                tok = _pick_mixed(logits, recall, n % q_levels, greedy, temperature, top_k, top_p, generator)
+                recall.push(int(tok))
             toks.append(tok)
             n += 1
             if n == end:
@@ -379,6 +395,26 @@ class CodePrior(nn.Module):
         cdf = probs.cumsum(0)
         u = torch.rand(1, generator=generator, device=probs.device) * cdf[-1]
         return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[0] - 1)
+
+
+def _pick_mixed(logits, recall, level, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
+    """Like CodePrior._pick, on the mix of the model's distribution (temperature 1) and the retrieved
+    one; temperature, top-k and top-p then shape the mix."""
+    probs = torch.softmax(logits.double(), -1).numpy()
+    probs = torch.from_numpy(recall.mix(probs, level))
+    if greedy:
+        return probs.argmax().view(1)
+    if temperature != 1.0:
+        probs = probs.clamp_min(1e-300) ** (1.0 / temperature) * (probs > 0)
+    if top_k > 0:
+        kth = torch.topk(probs, top_k).values[-1]
+        probs = probs.masked_fill(probs < kth, 0.0)
+    probs = probs / probs.sum()
+    if top_p < 1.0:
+        probs = nucleus(probs, top_p)
+    cdf = probs.cumsum(0)
+    u = torch.rand(1, generator=generator, device=probs.device, dtype=torch.float64) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[0] - 1)
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -1,0 +1,320 @@
+"""Benchmark: do generated sounds sound like the collection? The sample score, with its validity check.
+
+    python bench/bench_samples.py --dataset freedesktop --minutes 4 --seeds 0 1 2
+    python bench/bench_samples.py --dataset drascula --minutes 6
+    python bench/bench_samples.py --dataset asterisk-en --minutes 10
+    python bench/bench_samples.py --dataset demo --preset quick          # the built-in demo, quick preset
+    python bench/bench_samples.py --dataset freedesktop --minutes 4 --reuse --set retrieval=0 [--sheet]
+
+For each seed: a seeded 80/20 split of the usable files **by file**; the 80 % trained through the same
+code path as `distill train --minutes M` (nothing of the 20 % seen), then `--clips` × `--seconds` of
+audio generated at the settings a user gets (`distill.generate.SAMPLING_DEFAULTS`; `--set` changes one,
+for experiments). Every set below has the generated set's size and is compared with the held-out files:
+- real material: runs of randomly chosen training files (a random start in the first), as audio
+  ("real audio") and as their own codes decoded through the trained codec ("real codes": what a
+  perfect prior would give, through the same codec and vocoder as the samples); `--draws` draws each;
+- order-free codes: drawn independently per level from the training codes' histogram ("right sounds,
+  no order in time"), and uniform random codes; decoded through the same codec.
+Distance: MMD between one-second patch descriptions (distill/sample_score.py); the old Fréchet
+distance on log-mel frames + 4-frame deltas is printed beside it. Sample score = (d(generated) −
+d(real codes)) / (d(order-free) − d(real codes)); valid only where real codes beat order-free codes
+by more than 3 × the spread of the real draws (printed per seed). Also: verbatim share (generated time
+steps inside a ≥ 0.5 s run found verbatim in the training codes), longest verbatim stretch, held-out
+bits vs the unigram, and a spectrogram sheet per seed (bench/out/samples/<run>.png) to look at.
+Run it with nothing else busy on the machine. Results: bench/out/samples_<dataset>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+
+def dataset_folder(name: str) -> Path:
+    if name == "demo":
+        return REPO / "assets" / "demo"
+    fetch = REPO.parent / "shared" / "datasets" / "fetch.sh"
+    return Path(subprocess.run(["bash", str(fetch), name], capture_output=True, text=True, check=True).stdout.split()[-1])
+
+
+def split_files(entries, seed: int, held_fraction: float = 0.2):
+    order = np.random.default_rng(seed).permutation(len(entries))
+    n_held = max(1, int(round(held_fraction * len(entries))))
+    held = sorted(order[:n_held].tolist())
+    train = sorted(order[n_held:].tolist())
+    return [entries[i] for i in train], [entries[i] for i in held]
+
+
+def cut_runs(pieces, total: int, count: int, rng, length=len):
+    """`count` chunks of `total` units each, every chunk a run of randomly chosen pieces (a random
+    start in the first), pieces joined end to end: real material cut to the generated set's size."""
+    chunks = []
+    for _ in range(count):
+        first = pieces[rng.integers(len(pieces))]
+        parts = [first[rng.integers(max(1, length(first))):]]
+        have = length(parts[0])
+        while have < total:
+            parts.append(pieces[rng.integers(len(pieces))])
+            have += length(parts[-1])
+        chunks.append(np.concatenate(parts)[:total])
+    return chunks
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    ma, mb = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(ca @ cb).real
+    return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * root))
+
+
+def frame_features(waves, cfg) -> np.ndarray:
+    from distill.sample_score import log_mel_frames
+
+    mel = log_mel_frames(np.concatenate(waves), cfg)
+    delta = mel[:, 4:] - mel[:, :-4]
+    return np.concatenate([mel[:, 4:], delta]).T
+
+
+def normalised(wave: np.ndarray) -> np.ndarray:
+    peak = float(np.abs(wave).max()) if wave.size else 0.0
+    return (wave * (0.9 / peak) if peak > 0 else wave).astype(np.float32)
+
+
+def train_run(folder: Path, train_entries, run_dir: Path, args, seed: int) -> None:
+    from distill.pipeline import TrainOptions, run_pipeline
+    from distill.runs import read_manifest
+
+    if args.reuse and (run_dir / "manifest.json").is_file() and read_manifest(run_dir).get("status") == "done":
+        return
+    options = TrainOptions(preset=args.preset, minutes=args.minutes, seed=seed, device=args.device)
+    t0 = time.time()
+    summary = run_pipeline([Path(e.abs_path) for e in train_entries], run_dir, options,
+                           callbacks=[lambda e: e.get("kind") == "stage_end" and print(
+                               f"  [{time.time() - t0:5.0f}s] {e.get('stage')} done", file=sys.stderr, flush=True)])
+    if summary["status"] != "done":
+        raise SystemExit(f"training did not finish: {summary.get('message')}")
+
+
+def measure_seed(folder: Path, entries, args, seed: int, sampling: dict) -> dict:
+    import torch
+
+    from distill.analysis import longest_common_run, nll_bits, unigram_bits
+    from distill.audio.io import decode_file
+    from distill.codes import extract_code_sequences
+    from distill.generate import codes_to_audio, generate_codes, load_run
+    from distill.runs import load_codes, read_manifest, run_configs
+    from distill.sample_score import FeatureSpace, order_free_codes, sample_score, set_features, verbatim_share
+
+    train_entries, held_entries = split_files(entries, seed)
+    tag = f"{args.dataset}-{args.preset}-m{args.minutes if args.minutes is not None else 'preset'}-s{seed}"
+    run_dir = REPO / "bench" / "out" / "samples" / tag
+    t0 = time.time()
+    train_run(folder, train_entries, run_dir, args, seed)
+    train_s = time.time() - t0
+    run = load_run(run_dir, device="cpu")
+    manifest = read_manifest(run_dir)
+    audio, vq, _ = run_configs(manifest)
+    steps_per_s = audio.frames_per_second / vq.downsample
+    steps = math.ceil(args.seconds * steps_per_s)
+    samples_per_chunk = int(round(args.seconds * audio.sample_rate))
+    train_codes = list(load_codes(run_dir).values())
+    k = vq.codebook_size
+    rng = np.random.default_rng(1000 + seed)
+
+    t1 = time.perf_counter()
+    gen_codes = [generate_codes(run, args.seconds, seed=i, **sampling) for i in range(args.clips)]
+    gen_s = time.perf_counter() - t1
+    decode = lambda codes: codes_to_audio(run, codes)[:samples_per_chunk]  # noqa: E731
+    sets = {"generated": [decode(c) for c in gen_codes]}
+    train_waves = [decode_file(Path(e.abs_path), audio).wave for e in train_entries]
+    held_waves = [decode_file(Path(e.abs_path), audio).wave for e in held_entries]
+    # The references depend only on the run and the set size: kept beside the run, so trying other
+    # sampling settings on the same run (--reuse --set ...) measures only the generated set.
+    refs_path = run_dir.with_name(f"{tag}.refs-{args.clips}x{args.seconds:g}-d{args.draws}.json")
+    refs = json.loads(refs_path.read_text()) if args.reuse and refs_path.is_file() else None
+    if refs is None or args.sheet:
+        for d in range(args.draws):
+            sets[f"real audio {d}"] = [normalised(w) for w in cut_runs(train_waves, samples_per_chunk, args.clips, rng)]
+            sets[f"real codes {d}"] = [decode(c) for c in cut_runs(train_codes, steps, args.clips, rng)]
+        for d in range(2):
+            sets[f"order-free {d}"] = [decode(order_free_codes(train_codes, steps, k, rng)) for _ in range(args.clips)]
+        sets["uniform"] = [decode(rng.integers(0, k, size=(steps, vq.num_quantizers))) for _ in range(args.clips)]
+
+    space = FeatureSpace.fit(set_features(train_waves, audio))
+    held_patches = set_features(held_waves, audio)
+    held_frames = frame_features(held_waves, audio)
+    todo = sets if refs is None else {"generated": sets["generated"]}
+    mmd = {name: space.distance(set_features(w, audio), held_patches) for name, w in todo.items()}
+    fd = {name: frechet(frame_features(w, audio), held_frames) for name, w in todo.items()}
+    if refs is None:
+        refs = {"mmd": {n: v for n, v in mmd.items() if n != "generated"},
+                "frechet": {n: v for n, v in fd.items() if n != "generated"}}
+        refs_path.write_text(json.dumps(refs, indent=2))
+    mmd, fd = {**mmd, **refs["mmd"]}, {**fd, **refs["frechet"]}
+
+    def summary(table: dict, prefix: str) -> tuple[float, float]:
+        vals = [v for n, v in table.items() if n.startswith(prefix)]
+        return float(np.mean(vals)), float(np.std(vals))
+
+    out = {"seed": seed, "run_dir": str(run_dir), "train_files": len(train_entries), "held_out_files": len(held_entries),
+           "held_out_seconds": round(sum(len(w) for w in held_waves) / audio.sample_rate, 1),
+           "train_wall_s": round(train_s, 1), "generate_wall_s": round(gen_s, 2), "mmd": mmd, "frechet": fd}
+    for metric, table in (("mmd", mmd), ("frechet", fd)):
+        real, real_sd = summary(table, "real codes")
+        audio_real, audio_sd = summary(table, "real audio")
+        free, free_sd = summary(table, "order-free")
+        out[f"{metric}.valid"] = bool(free - real > 3 * max(real_sd, 1e-9) and free - audio_real > 3 * max(audio_sd, 1e-9))
+        out[f"{metric}.score"] = sample_score(table["generated"], real, free)
+        out[f"{metric}.score_vs_audio"] = sample_score(table["generated"], audio_real, free)
+        out[f"{metric}.margin"] = (free - real) / max(real_sd, 1e-9)
+    min_steps = math.ceil(0.5 * steps_per_s)
+    out["verbatim_share"] = float(np.mean([verbatim_share(c, train_codes, min_steps) for c in gen_codes]))
+    q = vq.num_quantizers
+    longest = [longest_common_run(c.reshape(-1), [t.reshape(-1) for t in train_codes]) / q for c in gen_codes]
+    out["longest_verbatim_s"] = float(max(longest) / steps_per_s)
+    out["longest_verbatim_fraction"] = float(max(longest) / steps)
+    held_codes = extract_code_sequences(run.vqvae, [torch.as_tensor(_mel(w, audio)) for w in held_waves])
+    out["bits"] = float(nll_bits(run.prior, held_codes))
+    out["unigram_bits"] = float(unigram_bits([torch.as_tensor(c) for c in train_codes], held_codes, k))
+    out["bits_ratio"] = out["bits"] / out["unigram_bits"]
+    prior_results = (manifest.get("results") or {}).get("prior") or {}
+    out["prior_steps"], out["prior_stop"] = prior_results.get("steps"), prior_results.get("stop_reason")
+    out["prior_size"] = f"{run.prior.num_layers}x{run.prior.hidden_size}"
+    if "real audio 0" in sets:
+        sheet(run_dir.parent / f"{tag}.png", sets, held_waves, train_waves, audio, tag, out)
+        out["sheet"] = str(run_dir.parent / f"{tag}.png")
+    return out
+
+
+def _mel(wave, cfg):
+    from distill.sample_score import log_mel_frames
+
+    return log_mel_frames(wave, cfg).astype(np.float32)
+
+
+def sheet(path: Path, sets: dict, held_waves, train_waves, cfg, title: str, result: dict) -> None:
+    """Mel spectrograms to look at: generated clips beside training files, held-out files, order-free codes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distill.sample_score import log_mel_frames
+
+    seconds = 8.0
+    n = int(seconds * cfg.sample_rate)
+    rows = [(f"generated {i}", w[:n]) for i, w in enumerate(sets["generated"][:4])]
+    rows += [(f"real audio {i}", w[:n]) for i, w in enumerate(sets["real audio 0"][:2])]
+    rows += [("held-out files", np.concatenate(held_waves)[:n]), ("order-free codes", sets["order-free 0"][0][:n])]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.5 * len(rows)), sharex=True)
+    for ax, (name, wave) in zip(axes, rows):
+        mel = log_mel_frames(np.pad(wave, (0, max(0, n - len(wave)))), cfg)
+        ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=-11.5, vmax=max(2.0, float(mel.max())),
+                  extent=(0, seconds, 0, mel.shape[0]))
+        ax.set_ylabel(name, rotation=0, ha="right", fontsize=8)
+        ax.set_yticks([])
+    axes[-1].set_xlabel("seconds")
+    fig.suptitle(f"{title}: sample score {result['mmd.score']:.2f}, verbatim share {result['verbatim_share']:.2f}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def parse_sets(items) -> dict:
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        out[key] = type_of(value)
+    return out
+
+
+def type_of(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="freedesktop")
+    ap.add_argument("--minutes", type=float, default=None, help="training budget, as `distill train --minutes`")
+    ap.add_argument("--preset", default=None, choices=["auto", "quick"], help="default: quick for demo, else auto")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--draws", type=int, default=3, help="draws of each real reference")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same dataset/budget/seed")
+    ap.add_argument("--sheet", action="store_true", help="with --reuse: decode the references again to draw the sheet")
+    ap.add_argument("--set", action="append", metavar="NAME=VALUE", help="a sampling setting other than the default")
+    args = ap.parse_args()
+    args.preset = args.preset or ("quick" if args.dataset == "demo" else "auto")
+
+    import torch
+
+    from distill.config import SAMPLING_DEFAULTS
+    from distill.scan import scan_dataset
+
+    folder = dataset_folder(args.dataset)
+    entries = scan_dataset(folder, keep_features=False).used
+    sampling = {**SAMPLING_DEFAULTS, **parse_sets(args.set)}
+    extra = {k: sampling.pop(k) for k in ("context", "min_count") if k in sampling}
+    if extra:  # retrieval settings other than its weight (RetrievalSettings' fields)
+        from distill.models.retrieval import RetrievalSettings
+
+        sampling["retrieval"] = RetrievalSettings(weight=float(sampling["retrieval"]),
+                                                  max_context_steps=int(extra.get("context", RetrievalSettings.max_context_steps)),
+                                                  min_count=int(extra.get("min_count", RetrievalSettings.min_count)))
+    print(f"{args.dataset}: {len(entries)} usable files; budget {args.minutes} min, preset {args.preset}; "
+          f"{args.clips} x {args.seconds:.0f} s per set; sampling {sampling}; torch threads {torch.get_num_threads()}",
+          flush=True)
+    results = []
+    for seed in args.seeds:
+        r = measure_seed(folder, entries, args, seed, sampling)
+        results.append(r)
+        print(f"\nseed {seed}: {r['train_files']} training / {r['held_out_files']} held-out files "
+              f"({r['held_out_seconds']} s); prior {r['prior_size']}, {r['prior_steps']} steps ({r['prior_stop']})")
+        names = list(r["mmd"])
+        print("  " + "set".ljust(14) + "MMD".rjust(8) + "Fréchet".rjust(10))
+        for name in names:
+            print("  " + name.ljust(14) + f"{r['mmd'][name]:8.4f}{r['frechet'][name]:10.1f}")
+        for metric in ("mmd", "frechet"):
+            print(f"  {metric}: valid {r[metric + '.valid']} (order-free − real codes = {r[metric + '.margin']:.1f} × "
+                  f"the real draws' spread); score {r[metric + '.score']:.3f} (vs real audio: {r[metric + '.score_vs_audio']:.3f})")
+        print(f"  verbatim share {r['verbatim_share']:.3f}; longest verbatim {r['longest_verbatim_s']:.2f} s "
+              f"({r['longest_verbatim_fraction']:.1%} of a clip); held-out bits {r['bits']:.3f} vs unigram "
+              f"{r['unigram_bits']:.3f} = {r['bits_ratio']:.3f}x; generate {args.clips} x {args.seconds:.0f} s in "
+              f"{r['generate_wall_s']:.1f} s; sheet {r.get('sheet', '(none: --sheet draws it)')}", flush=True)
+
+    def ms(key: str) -> str:
+        vals = np.array([r[key] for r in results], dtype=float)
+        return f"{vals.mean():.3f} ± {vals.std():.3f}"
+
+    print(f"\n{args.dataset} over seeds {args.seeds}: sample score {ms('mmd.score')} (valid on "
+          f"{sum(r['mmd.valid'] for r in results)}/{len(results)} seeds; Fréchet's score {ms('frechet.score')}, valid on "
+          f"{sum(r['frechet.valid'] for r in results)}/{len(results)}); verbatim share {ms('verbatim_share')}; "
+          f"longest verbatim {ms('longest_verbatim_fraction')} of a clip; bits vs unigram {ms('bits_ratio')}")
+    out = REPO / "bench" / "out" / f"samples_{args.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "sampling": {k: str(v) for k, v in sampling.items()}, "seeds": results},
+                              indent=2, default=float))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Retrieval from the training codes while sampling (kNN-LM style, over exact contexts).
+
+A prior trained for minutes on a few files learns little more than which codes are common: sampled
+on its own it gives the right sounds in no order (clicks, noise bursts). The training codes
+themselves know what follows what. So while sampling, the clip's recent codes are looked up in the
+training codes, and what followed them there gives a second next-code distribution, mixed with the
+model's:
+
+    p(next) = (1 - weight) * p_model + weight * counts_after_context / total
+
+The context of the code at step t, level q is the coarse path that led there: the level-0 codes of
+the previous m steps, and the codes of levels 0..q-1 at step t itself. The longest m (up to
+`max_context_steps`) whose context occurs at least `min_count` times in the material is used.
+Coarse codes carry what a listener follows (pitch, loudness, which sound it is); the finer levels'
+own history would make every context unique after a step or two, and a back-off that then drops
+the oldest codes first would keep only the least informative ones. `min_count` >= 2 means the
+retrieved distribution pools at least two places in the material, so a sample recombines the
+material instead of replaying one file.
+Each file's level-0 path begins with a file-start symbol and ends with a file-end symbol: a new
+clip begins the way files begin, and how often the material ended after the same context is a
+second opinion on whether the clip has ended (an end head trained for a few steps says "maybe"
+everywhere, which cuts samples into click trains).
+Contexts are matched by polynomial hashes, two 31-bit moduli (as in `distill.analysis`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from distill.analysis import _B1, _B2, _P1, _P2
+
+_MODS = ((_B1, _P1), (_B2, _P2))
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    weight: float = 0.9  # share of the retrieved distribution in the mix (0: the model alone)
+    max_context_steps: int = 12  # longest level-0 history looked up, in time steps (~0.5 s)
+    min_count: int = 2  # a context must occur this often in the material to be used
+
+
+class CodeRetrieval:
+    """Every (level, coarse context) in the training codes -> the codes that followed it."""
+
+    def __init__(self, train_codes, codebook_size: int, num_quantizers: int, settings: RetrievalSettings):
+        self.k, self.q, self.settings = codebook_size, num_quantizers, settings
+        self.bos, self.eos = codebook_size, codebook_size + 1  # file-start and file-end symbols
+        self.max_len = (settings.max_context_steps + 1) * num_quantizers  # tokens of history worth keeping
+        files = [np.asarray(c, dtype=np.int64) for c in train_codes if len(c)]
+        if not files:
+            raise ValueError("no training codes to retrieve from")
+        m_max = settings.max_context_steps
+        # tables[(level, m)] = (sorted context hashes, the codes that followed, in the same order)
+        self.tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        for level in range(num_quantizers):
+            keys = {m: [] for m in range(m_max + 1)}
+            nexts = {m: [] for m in range(m_max + 1)}
+            for c in files:
+                t_len = len(c)
+                path = np.concatenate([[self.bos], c[:, 0]])  # path[t] is the level-0 code of step t-1
+                steps = np.arange(t_len + (1 if level == 0 else 0))  # level 0 also predicts the file end
+                nxt = np.where(steps < t_len, c[np.minimum(steps, t_len - 1), level], self.eos)
+                h = [np.zeros(len(steps), np.uint64) for _ in _MODS]
+                for j in range(level):  # this step's coarser codes, most recent first
+                    h = self._extend(h, c[steps, level - 1 - j], level - 1 - (level - 1 - j))
+                for m in range(m_max + 1):
+                    if m:
+                        ok = steps + 1 - m >= 0  # the history reaches back to the file start at most
+                        steps, nxt, h = steps[ok], nxt[ok], [x[ok] for x in h]
+                        h = self._extend(h, path[steps + 1 - m], level + m - 1)
+                    keys[m].append(self._combine(h))
+                    nexts[m].append(nxt)
+            for m in range(m_max + 1):
+                k_all, n_all = np.concatenate(keys[m]), np.concatenate(nexts[m]).astype(np.int32)
+                order = np.argsort(k_all, kind="stable")
+                self.tables[(level, m)] = (k_all[order], n_all[order])
+        self._pw = [[pow(b, i, p) for i in range(num_quantizers + m_max + 1)] for b, p in _MODS]
+
+    @staticmethod
+    def _extend(h, values, power: int):
+        # add (value + 1) * B**power to each hash, for both moduli
+        out = []
+        for x, (base, mod) in zip(h, _MODS):
+            term = (np.asarray(values, dtype=np.uint64) + np.uint64(1)) * np.uint64(pow(base, power, mod))
+            out.append((x + term % np.uint64(mod)) % np.uint64(mod))
+        return out
+
+    @staticmethod
+    def _combine(h) -> np.ndarray:
+        return (h[0] << np.uint64(32)) | h[1]
+
+    def start(self, begins_clip: bool = True) -> "RetrievalState":
+        return RetrievalState(self, [self.bos] if begins_clip else [])
+
+    def lookup(self, history: list[int], current: list[int]) -> np.ndarray | None:
+        """Counts [K + 2] (codes, then file start, file end) of what followed the longest context found
+        >= min_count times: `history` = the clip's previous level-0 codes (oldest first, from the
+        file-start symbol where the clip began afresh), `current` = this step's codes so far (its
+        length is the level asked about). None when not even the shortest context is found."""
+        level = len(current)
+        (pw1, pw2), h1, h2 = self._pw, 0, 0
+        for j, v in enumerate(reversed(current)):
+            h1, h2 = (h1 + (v + 1) * pw1[j]) % _P1, (h2 + (v + 1) * pw2[j]) % _P2
+        hashes = [(h1 << 32) | h2]
+        for m in range(1, min(self.settings.max_context_steps, len(history)) + 1):
+            v = history[-m]
+            h1, h2 = (h1 + (v + 1) * pw1[level + m - 1]) % _P1, (h2 + (v + 1) * pw2[level + m - 1]) % _P2
+            hashes.append((h1 << 32) | h2)
+        best, lo_m, hi_m = None, 0, len(hashes) - 1
+        while lo_m <= hi_m:  # counts only fall as the context grows: binary search the longest
+            mid = (lo_m + hi_m) // 2
+            keys, nxt = self.tables[(level, mid)]
+            key = np.uint64(hashes[mid])
+            lo, hi = int(np.searchsorted(keys, key, "left")), int(np.searchsorted(keys, key, "right"))
+            if hi - lo >= self.settings.min_count:
+                best, lo_m = nxt[lo:hi], mid + 1
+            else:
+                hi_m = mid - 1
+        return None if best is None else np.bincount(best, minlength=self.k + 2)
+
+
+class RetrievalState:
+    """The current clip's coarse path; mixes the retrieved distribution into the model's."""
+
+    def __init__(self, index: CodeRetrieval, history: list[int]):
+        self.index, self.history, self.current = index, history, []
+        self._cached = (None, None)  # (context, counts): one lookup serves the end check and the code
+
+    def push(self, token: int) -> None:
+        """The next token of the stream (tokens come level 0, 1, ..., Q-1, then the next step)."""
+        self.current.append(int(token))
+        if len(self.current) == self.index.q:
+            self.history.append(self.current[0])
+            self.current = []
+            if len(self.history) > 2 * self.index.settings.max_context_steps + 2:
+                del self.history[: -self.index.settings.max_context_steps - 1]
+
+    def _counts(self):
+        key = (len(self.history), tuple(self.current), tuple(self.history[-3:]))
+        if self._cached[0] != key:
+            self._cached = (key, self.index.lookup(self.history, self.current))
+        return self._cached[1]
+
+    def end_mix(self, p_end: float) -> float:
+        """The model's probability that the clip has ended here (a step boundary), mixed with how
+        often the material ended after the same context."""
+        counts = self._counts()
+        if counts is None:
+            return p_end
+        w = self.index.settings.weight
+        return (1.0 - w) * p_end + w * counts[self.index.eos] / counts.sum()
+
+    def mix(self, probs: np.ndarray, level: int) -> np.ndarray:
+        counts = self._counts()
+        codes = None if counts is None else counts[: self.index.k]
+        if codes is None or not codes.sum():
+            return probs
+        w = self.index.settings.weight
+        return (1.0 - w) * probs + w * (codes / codes.sum())

@@ -1,0 +1,121 @@
+"""Retrieval from the training codes while sampling, the sample score's features, the verbatim share."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distill.config import AudioConfig
+from distill.models.prior import CodePrior, unflatten_codes
+from distill.models.retrieval import CodeRetrieval, RetrievalSettings
+from distill.sample_score import FeatureSpace, order_free_codes, patch_features, verbatim_share
+
+K, Q = 16, 2
+
+
+def untrained_prior(seq_len: int = 24, ends: bool = False) -> CodePrior:
+    torch.manual_seed(0)
+    return CodePrior(K, seq_len, Q, hidden_size=32, num_layers=1, num_heads=4, dropout=0.0, learn_ends=ends).eval()
+
+
+def pattern_file(length: int, offset: int = 0) -> np.ndarray:
+    # a "sound" whose codes follow a fixed cycle: step t is (t + offset) % 8 on level 0, 8 + that on level 1
+    t = (np.arange(length) + offset) % 8
+    return np.stack([t, 8 + t], axis=1)
+
+
+def transitions(codes: np.ndarray) -> set:
+    flat = codes.reshape(-1)
+    return set(zip(flat[:-1].tolist(), flat[1:].tolist()))
+
+
+def test_lookup_finds_what_followed_the_longest_context_seen_often_enough():
+    files = [pattern_file(20), pattern_file(20, offset=3)]
+    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=1.0, max_context_steps=4, min_count=2))
+    counts = index.lookup([index.bos, 0, 1], [])  # level-0 path 0, 1: the next level-0 code is 2
+    assert counts[:K].argmax() == 2 and counts[:K].sum() == counts.sum()
+    assert index.lookup([index.bos, 0, 1], [2])[:K].tolist() == np.bincount([10] * int(counts.sum()), minlength=K).tolist()
+    # a context met only once is not used at its full length: the lookup backs off to a shorter one
+    lone = CodeRetrieval([pattern_file(6), np.array([[5, 1], [3, 2]])], K, Q, RetrievalSettings(1.0, 4, 2))
+    after_5_then_3 = lone.lookup([lone.bos, 5], [3])  # (5, 3) occurs once: back off to level 0 = 3 alone
+    assert after_5_then_3 is not None and after_5_then_3[:K].sum() == 2 and after_5_then_3[2] == 1
+    assert lone.lookup([7, 7], [9]) is None  # level-0 code 9 never occurs at all
+    # file ends are counted after a file's last step, at level 0
+    ends = CodeRetrieval([pattern_file(4), pattern_file(4)], K, Q, RetrievalSettings(1.0, 4, 2))
+    after_last = ends.lookup([ends.bos, 0, 1, 2, 3], [])
+    assert after_last[ends.eos] == after_last.sum() == 2
+
+
+def test_full_retrieval_makes_an_untrained_prior_follow_the_material():
+    files = [pattern_file(30), pattern_file(30, offset=5)]
+    model = untrained_prior()
+    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=1.0, max_context_steps=3, min_count=2))
+    g = torch.Generator().manual_seed(0)
+    out = unflatten_codes(model.generate(60 * Q, generator=g, retrieval=index), Q)[0].numpy()
+    seen = set().union(*(transitions(f) for f in files))
+    assert transitions(out) <= seen  # every code follows one that followed it in the material
+    plain = unflatten_codes(model.generate(60 * Q, generator=torch.Generator().manual_seed(0)), Q)[0].numpy()
+    assert not transitions(plain) <= seen  # without retrieval an untrained model wanders
+
+
+def test_weight_zero_is_the_plain_sampler_and_retrieval_is_reproducible():
+    files = [pattern_file(30), pattern_file(30, offset=5)]
+    model = untrained_prior()
+    off = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.0))
+    a = model.generate(40, generator=torch.Generator().manual_seed(3), retrieval=off)
+    b = model.generate(40, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    half = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.5))
+    c = model.generate(40, generator=torch.Generator().manual_seed(3), retrieval=half)
+    d = model.generate(40, generator=torch.Generator().manual_seed(3), retrieval=half)
+    assert torch.equal(c, d)
+
+
+def test_material_ends_end_clips_where_the_end_head_only_says_maybe():
+    # the untrained end head says ~50 % everywhere; the material's files all end after 5 steps
+    files = [pattern_file(5) for _ in range(3)]
+    model = untrained_prior(seq_len=40, ends=True)
+    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=1.0, max_context_steps=8, min_count=2))
+    _, _, starts = model.generate(40 * Q, generator=torch.Generator().manual_seed(1), retrieval=index,
+                                  return_logits=True)
+    clip_starts = sorted(set(starts.tolist()))
+    lengths = np.diff(clip_starts) // Q
+    assert len(lengths) >= 5 and (lengths == 5).all()
+
+
+def test_verbatim_share_counts_steps_inside_long_copied_runs():
+    rng = np.random.default_rng(0)
+    train = [rng.integers(0, 64, size=(100, 3))]
+    gen = rng.integers(0, 64, size=(60, 3))
+    gen[10:30] = train[0][40:60]  # 20 copied steps
+    assert verbatim_share(gen, train, min_steps=12) == pytest.approx(20 / 60)
+    assert verbatim_share(gen, train, min_steps=21) == 0.0
+    assert verbatim_share(rng.integers(0, 64, size=(60, 3)), train, min_steps=4) == 0.0
+
+
+def test_order_free_codes_keep_each_levels_histogram():
+    rng = np.random.default_rng(0)
+    train = [np.stack([rng.choice([1, 2], 500, p=[0.8, 0.2]), np.full(500, 7)], 1)]
+    out = order_free_codes(train, 4000, 16, rng)
+    assert abs((out[:, 0] == 1).mean() - (train[0][:, 0] == 1).mean()) < 0.02 and (out[:, 1] == 7).all()
+
+
+def test_patch_distance_tells_sounds_from_their_frames_in_no_order():
+    # decaying tones (real), the same log-mel frames shuffled in time (order-free): the patch
+    # distance to other decaying tones must be clearly larger for the shuffled version
+    cfg = AudioConfig()
+    rng = np.random.default_rng(0)
+
+    def tones(n: int) -> np.ndarray:
+        t = np.arange(int(1.5 * cfg.sample_rate)) / cfg.sample_rate
+        parts = [np.sin(2 * np.pi * rng.uniform(150, 900) * t) * np.exp(-3 * t) for _ in range(n)]
+        return np.concatenate(parts).astype(np.float32)
+
+    from distill.sample_score import log_mel_frames
+
+    real, other, reference = (log_mel_frames(tones(n), cfg) for n in (12, 12, 24))
+    shuffled = real[:, rng.permutation(real.shape[1])]
+    space = FeatureSpace.fit(patch_features(reference, cfg))
+    d_real = space.distance(patch_features(real, cfg), patch_features(other, cfg))
+    d_shuffled = space.distance(patch_features(shuffled, cfg), patch_features(other, cfg))
+    assert d_shuffled > 2 * d_real
