@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -152,15 +153,16 @@ def bench_sampling(tier: int, n_tokens: int, full_baseline: bool, runs: int) -> 
 
 def bench_generate_audio(seconds: float, runs: int) -> dict:
     """`generate_audio` end to end (codes, decode, Griffin-Lim) with the seed's tier-2 sizes: a 4 × 256
-    prior over codebook-128 codes and the tier-2 codec, in a throwaway run folder. The weights are
-    random: the time of every stage does not depend on what the models learned."""
+    prior over codebook-128 codes and the tier-2 codec, in a throwaway run folder, with retrieval from
+    60 files x 10 s of training codes (the default sampling). The weights and codes are random: the
+    time of every stage does not depend on what the models learned."""
     import tempfile
     from dataclasses import asdict
 
     from distill.config import AudioConfig, get_adaptive_vqvae_config
     from distill.generate import RunCache, codes_to_audio, generate_audio, generate_codes
     from distill.models.vqvae import ConvVQVAE
-    from distill.runs import build_prior, save_prior, save_vqvae, write_manifest
+    from distill.runs import build_prior, save_codes, save_prior, save_vqvae, write_manifest
 
     audio, vq, prior_cfg = AudioConfig(), get_adaptive_vqvae_config(60), get_adaptive_prior_config(60)
     with tempfile.TemporaryDirectory() as d:
@@ -168,6 +170,10 @@ def bench_generate_audio(seconds: float, runs: int) -> dict:
         torch.manual_seed(0)
         save_vqvae(d, ConvVQVAE(audio.n_mels, vq).eval())
         save_prior(d, build_prior(vq, prior_cfg), prior_cfg)
+        steps = int(10 * audio.frames_per_second / vq.downsample)
+        rng = np.random.default_rng(0)
+        save_codes(d, [f"f{i}.wav" for i in range(60)],
+                   [rng.integers(0, vq.codebook_size, size=(steps, vq.num_quantizers)) for _ in range(60)])
         cache = RunCache()
         generate_audio(d, 1.0, cache=cache)  # loading the models is not generation
         run = cache.get(d)

@@ -8,8 +8,9 @@
 
 For each seed: a seeded 80/20 split of the usable files **by file**; the 80 % trained through the same
 code path as `distill train --minutes M` (nothing of the 20 % seen), then `--clips` × `--seconds` of
-audio generated at the settings a user gets (`distill.generate.SAMPLING_DEFAULTS`; `--set` changes one,
-for experiments). Every set below has the generated set's size and is compared with the held-out files:
+audio generated twice (two sets of seeds) at the settings a user gets (`distill.config.SAMPLING_DEFAULTS`;
+`--set NAME=VALUE` changes one for experiments, also the retrieval's `context` and `min_count`).
+Every set below has the generated set's size and is compared with the held-out files:
 - real material: runs of randomly chosen training files (a random start in the first), as audio
   ("real audio") and as their own codes decoded through the trained codec ("real codes": what a
   perfect prior would give, through the same codec and vocoder as the samples); `--draws` draws each;
@@ -133,10 +134,13 @@ def measure_seed(folder: Path, entries, args, seed: int, sampling: dict) -> dict
     rng = np.random.default_rng(1000 + seed)
 
     t1 = time.perf_counter()
-    gen_codes = [generate_codes(run, args.seconds, seed=i, **sampling) for i in range(args.clips)]
+    # two generated sets (other seeds): their difference is the generated side's own spread
+    gen_sets = [[generate_codes(run, args.seconds, seed=100 * g + i, **sampling) for i in range(args.clips)]
+                for g in range(2)]
+    gen_codes = gen_sets[0] + gen_sets[1]
     gen_s = time.perf_counter() - t1
     decode = lambda codes: codes_to_audio(run, codes)[:samples_per_chunk]  # noqa: E731
-    sets = {"generated": [decode(c) for c in gen_codes]}
+    sets = {f"generated {g}": [decode(c) for c in codes] for g, codes in enumerate(gen_sets)}
     train_waves = [decode_file(Path(e.abs_path), audio).wave for e in train_entries]
     held_waves = [decode_file(Path(e.abs_path), audio).wave for e in held_entries]
     # The references depend only on the run and the set size: kept beside the run, so trying other
@@ -154,12 +158,12 @@ def measure_seed(folder: Path, entries, args, seed: int, sampling: dict) -> dict
     space = FeatureSpace.fit(set_features(train_waves, audio))
     held_patches = set_features(held_waves, audio)
     held_frames = frame_features(held_waves, audio)
-    todo = sets if refs is None else {"generated": sets["generated"]}
+    todo = sets if refs is None else {n: w for n, w in sets.items() if n.startswith("generated")}
     mmd = {name: space.distance(set_features(w, audio), held_patches) for name, w in todo.items()}
     fd = {name: frechet(frame_features(w, audio), held_frames) for name, w in todo.items()}
     if refs is None:
-        refs = {"mmd": {n: v for n, v in mmd.items() if n != "generated"},
-                "frechet": {n: v for n, v in fd.items() if n != "generated"}}
+        refs = {"mmd": {n: v for n, v in mmd.items() if not n.startswith("generated")},
+                "frechet": {n: v for n, v in fd.items() if not n.startswith("generated")}}
         refs_path.write_text(json.dumps(refs, indent=2))
     mmd, fd = {**mmd, **refs["mmd"]}, {**fd, **refs["frechet"]}
 
@@ -175,8 +179,10 @@ def measure_seed(folder: Path, entries, args, seed: int, sampling: dict) -> dict
         audio_real, audio_sd = summary(table, "real audio")
         free, free_sd = summary(table, "order-free")
         out[f"{metric}.valid"] = bool(free - real > 3 * max(real_sd, 1e-9) and free - audio_real > 3 * max(audio_sd, 1e-9))
-        out[f"{metric}.score"] = sample_score(table["generated"], real, free)
-        out[f"{metric}.score_vs_audio"] = sample_score(table["generated"], audio_real, free)
+        gen, gen_sd = summary(table, "generated")
+        out[f"{metric}.score"] = sample_score(gen, real, free)
+        out[f"{metric}.score_sets"] = [sample_score(table[f"generated {g}"], real, free) for g in range(2)]
+        out[f"{metric}.score_vs_audio"] = sample_score(gen, audio_real, free)
         out[f"{metric}.margin"] = (free - real) / max(real_sd, 1e-9)
     min_steps = math.ceil(0.5 * steps_per_s)
     out["verbatim_share"] = float(np.mean([verbatim_share(c, train_codes, min_steps) for c in gen_codes]))
@@ -214,7 +220,7 @@ def sheet(path: Path, sets: dict, held_waves, train_waves, cfg, title: str, resu
 
     seconds = 8.0
     n = int(seconds * cfg.sample_rate)
-    rows = [(f"generated {i}", w[:n]) for i, w in enumerate(sets["generated"][:4])]
+    rows = [(f"generated {i}", w[:n]) for i, w in enumerate(sets["generated 0"][:4])]
     rows += [(f"real audio {i}", w[:n]) for i, w in enumerate(sets["real audio 0"][:2])]
     rows += [("held-out files", np.concatenate(held_waves)[:n]), ("order-free codes", sets["order-free 0"][0][:n])]
     fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.5 * len(rows)), sharex=True)
@@ -295,7 +301,9 @@ def main() -> None:
             print("  " + name.ljust(14) + f"{r['mmd'][name]:8.4f}{r['frechet'][name]:10.1f}")
         for metric in ("mmd", "frechet"):
             print(f"  {metric}: valid {r[metric + '.valid']} (order-free − real codes = {r[metric + '.margin']:.1f} × "
-                  f"the real draws' spread); score {r[metric + '.score']:.3f} (vs real audio: {r[metric + '.score_vs_audio']:.3f})")
+                  f"the real draws' spread); score {r[metric + '.score']:.3f} (the two generated sets: "
+                  + " / ".join(f"{x:.3f}" for x in r[metric + '.score_sets'])
+                  + f"; vs real audio: {r[metric + '.score_vs_audio']:.3f})")
         print(f"  verbatim share {r['verbatim_share']:.3f}; longest verbatim {r['longest_verbatim_s']:.2f} s "
               f"({r['longest_verbatim_fraction']:.1%} of a clip); held-out bits {r['bits']:.3f} vs unigram "
               f"{r['unigram_bits']:.3f} = {r['bits_ratio']:.3f}x; generate {args.clips} x {args.seconds:.0f} s in "

@@ -184,7 +184,7 @@ def list_samples(run_dir) -> list[dict]:
     for p in sorted((Path(run_dir) / "samples").glob("*.json"), reverse=True):
         try:
             meta = json.loads(p.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # a sidecar from an imported bundle may be hostile
             continue
         name = meta.get("file") if isinstance(meta, dict) else None
         # A sidecar may come from an imported bundle: only a plain file name inside samples/ is honoured.
