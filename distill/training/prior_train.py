@@ -62,13 +62,6 @@ class PriorTrainResult:
     resumed_from: int | None = None  # the checkpoint step this call continued from
 
 
-# On a small collection an epoch is one or two optimiser steps, so `patience` checks can all fall
-# inside the warm-up: measured on freedesktop (22 training files, 4-minute budget), three seeds kept
-# the prior of step 12-50, and its held-out bits were 0.93-1.08x the unigram's. Early stopping waits
-# for this many steps (or the whole plan, if shorter); the best version is still the one kept.
-MIN_STEPS_BEFORE_EARLY_STOP = 100
-
-
 @dataclass
 class PriorPlan:
     seq_len: int  # tokens per training window
@@ -459,7 +452,7 @@ def train_prior(
             text = gap_message(ratio, best_step)
             warning_text = warning_text or text
             emit("warning", code="memorising_gap", message=text, step=step, best_step=best_step, ratio=_safe(ratio))
-        return since_best >= config.patience and step >= max(plan.warmup_steps, min(plan.total_steps, MIN_STEPS_BEFORE_EARLY_STOP))
+        return since_best >= config.patience and step >= plan.warmup_steps
 
     model.train()
     done = False
