@@ -332,7 +332,8 @@ class CodePrior(nn.Module):
         clip_start = 0  # stream index where the current clip began (a prompt is the clip so far)
         recall = None
         if retrieval is not None and retrieval.settings.weight > 0:
-            recall = retrieval.start(begins_clip=p_len == 0 or prompt_starts_clip)
+            # the file-start symbol only where the whole clip so far is in the retrieval's history
+            recall = retrieval.start(begins_clip=p_len == 0 or (prompt_starts_clip and p_len <= retrieval.max_len))
             for t in toks[-retrieval.max_len:]:
                 recall.push(int(t))
         while True:
