@@ -92,7 +92,7 @@ def normalised(wave: np.ndarray) -> np.ndarray:
     return (wave * (0.9 / peak) if peak > 0 else wave).astype(np.float32)
 
 
-def train_run(folder: Path, train_entries, run_dir: Path, args, seed: int) -> None:
+def train_run(train_entries, run_dir: Path, args, seed: int) -> None:
     from distill.pipeline import TrainOptions, run_pipeline
     from distill.runs import read_manifest
 
@@ -107,7 +107,7 @@ def train_run(folder: Path, train_entries, run_dir: Path, args, seed: int) -> No
         raise SystemExit(f"training did not finish: {summary.get('message')}")
 
 
-def measure_seed(folder: Path, entries, args, seed: int, sampling: dict) -> dict:
+def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
     import torch
 
     from distill.analysis import longest_common_run, nll_bits, unigram_bits
@@ -121,7 +121,7 @@ def measure_seed(folder: Path, entries, args, seed: int, sampling: dict) -> dict
     tag = f"{args.dataset}-{args.preset}-m{args.minutes if args.minutes is not None else 'preset'}-s{seed}"
     run_dir = REPO / "bench" / "out" / "samples" / tag
     t0 = time.time()
-    train_run(folder, train_entries, run_dir, args, seed)
+    train_run(train_entries, run_dir, args, seed)
     train_s = time.time() - t0
     run = load_run(run_dir, device="cpu")
     manifest = read_manifest(run_dir)
@@ -198,7 +198,7 @@ def measure_seed(folder: Path, entries, args, seed: int, sampling: dict) -> dict
     out["prior_steps"], out["prior_stop"] = prior_results.get("steps"), prior_results.get("stop_reason")
     out["prior_size"] = f"{run.prior.num_layers}x{run.prior.hidden_size}"
     if "real audio 0" in sets:
-        sheet(run_dir.parent / f"{tag}.png", sets, held_waves, train_waves, audio, tag, out)
+        sheet(run_dir.parent / f"{tag}.png", sets, held_waves, audio, tag, out)
         out["sheet"] = str(run_dir.parent / f"{tag}.png")
     return out
 
@@ -209,7 +209,7 @@ def _mel(wave, cfg):
     return log_mel_frames(wave, cfg).astype(np.float32)
 
 
-def sheet(path: Path, sets: dict, held_waves, train_waves, cfg, title: str, result: dict) -> None:
+def sheet(path: Path, sets: dict, held_waves, cfg, title: str, result: dict) -> None:
     """Mel spectrograms to look at: generated clips beside training files, held-out files, order-free codes."""
     import matplotlib
 
@@ -291,7 +291,7 @@ def main() -> None:
           flush=True)
     results = []
     for seed in args.seeds:
-        r = measure_seed(folder, entries, args, seed, sampling)
+        r = measure_seed(entries, args, seed, sampling)
         results.append(r)
         print(f"\nseed {seed}: {r['train_files']} training / {r['held_out_files']} held-out files "
               f"({r['held_out_seconds']} s); prior {r['prior_size']}, {r['prior_steps']} steps ({r['prior_stop']})")

@@ -354,7 +354,7 @@ class CodePrior(nn.Module):
             if recall is None:
                 tok = self._pick(logits, greedy, temperature, top_k, top_p, generator)  # LongTensor[1]
             else:
-                tok = _pick_mixed(logits, recall, n % q_levels, greedy, temperature, top_k, top_p, generator)
+                tok = _pick_mixed(logits, recall, greedy, temperature, top_k, top_p, generator)
                 recall.push(int(tok))
             toks.append(tok)
             n += 1
@@ -398,11 +398,11 @@ class CodePrior(nn.Module):
         return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[0] - 1)
 
 
-def _pick_mixed(logits, recall, level, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
+def _pick_mixed(logits, recall, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
     """Like CodePrior._pick, on the mix of the model's distribution (temperature 1) and the retrieved
     one; temperature, top-k and top-p then shape the mix."""
     probs = torch.softmax(logits.double(), -1).numpy()
-    probs = torch.from_numpy(recall.mix(probs, level))
+    probs = torch.from_numpy(recall.mix(probs))
     if greedy:
         return probs.argmax().view(1)
     if temperature != 1.0:

@@ -125,11 +125,13 @@ class RetrievalState:
 
     def __init__(self, index: CodeRetrieval, history: list[int]):
         self.index, self.history, self.current = index, history, []
-        self._cached = (None, None)  # (context, counts): one lookup serves the end check and the code
+        self.pushed = 0
+        self._cached = (-1, None)  # (pushed, counts): one lookup serves the end check and the code
 
     def push(self, token: int) -> None:
         """The next token of the stream (tokens come level 0, 1, ..., Q-1, then the next step)."""
         self.current.append(int(token))
+        self.pushed += 1
         if len(self.current) == self.index.q:
             self.history.append(self.current[0])
             self.current = []
@@ -137,9 +139,8 @@ class RetrievalState:
                 del self.history[: -self.index.settings.max_context_steps - 1]
 
     def _counts(self):
-        key = (len(self.history), tuple(self.current), tuple(self.history[-3:]))
-        if self._cached[0] != key:
-            self._cached = (key, self.index.lookup(self.history, self.current))
+        if self._cached[0] != self.pushed:
+            self._cached = (self.pushed, self.index.lookup(self.history, self.current))
         return self._cached[1]
 
     def end_mix(self, p_end: float) -> float:
@@ -151,7 +152,8 @@ class RetrievalState:
         w = self.index.settings.weight
         return (1.0 - w) * p_end + w * counts[self.index.eos] / counts.sum()
 
-    def mix(self, probs: np.ndarray, level: int) -> np.ndarray:
+    def mix(self, probs: np.ndarray) -> np.ndarray:
+        """probs [K] for the next code (whose level this state knows) mixed with the retrieved ones."""
         counts = self._counts()
         codes = None if counts is None else counts[: self.index.k]
         if codes is None or not codes.sum():
