@@ -151,10 +151,8 @@ def import_run(bundle: str | Path, workspace: str | Path) -> Path:
                         raise UnsafeFileError(f"bundle entry '{info.filename}' is larger than it declares") from None
                     except EOFError:
                         raise UnsafeFileError(f"bundle entry '{info.filename}' is shorter than it declares") from None
-        manifest = validate_run(staging)
+        manifest = validate_run(staging)  # read_manifest brings a bundle from an older Distill up to date
         manifest.update(id=run_id, imported_from=bundle.name)
-        manifest.pop("format", None)
-        manifest.pop("version", None)
         write_manifest(staging, manifest)
         final = root / run_id
         staging.rename(final)

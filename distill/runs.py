@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import AudioConfig, PriorConfig, VQVAEConfig, config_from_dict
+from distill.events import STAGE_ORDER, Stage
 from distill.storage import (
     UnsafeFileError,
     atomic_write_json,
@@ -37,7 +38,7 @@ from distill.storage import (
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 MANIFEST_FORMAT = "distill-run"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: every config field and `stages_done` written out, stage results carry a `stop` code
 MAX_MANIFEST_BYTES = 32 * 1024**2
 MAX_METRICS_BYTES = 64 * 1024**2  # a 4-hour run logs a few MB
 
@@ -80,10 +81,12 @@ def read_manifest(run_dir: str | os.PathLike) -> dict:
         raise UnsafeFileError(f"{Path(run_dir).name}: manifest.json is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise UnsafeFileError(f"{Path(run_dir).name}: manifest.json is not a Distill run manifest")
-    return data
+    return migrate(data)
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: dict) -> None:
+    """Always in the current form: a manifest read from an older run is written back migrated."""
+    manifest = {k: v for k, v in migrate(manifest).items() if k not in ("format", "version")}
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **manifest}
     atomic_write_json(Path(run_dir) / MANIFEST, manifest)
 
@@ -93,6 +96,81 @@ def update_manifest(run_dir: str | os.PathLike, **changes) -> dict:
     manifest.update(changes)
     write_manifest(run_dir, manifest)
     return manifest
+
+
+# --- older manifests ----------------------------------------------------------------------------------
+# A manifest is brought up to MANIFEST_VERSION when it is read; it is written back in the new form
+# only when the run is written anyway (listing runs never rewrites a user's folder).
+
+STOP_CODES = ("completed", "early_stop", "time_budget", "stopped", "non_finite", "step_limit")
+# How distill/training/vqvae_train.py worded why the codec stopped, before results carried a code.
+_VQVAE_STOP_WORDS = (("stopped on request", "stopped"), ("reached the step limit", "step_limit"),
+                     ("used the time budget", "time_budget"), ("training became numerically unstable", "non_finite"))
+
+
+def vqvae_stop_code(stop_reason) -> str:
+    """The stop code for the codec's stop sentence (results saved before `stop` existed)."""
+    text = stop_reason if isinstance(stop_reason, str) else ""
+    return next((code for words, code in _VQVAE_STOP_WORDS if text.startswith(words)), "completed")
+
+
+def stop_code(result) -> str:
+    """A training result's stop code: its own `stop` where it has one, else read from `stop_reason`."""
+    stop = getattr(result, "stop", None)
+    if stop is not None:
+        return str(getattr(stop, "value", stop))
+    reason = getattr(result, "stop_reason", "")
+    return reason if reason in STOP_CODES else vqvae_stop_code(reason)
+
+
+def _with_default(settings, key: str, value):
+    """Settings saved before `key` existed describe a model without it (value: the old behaviour)."""
+    if isinstance(settings, dict) and settings and key not in settings:
+        return {**settings, key: value}
+    return settings
+
+
+def _migrated_prior_settings(settings):
+    return _with_default(settings, "learn_clip_ends", False)
+
+
+def _inferred_stages(manifest: dict, results: dict) -> list[str]:
+    """Finished stages of a run written before `stages_done` existed."""
+    if manifest.get("status") == "done":
+        return list(STAGE_ORDER)
+    hashes = manifest.get("hashes") if isinstance(manifest.get("hashes"), dict) else {}
+    vq = results.get(Stage.VQVAE) if isinstance(results.get(Stage.VQVAE), dict) else {}
+    done = []
+    if hashes.get(Stage.VQVAE) and vq and vq.get("stop") != "stopped":
+        done.append(Stage.VQVAE)
+        if Stage.CODES in results:
+            done.append(Stage.CODES)
+    return done
+
+
+def migrate(manifest: dict) -> dict:
+    """`manifest` in the current form, as a new dict. Each step fills only what is missing, whatever
+    the version says: settings without a field were written before it existed, also when they were
+    put into a newer manifest (a retrain's settings, a hand edit)."""
+    m = dict(manifest)
+    if "vqvae_config" in m:
+        m["vqvae_config"] = _with_default(m["vqvae_config"], "linear_path", False)
+    for key in ("prior_config", "pending_prior_config"):
+        if key in m:
+            m[key] = _migrated_prior_settings(m[key])
+    results = m.get("results")
+    if isinstance(results, dict):
+        results = dict(results)
+        vq, prior = results.get(Stage.VQVAE), results.get(Stage.PRIOR)
+        if isinstance(vq, dict) and "stop" not in vq:
+            results[Stage.VQVAE] = {**vq, "stop": vqvae_stop_code(vq.get("stop_reason"))}
+        if isinstance(prior, dict) and "stop" not in prior and prior.get("stop_reason") in STOP_CODES:
+            results[Stage.PRIOR] = {**prior, "stop": prior["stop_reason"]}
+        m["results"] = results
+    if m.get("stages_done") is None:
+        m["stages_done"] = _inferred_stages(m, results if isinstance(results, dict) else {})
+    m["version"] = MANIFEST_VERSION
+    return m
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -221,6 +299,7 @@ def list_runs(workspace: str | os.PathLike) -> list[dict]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -241,13 +320,11 @@ def _check_limits(obj, where: str) -> None:
 
 
 def run_configs(manifest: dict) -> tuple[AudioConfig, VQVAEConfig, PriorConfig | None]:
+    manifest = migrate(manifest)
     try:
         audio = config_from_dict(AudioConfig, manifest.get("audio_config") or {})
-        vq_settings = manifest.get("vqvae_config") or {}
-        if isinstance(vq_settings, dict) and vq_settings and "linear_path" not in vq_settings:
-            vq_settings = {**vq_settings, "linear_path": False}  # saved before the codec had one
-        vq = config_from_dict(VQVAEConfig, vq_settings)
-        prior = prior_config_from_dict(manifest["prior_config"]) if manifest.get("prior_config") else None
+        vq = config_from_dict(VQVAEConfig, manifest.get("vqvae_config") or {})
+        prior = config_from_dict(PriorConfig, manifest["prior_config"]) if manifest.get("prior_config") else None
     except (ValueError, TypeError) as exc:
         raise UnsafeFileError(f"manifest settings are invalid: {exc}") from None
     _check_limits(audio, "audio settings")
@@ -283,13 +360,6 @@ def prior_seq_len(vq: VQVAEConfig, prior: PriorConfig) -> int:
     return prior.context_steps * vq.num_quantizers
 
 
-def prior_config_from_dict(data) -> PriorConfig:
-    """A saved prior config; one saved before clip ends existed describes a model without them."""
-    if isinstance(data, dict) and "learn_clip_ends" not in data:
-        data = {**data, "learn_clip_ends": False}
-    return config_from_dict(PriorConfig, data)
-
-
 def build_prior(vq: VQVAEConfig, prior: PriorConfig):
     from distill.models.prior import CodePrior
 
@@ -314,7 +384,8 @@ def _embedded_prior_config(path: Path) -> PriorConfig | None:
 
     try:
         raw = (read_safetensors_header(path).get("__metadata__") or {}).get("prior_config")
-        return prior_config_from_dict(parse_json(raw)) if raw else None
+        # the file's own copy of the settings has no manifest version: it gets the same defaults
+        return config_from_dict(PriorConfig, _migrated_prior_settings(parse_json(raw))) if raw else None
     except (ValueError, TypeError) as exc:
         raise UnsafeFileError(f"prior.safetensors: embedded settings are invalid: {exc}") from None
 

@@ -82,3 +82,81 @@ def test_a_saved_stopped_run_resumes_from_its_checkpoint(tmp_path):
     assert any(e["kind"] == "resumed" and e["stage"] == "prior" and e.get("from_checkpoint") for e in events)
     wave, _, _ = generate_audio(run, seconds=0.3, seed=2)
     assert wave.size > 0 and np.isfinite(wave).all()
+
+
+# --- manifest version 2 ------------------------------------------------------------------------------
+
+def on_disk(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def test_a_saved_manifest_reads_as_version_2(tmp_path):
+    from distill.runs import MANIFEST_VERSION
+
+    run = saved_copy(tmp_path, "finished")
+    manifest = read_manifest(run)
+    assert MANIFEST_VERSION == 2 and manifest["version"] == 2 and on_disk(run)["version"] == 1
+    old = on_disk(run)["results"]
+    assert manifest["results"]["prior"]["stop"] == old["prior"]["stop_reason"]
+    assert manifest["results"]["vqvae"]["stop"] == "step_limit"  # "reached the step limit (40)"
+    assert manifest["stages_done"] == ["vqvae", "codes", "prior", "analysis"]
+
+
+def test_a_saved_run_is_written_back_as_version_2_only_when_it_is_written(tmp_path):
+    run = saved_copy(tmp_path, "finished")
+    retrain_prior(run, TrainOptions(preset="quick", device="cpu", prior_overrides=dict(TINY_PRIOR)))
+    written = on_disk(run)
+    assert written["version"] == 2 and written["results"]["vqvae"]["stop"] == "step_limit"
+    assert written["results"]["prior"]["stop"] in ("completed", "early_stop", "time_budget")
+
+
+def test_a_resumed_saved_run_is_version_2_with_stop_codes(tmp_path):
+    run = saved_copy(tmp_path, "stopped")
+    assert resume_run(run, options_overrides={"cache_dir": str(tmp_path / "cache")})["status"] == "done"
+    written = on_disk(run)
+    assert written["version"] == 2 and written["results"]["prior"]["stop"] == written["results"]["prior"]["stop_reason"]
+
+
+def test_an_old_bundle_imports_as_version_2(tmp_path):
+    from distill.bundle import export_run, import_run
+
+    run = saved_copy(tmp_path, "finished")
+    imported = import_run(export_run(run, tmp_path / "old.zip"), tmp_path / "other")
+    written = on_disk(imported)
+    assert written["version"] == 2 and written["vqvae_config"]["linear_path"] is True
+    assert written["results"]["vqvae"]["stop"] == "step_limit"
+    generate_audio(imported, seconds=0.2)
+
+
+def test_retrain_gives_the_prior_the_whole_budget(tmp_path):
+    run = saved_copy(tmp_path, "finished")
+    summary = retrain_prior(run, TrainOptions(preset="quick", device="cpu", minutes=1, prior_overrides=dict(TINY_PRIOR)))
+    assert summary["status"] == "done", summary
+    assert read_manifest(run)["prior_config"]["time_budget_s"] == 60
+
+
+def test_migrate_fills_what_older_versions_left_out():
+    from distill.runs import migrate
+
+    old = {"format": "distill-run", "status": "stopped", "hashes": {"vqvae": "ab"},
+           "vqvae_config": {"codebook_size": 16}, "prior_config": {"hidden_size": 16},
+           "pending_prior_config": {"hidden_size": 32},
+           "results": {"vqvae": {"stop_reason": "used the time budget (12 s)"}, "codes": {},
+                       "prior": {"stop_reason": "early_stop"}}}
+    m = migrate(old)
+    assert m["version"] == 2 and "version" not in old  # a new dict; the one read is left alone
+    assert m["vqvae_config"]["linear_path"] is False
+    assert m["prior_config"]["learn_clip_ends"] is False and m["pending_prior_config"]["learn_clip_ends"] is False
+    assert m["results"]["vqvae"]["stop"] == "time_budget" and m["results"]["prior"]["stop"] == "early_stop"
+    assert m["stages_done"] == ["vqvae", "codes"]
+    assert migrate(m) == m
+    sentences = {"stopped on request": "stopped", "reached the step limit (400)": "step_limit",
+                 "used the time budget (40 s)": "time_budget", "finished": "completed", "": "completed",
+                 "training became numerically unstable (no usable loss 20 steps in a row)": "non_finite"}
+    for sentence, code in sentences.items():
+        stopped = migrate({"status": "stopped", "hashes": {"vqvae": "ab"}, "results": {"vqvae": {"stop_reason": sentence}}})
+        assert stopped["results"]["vqvae"]["stop"] == code
+        assert stopped["stages_done"] == ([] if code == "stopped" else ["vqvae"])
+    assert migrate({"status": "done"})["stages_done"] == ["vqvae", "codes", "prior", "analysis"]
+    for junk in ({"results": [1]}, {"vqvae_config": "x", "prior_config": 3, "results": {"vqvae": None}}):
+        migrate(junk)  # a hand-edited or hostile manifest is refused later, by the checks, never here
