@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import AudioConfig, PriorConfig, VQVAEConfig, config_from_dict
-from distill.events import STAGE_ORDER, Stage
+from distill.events import STAGE_ORDER, Kind, Stage
 from distill.storage import (
     UnsafeFileError,
     atomic_write_json,
@@ -181,7 +181,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     except FileNotFoundError:
         return []
     if size > MAX_METRICS_BYTES:
-        return [{"stage": "run", "kind": "warning",
+        return [{"stage": Stage.RUN, "kind": Kind.WARNING,
                  "message": f"This run's metrics.jsonl is {human_bytes(size)}, too large to draw (the limit is "
                             f"{human_bytes(MAX_METRICS_BYTES)}), so the loss plots stay empty. The models are not affected."}]
     return read_jsonl(path)
@@ -198,10 +198,10 @@ def continuous_history(events: list[dict]) -> list[dict]:
     out: list[dict] = []
     for event in events:
         step = event.get("step")
-        if event.get("kind") == "resumed" and isinstance(step, int) and event.get("stage") not in (None, "run"):
+        if event.get("kind") == Kind.RESUMED and isinstance(step, int) and event.get("stage") not in (None, Stage.RUN):
             stage = event["stage"]
             out = [e for e in out if e.get("stage") != stage or not isinstance(e.get("step"), (int, float))
-                   or e["step"] <= step or e.get("kind") not in ("step", "eval")]
+                   or e["step"] <= step or e.get("kind") not in (Kind.STEP, Kind.EVAL)]
         out.append(event)
     return out
 
