@@ -125,7 +125,7 @@ def val_fraction_for(file_count: int) -> float:
 
 
 def get_adaptive_prior_config(file_count: int) -> PriorConfig:
-    """The seed's three-tier table (DESIGN.md), pure Python."""
+    """The seed's three-tier table, pure Python."""
     tier = tier_for(file_count)
     hidden, layers, heads, dropout, epochs, lr = {
         1: (128, 2, 4, 0.3, 50, 3e-4),

@@ -252,3 +252,30 @@ def test_a_tiny_prior_learns_where_clips_end():
     assert plain.model.end_head is None and "val_end_loss" not in plain.history[-1]
     _, _, starts = plain.model.generate(60, generator=torch.Generator().manual_seed(0), return_logits=True)
     assert all(int(starts[i]) < i for i in range(1, 60))
+
+
+def test_settings_of_retired_experiments_in_older_runs_are_dropped():
+    from dataclasses import asdict
+
+    from distill.config import config_from_dict
+
+    old = {**asdict(PriorConfig()), "pack_files": False, "input_noise": 0.1}  # as runs before them saved
+    assert config_from_dict(PriorConfig, old) == PriorConfig()
+    with pytest.raises(ValueError, match="unknown"):
+        config_from_dict(PriorConfig, {**asdict(PriorConfig()), "pack_file": False})
+
+
+def test_stop_reason_is_an_enum_with_its_words_made_in_one_place():
+    from distill.training.loop import StopReason, stop_sentence
+
+    assert [r.value for r in StopReason] == ["completed", "early_stop", "time_budget", "step_limit", "stopped",
+                                             "non_finite"]
+    events = []
+    cfg = tiny_config(max_epochs=2)
+    res = train_prior(_memorise_data(), cfg, K, [0, 1], [2], callbacks=[events.append])
+    assert res.stop is StopReason.COMPLETED and res.stop_reason is res.stop and res.stop_reason == "completed"
+    assert json.dumps({"stop_reason": res.stop_reason}) == '{"stop_reason": "completed"}'
+    info = [e for e in events if e["kind"] == "info"][-1]
+    assert info["stop_reason"] == "completed" and type(info["stop_reason"]) is str
+    assert res.message == info["message"] == stop_sentence(StopReason.COMPLETED, res.best_step, passes=2)
+    assert "Finished all 2 passes" in res.message

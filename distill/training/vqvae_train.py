@@ -71,12 +71,8 @@ VAL_MAX_FRAMES = 24_000  # validation material cap (~4 min of audio): keeps each
 VAL_CHUNK_FRAMES = 4_096  # long validation files are measured in chunks of this many frames
 TRAIN_STATS_MAX_FRAMES = 16_384  # training material re-encoded at each eval for codebook statistics
 # Augmentation (random gain and mel-band shift of training windows) helps small collections and hurts
-# large ones (measured, 3-min budget, held-out ratio to baseline: freedesktop, 25 s of training audio,
-# 0.292 -> 0.266; asterisk-en, 22 min, 0.254 -> 0.288). So each window is augmented with a probability
-# that falls from AUG_MAX_PROB at AUG_FULL_BELOW_S of training audio to 0 at AUG_NONE_ABOVE_S (log
-# scale). With the linear path (freedesktop, 5 min, 1 thread): every window augmented 0.237 but level 2
-# used only 79.7 % of its codes on the real training files; none 0.247 (97 %); half 0.235 (81-86 %).
-# Larger shifts (±6 bands: 0.281) and mixing two windows (no gain) were tried and left out.
+# large ones (README), so each window is augmented with a probability that falls from AUG_MAX_PROB at
+# AUG_FULL_BELOW_S of training audio to 0 at AUG_NONE_ABOVE_S (log scale).
 AUG_GAIN = 1.0  # random gain of exp(±1) in power (±4.3 dB)
 AUG_SHIFT = 2  # random shift of up to ±2 mel bands
 AUG_MAX_PROB = 0.5
