@@ -35,7 +35,8 @@ from distill.storage import UnsafeFileError, atomic_write_bytes, atomic_write_js
 
 CHECKPOINTS = "checkpoints"
 FORMAT = "distill-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the codec's count of non-finite steps in a row is "bad_steps", as the prior's
+READABLE_VERSIONS = (1, 2)  # version 1 names it "bad_streak" (read by distill/training/loop.py)
 MAX_JSON_BYTES = 64 * 1024**2
 _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.uint8: "U8", torch.bool: "BOOL"}
@@ -208,7 +209,7 @@ class CheckpointStore:
             raise CheckpointError(f"its JSON file cannot be read ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("name") != self.name:
             raise CheckpointError("its JSON file is not a Distill checkpoint")
-        if meta.get("version") != VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise CheckpointError(f"it was written by another version (format {meta.get('version')})")
         if meta.get("json_sha256") != _json_digest(meta):
             raise CheckpointError("its JSON file was changed after it was written")

@@ -44,9 +44,7 @@ class VQVAEConfig:
     downsample: int = 4  # time reduction: 2, 4 or 8
     # A linear path beside the convolutions (one strided conv each way), started as the training
     # material's principal components: the codec starts as the best linear codec and the convolutions
-    # learn what it misses. Why: on freedesktop's held-out files plain PCA of 4-frame blocks (0.42
-    # L1 at 64 dims) beat the trained conv autoencoder even unquantised (0.78); with the path the
-    # held-out ratio went 0.276 -> 0.235 (5 min, 1 thread). Runs saved before it load with False.
+    # learn what it misses (README). Runs saved before it load with False.
     linear_path: bool = True
     commitment_weight: float = 0.25
     ema_decay: float = 0.99
@@ -89,25 +87,11 @@ class PriorConfig:
     # Evaluate and keep an exponential moving average of the weights (0: off). Small batches on a CPU
     # budget make every step noisy; the average is measurably better on held-out files (README).
     weight_average_decay: float = 0.995
-    # Training windows that run past a file's end go on with other files instead of padding, so the
-    # model sees what can follow the end of a sound. Off by default: measured on asterisk-en (15 min,
-    # 2 threads) it made held-out bits slightly worse (0.809 -> 0.815x unigram) and generated samples
-    # hold more silence than the material (histogram JSD 0.040 -> 0.047 on level 1).
-    pack_files: bool = False
-    # Fraction of training input tokens swapped for random codes (the targets stay real), so the
-    # model learns to carry on after an unlikely code, as it must when sampling. Off by default until
-    # confirmed on more than one run: on asterisk-en (prior only, one run each) 0.1 gave held-out
-    # bits 0.803x unigram (0.809x without), 0.792x with pack_files; generated histograms no closer.
-    input_noise: float = 0.0
     # Also learn where files end (a small second head, and a resume token for windows that begin
     # inside a file; see distill/models/prior.py), so a collection of short sounds generates as a run
-    # of sound-length clips rather than one sound stretched on. On asterisk-en (15 min) the
-    # generated-code histogram JSD went from 0.047/0.038/0.037 (the run before) to 0.044/0.031/0.035,
-    # near the 0.041/0.033/0.030 that real training files score at that size (README, bench/bench_prior_samples.py).
+    # of sound-length clips rather than one sound stretched on (README).
     learn_clip_ends: bool = True
-    # The clip-end loss's weight next to the code loss. 1.0 cost held-out bits (0.822x unigram);
-    # 0.3 did not (0.811x; 0.805x with the resume token).
-    clip_end_weight: float = 0.3
+    clip_end_weight: float = 0.3  # the clip-end loss's weight next to the code loss (README)
     seed: int = 0
 
 
@@ -141,7 +125,7 @@ def val_fraction_for(file_count: int) -> float:
 
 
 def get_adaptive_prior_config(file_count: int) -> PriorConfig:
-    """The seed's three-tier table (DESIGN.md), pure Python."""
+    """The seed's three-tier table, pure Python."""
     tier = tier_for(file_count)
     hidden, layers, heads, dropout, epochs, lr = {
         1: (128, 2, 4, 0.3, 50, 3e-4),
@@ -184,10 +168,17 @@ def config_to_dict(cfg: Any) -> dict:
     return asdict(cfg)
 
 
+# Settings older runs saved that no longer exist (experiments that were dropped): ignored on load.
+RETIRED_SETTINGS = {"PriorConfig": frozenset({"pack_files", "input_noise"})}
+
+
 def config_from_dict(cls, data: dict):
-    """Build a config from JSON, refusing unknown keys and wrong basic types (files may be hostile)."""
+    """Build a config from JSON, refusing unknown keys and wrong basic types (files may be hostile).
+    Retired settings from older runs are dropped."""
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    retired = RETIRED_SETTINGS.get(cls.__name__, frozenset())
+    data = {k: v for k, v in data.items() if k not in retired}
     known = {f.name: f for f in fields(cls)}
     unknown = set(data) - set(known)
     if unknown:

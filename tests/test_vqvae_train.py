@@ -175,3 +175,33 @@ def test_memory_estimate_grows_with_batch():
     small = estimate_vqvae_memory_bytes(VQVAEConfig(batch_size=4), 128)
     big = estimate_vqvae_memory_bytes(VQVAEConfig(batch_size=64), 128)
     assert 10 * 1024**2 < small < big < 4 * 1024**3
+
+
+def test_stop_reason_words_come_from_the_enum():
+    from distill.training.loop import StopReason, stop_words
+
+    result = train_vqvae(tone_dataset(4), tiny_config(max_steps=3, eval_every=3))
+    assert result.stop is StopReason.STEP_LIMIT and result.stop_reason == stop_words(StopReason.STEP_LIMIT, max_steps=3)
+    assert result.stop_reason == "reached the step limit (3)"
+    assert stop_words(StopReason.STOPPED) == "stopped on request"  # older manifests hold these words
+
+
+def test_a_version_1_checkpoint_still_resumes(tmp_path):
+    """Checkpoints saved before the codec's bad-step count was renamed (format 1, "bad_streak")."""
+    from distill.checkpoint import CheckpointStore, _json_digest
+
+    cfg = tiny_config(max_steps=12, eval_every=6)
+    reference = train_vqvae(tone_dataset(4), cfg)
+    stop = threading.Event()
+    store = CheckpointStore(tmp_path, "vqvae")
+    train_vqvae(tone_dataset(4), cfg, stop=stop, checkpoint=store,
+                callbacks=[lambda e: stop.set() if e["kind"] == "eval" and e["step"] == 6 else None])
+    meta = json.loads(store.current[1].read_text())
+    meta["version"] = 1
+    meta["bad_streak"] = meta.pop("bad_steps")
+    meta["json_sha256"] = _json_digest(meta)
+    store.current[1].write_text(json.dumps(meta))
+    resumed = train_vqvae(tone_dataset(4), cfg, checkpoint=store, resume=True)
+    assert resumed.resumed_from == 6 and resumed.steps == 12
+    for (ka, va), (kb, vb) in zip(resumed.model.state_dict().items(), reference.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)

@@ -1,10 +1,10 @@
 """Fit the prior to the time budget: the seed's tier table is the ceiling, not a law.
 
-On a CPU a tier-3 prior (6 layers × 512, batch 32 × 432 tokens) manages a few dozen optimiser steps
-in 15 minutes, far too few to learn anything. Measured on asterisk-en codes: under a short CPU budget,
-more, smaller steps beat bigger batches (DESIGN.md). So before training, a short speed probe decides:
-first shrink the batch (down to MIN_BATCH), then, if that is still not enough, step the model down to
-the next smaller tier's size. Settings the user chose explicitly are never changed.
+On a CPU a tier-3 prior (6 layers × 512, batch 32 × 432 tokens) manages too few optimiser steps in a
+short budget to learn anything, and there more, smaller steps beat bigger batches (README). So before
+training, a short speed probe decides: first shrink the batch (down to MIN_BATCH), then, if that is
+still not enough, step the model down to the next smaller tier's size. Settings the user chose
+explicitly are never changed.
 """
 from __future__ import annotations
 

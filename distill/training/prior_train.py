@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from distill.checkpoint import (
+    Checkpoint,
     CheckpointError,
     CheckpointStore,
-    ignored_message,
     optimizer_spec,
     optimizer_tensors,
     prefixed_spec,
@@ -38,11 +38,22 @@ from distill.checkpoint import (
 from distill.config import PriorConfig
 from distill.device import resolve_device
 from distill.models.prior import CodePrior
+from distill.training.loop import (  # noqa: F401  (MAX_BAD_STEPS: read by callers of this module)
+    MAX_BAD_STEPS,
+    Progress,
+    Schedule,
+    StepOutcome,
+    StopReason,
+    find_checkpoint,
+    finite_or_none,
+    run_training,
+    stop_sentence,
+    strip_prefix,
+)
 
 EVAL_MAX_TOKENS = 8_192  # tokens per split scored at each evaluation (a fixed, evenly spread subset)
 MEMORISE_CHECKS = 3  # evaluations without a new best, with train loss still falling, before warning
 GAP_RATIO = 2.0  # warn when validation perplexity passes this many times the training perplexity
-MAX_BAD_STEPS = 5  # consecutive non-finite losses before giving up
 MIN_LR_FRACTION = 0.1  # cosine decay floor, as a fraction of the peak learning rate
 
 
@@ -55,8 +66,9 @@ class PriorTrainResult:
     history: list[dict] = field(default_factory=list)  # the "eval" events
     steps: int = 0
     seconds: float = 0.0
-    stop_reason: str = "completed"  # completed | early_stop | time_budget | stopped | non_finite
+    stop_reason: str = StopReason.COMPLETED  # the same as `stop` (kept for older readers; compares as its value)
     message: str = ""  # one plain sentence on how training ended
+    stop: StopReason = StopReason.COMPLETED
     memorisation_warning: str | None = None
     interrupted: bool = False  # ended by the stop flag: a checkpoint (if any) can continue it
     resumed_from: int | None = None  # the checkpoint step this call continued from
@@ -124,30 +136,12 @@ class _Windows:
         width = min(self.seq_len, int(valid.sum(1).max()) + 1)
         return x[:, :width], y[:, :width], ends[:, :width], start_tokens > 0
 
-    def sample(self, batch: int, gen: torch.Generator, pack: bool = False) -> tuple[torch.Tensor, ...]:
-        """A batch of training windows. pack=False: a window that runs past its file's end is padded
-        (masked out of the loss). pack=True: it goes on with the start of another file (drawn like
-        the first), then another, until it is full: short files then teach the model what comes after
-        a sound ends, which sampling needs whenever it is asked for more than one file's length."""
+    def sample(self, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """A batch of training windows; one that runs past its file's end is padded (masked out of
+        the loss)."""
         files = torch.multinomial(self.weights, batch, replacement=True, generator=gen)
         steps = (torch.rand(batch, generator=gen, dtype=torch.float64) * (self.max_start_step[files] + 1).double()).long()
-        if not pack:
-            return self.gather(files, steps * self.q)
-        rows = []
-        ends = torch.zeros(batch, self.seq_len, dtype=torch.long)
-        for r, (f, start) in enumerate(zip(files.tolist(), (steps * self.q).tolist())):
-            off, n = int(self.offsets[f]), int(self.lengths[f])
-            parts, have = [self.tokens[off + start : off + n]], n - start
-            while have < self.seq_len:
-                ends[r, have] = 1  # one file ended here; the next follows
-                g = int(torch.multinomial(self.weights, 1, generator=gen))
-                off, n = int(self.offsets[g]), int(self.lengths[g])
-                parts.append(self.tokens[off : off + min(n, self.seq_len - have)])
-                have += int(parts[-1].shape[0])
-            rows.append(torch.cat(parts)[: self.seq_len])
-        x = torch.stack(rows)
-        ends = torch.where(self.end_positions, ends, torch.full((), -100, dtype=torch.long))
-        return x, x.clone(), ends, steps > 0
+        return self.gather(files, steps * self.q)
 
     def tiles(self, max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Non-overlapping windows covering every token once (each file tiled from its start).
@@ -163,13 +157,6 @@ class _Windows:
             pick = torch.linspace(0, len(files) - 1, k).round().long().unique()
             files_t, starts_t = files_t[pick], starts_t[pick]
         return files_t, starts_t
-
-
-def _corrupt_inputs(x: torch.Tensor, fraction: float, codebook_size: int, gen: torch.Generator) -> torch.Tensor:
-    """x with about `fraction` of its tokens replaced by uniformly random codes."""
-    swap = torch.rand(x.shape, generator=gen) < fraction
-    noise = torch.randint(0, codebook_size, x.shape, generator=gen)
-    return torch.where(swap, noise, x)
 
 
 def _flatten_file(codes: torch.Tensor) -> torch.Tensor:
@@ -232,12 +219,10 @@ def _lr(config: PriorConfig, plan: PriorPlan, step: int, elapsed: float) -> floa
     return floor + (config.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _safe(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _ppl(loss: float) -> float | None:
-    return math.exp(loss) if math.isfinite(loss) and loss < 50 else None
+def perplexity_from_loss(loss: float) -> float:
+    """exp(cross-entropy in nats): the number of equally likely codes it amounts to (capped at
+    e^50; inf for a non-finite loss). Also turns a loss gap into a perplexity ratio."""
+    return math.exp(min(50.0, loss)) if math.isfinite(loss) else math.inf
 
 
 def memorisation_message(checks: int, best_step: int) -> str:
@@ -254,6 +239,115 @@ def gap_message(ratio: float, best_step: int) -> str:
         f"(about {ratio:.1f}× more uncertain on new material), a sign it is memorising rather than "
         f"generalising. Keeping the best version on held-back files, from step {best_step}."
     )
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights, kept in a second copy of the model.
+    The decay ramps up from 0 ((1 + step) / (10 + step)) so early steps are not dragged toward the
+    random initialisation."""
+
+    def __init__(self, model: CodePrior, decay: float):
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: CodePrior, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
+
+
+@dataclass
+class PriorState:
+    """Everything train_prior saves to continue exactly where it left off (the loop adds the step,
+    the clock and its counters): the live objects, the best weights and the memorisation watch."""
+
+    model: CodePrior
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # the window sampler's
+    averaged: WeightAverage | None
+    device: torch.device
+    fingerprint: str
+    schedule: dict  # the plan, recorded for whoever reads the checkpoint
+    best_val: float = math.inf
+    best_step: int = 0
+    best_weights: dict | None = None
+    since_best: int = 0  # evaluations since the best one
+    warned_memorise: bool = False
+    warned_gap: bool = False
+    warning_text: str | None = None
+    last_loss: float | None = None
+    tps_ema: float | None = None
+    step_time_ema: float | None = None
+    eval_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)  # the "eval" records
+
+    @property
+    def scored(self) -> CodePrior:
+        """The evaluated (and kept) model: the weight average, or the trained model without one."""
+        return self.averaged.model if self.averaged is not None else self.model
+
+    def expected(self, meta: dict) -> dict:
+        """The tensors a checkpoint must hold to fit this model, data and settings (checked before
+        any tensor is read)."""
+        if meta.get("stage") != "prior":
+            raise CheckpointError("it is not a code-model checkpoint")
+        if meta.get("fingerprint") != self.fingerprint:
+            raise CheckpointError("it was made with other settings or other codes")
+        state = self.model.state_dict()
+        spec = {**prefixed_spec("model.", state), **optimizer_spec(self.opt, meta.get("optimizer") or {}),
+                **rng_spec(meta.get("rng") or {}, {"windows": self.gen})}
+        if meta.get("has_best"):
+            spec.update(prefixed_spec("best.", state))
+        if self.averaged is not None:
+            spec.update(prefixed_spec("average.", state))
+        return spec
+
+    def to_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict]:
+        opt_tensors, opt_meta = optimizer_tensors(self.opt)
+        rng = rng_tensors(self.device, {"windows": self.gen})
+        tensors = {**{f"model.{k}": v for k, v in self.model.state_dict().items()}, **opt_tensors, **rng}
+        if self.averaged is not None:
+            tensors.update({f"average.{k}": v for k, v in self.averaged.model.state_dict().items()})
+        if self.best_weights is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
+        meta = {"stage": "prior", "fingerprint": self.fingerprint, "optimizer": opt_meta, "rng": rng_record(rng),
+                "schedule": self.schedule, "best_val_loss": finite_or_none(self.best_val), "best_step": self.best_step,
+                "has_best": self.best_weights is not None, "since_best": self.since_best,
+                "warned_memorise": self.warned_memorise, "warned_gap": self.warned_gap,
+                "warning_text": self.warning_text, "last_loss": self.last_loss, "tps_ema": self.tps_ema,
+                "step_time_ema": self.step_time_ema, "eval_seconds": self.eval_seconds, "history": self.history}
+        return tensors, meta
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        meta, tensors = ckpt.meta, ckpt.tensors
+        self.model.load_state_dict(strip_prefix(tensors, "model."))
+        if self.averaged is not None:
+            self.averaged.model.load_state_dict(strip_prefix(tensors, "average."))
+        restore_optimizer(self.opt, tensors, meta["optimizer"])
+        if meta.get("has_best"):
+            self.best_weights = {k: v.to(self.device) for k, v in strip_prefix(tensors, "best.").items()}
+        self.history = list(meta["history"])
+        self.best_val = float(meta["best_val_loss"]) if meta.get("best_val_loss") is not None else math.inf
+        self.best_step, self.since_best = int(meta["best_step"]), int(meta["since_best"])
+        self.warned_memorise, self.warned_gap = bool(meta["warned_memorise"]), bool(meta["warned_gap"])
+        self.warning_text, self.last_loss = meta.get("warning_text"), meta.get("last_loss")
+        self.tps_ema, self.step_time_ema = meta.get("tps_ema"), meta.get("step_time_ema")
+        self.eval_seconds = float(meta["eval_seconds"])
+        restore_rng(tensors, self.device, {"windows": self.gen})  # last: building the model drew from torch's RNG
+
+
+def _fingerprint(config: PriorConfig, codebook_size: int, q: int, held_out: bool, train_flats, val_flats) -> str:
+    """What a checkpoint must share with this call to continue it: settings (except the time budget
+    and device, which a resume may change) and the sizes of the data."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("time_budget_s", "device")}
+    settings["pack_files"] = False  # a retired setting, always off: checkpoints saved before it went carry it
+    if not config.learn_clip_ends:  # so checkpoints saved before the setting existed still resume
+        del settings["clip_end_weight"], settings["learn_clip_ends"]
+    return settings_fingerprint(settings, codebook_size, q, held_out, [len(f) for f in train_flats],
+                                [len(f) for f in val_flats])
 
 
 def train_prior(
@@ -301,17 +395,6 @@ def train_prior(
     train_eval = train_data.tiles(EVAL_MAX_TOKENS)
     eval_batch = max(1, config.batch_size)
 
-    settings = {k: v for k, v in asdict(config).items() if k not in ("time_budget_s", "device")}
-    if not config.learn_clip_ends:
-        del settings["clip_end_weight"]
-    for key, off in (("input_noise", 0.0), ("learn_clip_ends", False)):
-        if settings[key] == off:
-            del settings[key]  # so checkpoints saved before the setting existed still resume
-    fingerprint = settings_fingerprint(settings, codebook_size, q, held_out, [len(f) for f in train_flats],
-                                       [len(f) for f in val_flats])
-    if checkpoint is not None and not resume:
-        checkpoint.clear()  # a fresh start: never continue some older training of this stage later
-
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model = CodePrior(
@@ -319,13 +402,12 @@ def train_prior(
         learn_ends=config.learn_clip_ends,
     ).to(device)
     opt = _optimizer(model, config, device)
-    # The evaluated (and kept) model: an exponential moving average of the trained weights, or the
-    # trained model itself when averaging is off.
     averaged = WeightAverage(model, config.weight_average_decay) if config.weight_average_decay > 0 else None
-    scored = averaged.model if averaged is not None else model
-    ckpt, problems = None, []
-    if resume and checkpoint is not None:
-        ckpt, problems = _load_checkpoint(checkpoint, model, opt, gen, fingerprint, averaged)
+    state = PriorState(
+        model, opt, gen, averaged, device, _fingerprint(config, codebook_size, q, held_out, train_flats, val_flats),
+        schedule={"warmup_steps": plan.warmup_steps, "total_steps": plan.total_steps,
+                  "steps_per_epoch": plan.steps_per_epoch, "time_budget_s": config.time_budget_s})
+    ckpt = find_checkpoint(checkpoint, resume, state.expected, emit, "code model")
     n_params = sum(p.numel() for p in model.parameters())
     emit(
         "info",
@@ -337,136 +419,61 @@ def train_prior(
         steps_per_epoch=plan.steps_per_epoch, planned_steps=plan.total_steps, device=str(device),
     )
 
-    history: list[dict] = []
-    best_val, best_step, best_state = math.inf, 0, None
-    since_best = 0
-    warned_memorise = warned_gap = False
-    warning_text: str | None = None
-    stop_reason, message = "completed", ""
-    bad_steps = 0
-    last_loss: float | None = None
-    step = 0
-    tps_ema: float | None = None
-    step_time_ema: float | None = None
-    eval_seconds = 0.0
-    last_eval_step = -1
-    t_start = time.perf_counter()
-    last_saved_step = 0  # step 0 is the untouched start: nothing to save
-    resumed_from = None
-    if problems:
-        emit("warning", code="checkpoint_ignored", message=ignored_message(problems, "code-model"), problems=problems[:5])
-    if ckpt is not None:
-        meta = ckpt.meta
-        model.load_state_dict(_strip(ckpt.tensors, "model."))
-        if averaged is not None:
-            averaged.model.load_state_dict(_strip(ckpt.tensors, "average."))
-        restore_optimizer(opt, ckpt.tensors, meta["optimizer"])
-        if meta.get("has_best"):
-            best_state = {k: v.to(device) for k, v in _strip(ckpt.tensors, "best.").items()}
-        history = list(meta["history"])
-        best_val = float(meta["best_val_loss"]) if meta.get("best_val_loss") is not None else math.inf
-        best_step, since_best = int(meta["best_step"]), int(meta["since_best"])
-        warned_memorise, warned_gap = bool(meta["warned_memorise"]), bool(meta["warned_gap"])
-        warning_text = meta.get("warning_text")
-        bad_steps, last_loss = int(meta["bad_steps"]), meta.get("last_loss")
-        step = last_saved_step = resumed_from = int(meta["step"])
-        tps_ema, step_time_ema = meta.get("tps_ema"), meta.get("step_time_ema")
-        eval_seconds, last_eval_step = float(meta["eval_seconds"]), int(meta["last_eval_step"])
-        t_start = time.perf_counter() - float(meta["seconds"])  # the budget counts the time already spent
-        restore_rng(ckpt.tensors, device, {"windows": gen})  # last: building the model drew from torch's RNG
-        emit("resumed", step=step, seconds=round(float(meta["seconds"]), 3), from_checkpoint=True)
-    elif resume:
-        emit("resumed", step=0, seconds=0.0, from_checkpoint=False,
-             message="No usable checkpoint of the code model was found, so it trains again from the start.")
-
-    def save_checkpoint(wait: bool = False) -> None:
-        nonlocal last_saved_step, checkpoint
-        if checkpoint is None or step == last_saved_step:
-            return
-        opt_tensors, opt_meta = optimizer_tensors(opt)
-        rng = rng_tensors(device, {"windows": gen})
-        tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, **rng}
-        if averaged is not None:
-            tensors.update({f"average.{k}": v for k, v in averaged.model.state_dict().items()})
-        if best_state is not None:
-            tensors.update({f"best.{k}": v for k, v in best_state.items()})
-        meta = {"stage": "prior", "step": step, "seconds": round(time.perf_counter() - t_start, 3),
-                "best_val_loss": _safe(best_val), "best_step": best_step, "has_best": best_state is not None,
-                "since_best": since_best, "warned_memorise": warned_memorise, "warned_gap": warned_gap,
-                "warning_text": warning_text, "bad_steps": bad_steps, "last_loss": last_loss, "tps_ema": tps_ema,
-                "step_time_ema": step_time_ema, "eval_seconds": eval_seconds, "last_eval_step": last_eval_step,
-                "fingerprint": fingerprint, "optimizer": opt_meta, "rng": rng_record(rng),
-                "schedule": {"warmup_steps": plan.warmup_steps, "total_steps": plan.total_steps,
-                             "steps_per_epoch": plan.steps_per_epoch, "time_budget_s": config.time_budget_s},
-                "history": history}
-        try:
-            checkpoint.save(tensors, meta, wait=wait)  # at evaluations: written in the background
-            last_saved_step = step
-        except OSError as exc:  # a checkpoint is insurance: losing it must not stop the training
-            emit("warning", code="checkpoint_failed", step=step, message=f"Could not save a checkpoint ({exc}); "
-                 "training goes on, but an interruption now would lose more work.")
-            checkpoint = None
-
-    def evaluate(epoch: float) -> bool:
+    def evaluate(progress: Progress) -> bool:
         """Score both splits, track the best weights, check memorisation. True: early stop."""
-        nonlocal best_val, best_step, best_state, since_best, warned_memorise, warned_gap, warning_text
-        nonlocal eval_seconds, last_eval_step
+        step, s = progress.step, state
+        epoch = round(step / plan.steps_per_epoch, 3)  # passes over the training codes so far
         t0 = time.perf_counter()
-        scored.eval()
-        val_loss, val_end_loss = _mean_loss(scored, val_data, *val_eval, device, eval_batch)
-        train_loss, _ = _mean_loss(scored, train_data, *train_eval, device, eval_batch)
+        s.scored.eval()
+        val_loss, val_end_loss = _mean_loss(s.scored, val_data, *val_eval, device, eval_batch)
+        train_loss, _ = _mean_loss(s.scored, train_data, *train_eval, device, eval_batch)
         model.train()
-        eval_seconds += time.perf_counter() - t0
-        last_eval_step = step
-        improved = math.isfinite(val_loss) and val_loss < best_val - 1e-4
+        s.eval_seconds += time.perf_counter() - t0
+        improved = math.isfinite(val_loss) and val_loss < s.best_val - 1e-4
         if improved:
-            best_val, best_step, since_best = val_loss, step, 0
-            best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
+            s.best_val, s.best_step, s.since_best = val_loss, step, 0
+            s.best_weights = {k: v.detach().clone() for k, v in s.scored.state_dict().items()}
         else:
-            since_best += 1
+            s.since_best += 1
         gap = val_loss - train_loss
-        ratio = math.exp(min(50.0, gap)) if math.isfinite(gap) else math.inf
+        ratio = perplexity_from_loss(gap)  # validation perplexity over training perplexity
         record = {
-            "step": step, "epoch": epoch, "train_loss": _safe(train_loss), "val_loss": _safe(val_loss),
-            "val_perplexity": _ppl(val_loss), "train_perplexity": _ppl(train_loss),
-            "gap": _safe(gap), "perplexity_ratio": _safe(ratio),
-            "best_val_loss": _safe(best_val), "best_step": best_step,
+            "step": step, "epoch": epoch, "train_loss": finite_or_none(train_loss), "val_loss": finite_or_none(val_loss),
+            "val_perplexity": finite_or_none(perplexity_from_loss(val_loss)),
+            "train_perplexity": finite_or_none(perplexity_from_loss(train_loss)),
+            "gap": finite_or_none(gap), "perplexity_ratio": finite_or_none(ratio),
+            "best_val_loss": finite_or_none(s.best_val), "best_step": s.best_step,
         }
         if val_end_loss is not None:
-            record["val_end_loss"] = _safe(val_end_loss)
-        history.append(record)
+            record["val_end_loss"] = finite_or_none(val_end_loss)
+        s.history.append(record)
         emit("eval", **record)
         # Memorisation: held-out score worse than its best for a few checks while training score falls
         # (relative margins, so one noisy check does not count as a trend)
-        at_best = next((h for h in history if h["step"] == best_step), None)
+        at_best = next((h for h in s.history if h["step"] == s.best_step), None)
         train_falling = at_best is not None and at_best["train_loss"] is not None and train_loss < at_best["train_loss"] * 0.98
-        val_rising = val_loss > best_val * 1.01
-        if not warned_memorise and since_best >= MEMORISE_CHECKS and val_rising and train_falling:
-            warned_memorise = True
-            text = memorisation_message(since_best, best_step)
-            warning_text = warning_text or text
-            emit("warning", code="memorising", message=text, step=step, best_step=best_step)
+        val_rising = val_loss > s.best_val * 1.01
+        if not s.warned_memorise and s.since_best >= MEMORISE_CHECKS and val_rising and train_falling:
+            s.warned_memorise = True
+            text = memorisation_message(s.since_best, s.best_step)
+            s.warning_text = s.warning_text or text
+            emit("warning", code="memorising", message=text, step=step, best_step=s.best_step)
         # a large gap alone can be honest difference between files; warn once it stops improving too
-        if not warned_gap and ratio > GAP_RATIO and since_best >= 1 and step > plan.warmup_steps:
-            warned_gap = True
-            text = gap_message(ratio, best_step)
-            warning_text = warning_text or text
-            emit("warning", code="memorising_gap", message=text, step=step, best_step=best_step, ratio=_safe(ratio))
-        return since_best >= config.patience and step >= plan.warmup_steps
+        if not s.warned_gap and ratio > GAP_RATIO and s.since_best >= 1 and step > plan.warmup_steps:
+            s.warned_gap = True
+            text = gap_message(ratio, s.best_step)
+            s.warning_text = s.warning_text or text
+            emit("warning", code="memorising_gap", message=text, step=step, best_step=s.best_step,
+                 ratio=finite_or_none(ratio))
+        return s.since_best >= config.patience and step >= plan.warmup_steps
 
-    model.train()
-    done = False
-    while not done:
-        if stop is not None and stop.is_set():
-            stop_reason, message = "stopped", "Stopped; the best code model so far was kept."
-            break
+    def train_step(progress: Progress) -> StepOutcome:
+        s = state
         t0 = time.perf_counter()
-        lr = _lr(config, plan, step, t0 - t_start)
+        lr = _lr(config, plan, progress.step, t0 - progress.started)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y, ends, resume = train_data.sample(config.batch_size, gen, pack=config.pack_files)
-        if config.input_noise > 0:
-            x = _corrupt_inputs(x, config.input_noise, model.codebook_size, gen)
+        x, y, ends, resume = train_data.sample(config.batch_size, gen)
         x, y, ends, resume = (t.to(device, non_blocking=True) for t in (x, y, ends, resume))
         logits, end_logits = model.forward_with_ends(x, resume)
         code_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
@@ -480,117 +487,44 @@ def train_prior(
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_norm)
             grad_ok = bool(torch.isfinite(norm))
         if not grad_ok:
-            bad_steps += 1
             opt.zero_grad(set_to_none=True)
-            emit("warning", code="non_finite", step=step,
-                 message=f"Skipped a training step whose loss was not a number (step {step}).")
-            if bad_steps >= MAX_BAD_STEPS:
-                stop_reason = "non_finite"
-                message = (f"Training became numerically unstable ({MAX_BAD_STEPS} bad steps in a row) and was "
-                           "stopped; the last good version was kept. A lower learning rate may help.")
-                break
-            continue
-        bad_steps = 0
+            return StepOutcome(finite=False)
         opt.step()
-        step += 1
+        step = progress.step + 1
         if averaged is not None:
             averaged.update(model, step)
-        last_loss = loss_value
+        s.last_loss = loss_value
         dt = time.perf_counter() - t0
         n_tok = int((y != -100).sum())
-        tps_ema = n_tok / dt if tps_ema is None else 0.8 * tps_ema + 0.2 * n_tok / dt
-        step_time_ema = dt if step_time_ema is None else 0.8 * step_time_ema + 0.2 * dt
-        elapsed = time.perf_counter() - t_start
-        eval_per_step = eval_seconds / max(1, len(history)) / plan.eval_interval
-        eta = (plan.total_steps - step) * (step_time_ema + eval_per_step)
+        s.tps_ema = n_tok / dt if s.tps_ema is None else 0.8 * s.tps_ema + 0.2 * n_tok / dt
+        s.step_time_ema = dt if s.step_time_ema is None else 0.8 * s.step_time_ema + 0.2 * dt
+        eval_per_step = s.eval_seconds / max(1, len(s.history)) / plan.eval_interval
+        eta = (plan.total_steps - step) * (s.step_time_ema + eval_per_step)
         if config.time_budget_s:
-            eta = min(eta, max(0.0, config.time_budget_s - elapsed))
-        epoch = round(step / plan.steps_per_epoch, 3)  # passes over the training codes so far
-        emit("step", step=step, epoch=epoch, loss=loss_value, lr=lr, tokens_per_s=round(tps_ema, 1), eta_s=round(eta, 1))
+            eta = min(eta, max(0.0, config.time_budget_s - progress.elapsed()))
+        return StepOutcome(True, dict(epoch=round(step / plan.steps_per_epoch, 3), loss=loss_value, lr=lr,
+                                      tokens_per_s=round(s.tps_ema, 1), eta_s=round(eta, 1)))
 
-        epoch_end = step % plan.steps_per_epoch == 0
-        if step % plan.eval_interval == 0 or epoch_end:
-            if evaluate(epoch):
-                stop_reason = "early_stop"
-                message = (f"Stopped early: the held-back files stopped improving {config.patience} checks ago; "
-                           f"keeping the best version, from step {best_step}.")
-                break
-            save_checkpoint()
-        if step >= plan.total_steps:
-            stop_reason, message = "completed", f"Finished all {config.max_epochs} passes over the material."
-            break
-        if config.time_budget_s and time.perf_counter() - t_start >= config.time_budget_s:
-            stop_reason, message = "time_budget", "Used the whole time budget; keeping the best version."
-            break
-
-    interrupted = stop_reason == "stopped"
-    if interrupted:
-        save_checkpoint(wait=True)  # before the closing evaluation, which an uninterrupted run would not do here
-    if checkpoint is not None:
-        try:
-            checkpoint.wait()  # a background save still writing: done before anyone reads the files
-        except OSError as exc:
-            emit("warning", code="checkpoint_failed", step=step, message=f"Could not save a checkpoint ({exc}).")
-    if step > 0 and last_eval_step != step:
-        evaluate(round(step / plan.steps_per_epoch, 3))
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    elif averaged is not None and step > 0:
+    model.train()
+    schedule = Schedule(max_steps=plan.total_steps, time_budget_s=config.time_budget_s, eval_every=plan.eval_interval,
+                        epoch_steps=plan.steps_per_epoch, limit_reason=StopReason.COMPLETED)
+    loop = run_training(state, train_step, evaluate, schedule, emit, stop=stop, checkpoint=checkpoint, resume_from=ckpt)
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    elif averaged is not None and loop.steps > 0:
         model.load_state_dict(averaged.model.state_dict())
     model.eval()
-    seconds = time.perf_counter() - t_start
-    if not message:
-        message = "Stopped before any training step." if step == 0 else "Training finished."
-    emit("info", message=message, stop_reason=stop_reason, steps=step, seconds=round(seconds, 2),
-         best_val_loss=_safe(best_val), best_step=best_step)
+    seconds = loop.seconds
+    message = stop_sentence(loop.stop, state.best_step, passes=config.max_epochs, budget_s=config.time_budget_s,
+                            patience=config.patience)
+    emit("info", message=message, stop_reason=loop.stop.value, steps=loop.steps, seconds=round(seconds, 2),
+         best_val_loss=finite_or_none(state.best_val), best_step=state.best_step)
     return PriorTrainResult(
-        model=model, best_val_loss=best_val, best_step=best_step, final_train_loss=last_loss, history=history,
-        steps=step, seconds=seconds, stop_reason=stop_reason, message=message, memorisation_warning=warning_text,
-        interrupted=interrupted, resumed_from=resumed_from,
+        model=model, best_val_loss=state.best_val, best_step=state.best_step, final_train_loss=state.last_loss,
+        history=state.history, steps=loop.steps, seconds=seconds, stop_reason=loop.stop, stop=loop.stop,
+        message=message, memorisation_warning=state.warning_text, interrupted=loop.interrupted,
+        resumed_from=loop.resumed_from,
     )
-
-
-class WeightAverage:
-    """An exponential moving average of a model's weights, kept in a second copy of the model.
-    The decay ramps up from 0 ((1 + step) / (10 + step)) so early steps are not dragged toward the
-    random initialisation."""
-
-    def __init__(self, model: CodePrior, decay: float):
-        self.decay = float(decay)
-        self.model = copy.deepcopy(model)
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: CodePrior, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
-
-
-def _strip(tensors: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _load_checkpoint(store: CheckpointStore, model: CodePrior, opt, gen: torch.Generator, fingerprint: str,
-                     averaged: WeightAverage | None = None):
-    """The newest checkpoint that fits this model, data and settings (checked before reading tensors)."""
-    state = model.state_dict()
-
-    def expected(meta: dict) -> dict:
-        if meta.get("stage") != "prior":
-            raise CheckpointError("it is not a code-model checkpoint")
-        if meta.get("fingerprint") != fingerprint:
-            raise CheckpointError("it was made with other settings or other codes")
-        spec = {**prefixed_spec("model.", state), **optimizer_spec(opt, meta.get("optimizer") or {}),
-                **rng_spec(meta.get("rng") or {}, {"windows": gen})}
-        if meta.get("has_best"):
-            spec.update(prefixed_spec("best.", state))
-        if averaged is not None:
-            spec.update(prefixed_spec("average.", state))
-        return spec
-
-    return store.load(expected)
 
 
 # --- speed probe -----------------------------------------------------------------------------

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from distill.checkpoint import (
+    Checkpoint,
     CheckpointError,
     CheckpointStore,
-    ignored_message,
     optimizer_spec,
     optimizer_tensors,
     prefixed_spec,
@@ -47,25 +47,32 @@ from distill.config import VQVAEConfig
 from distill.data import MelDataset
 from distill.device import resolve_device
 from distill.models.vqvae import ConvVQVAE, quantizer_matches_cpu
+from distill.training.loop import (  # noqa: F401  (MAX_BAD_STEPS: read by callers of this module)
+    MAX_BAD_STEPS,
+    Progress,
+    Schedule,
+    StepOutcome,
+    StopReason,
+    find_checkpoint,
+    finite_or_none,
+    run_training,
+    stop_words,
+    strip_prefix,
+)
 
 STAGE = "vqvae"
 LOG_EVERY = 10  # optimiser steps between "step" events ...
 LOG_SECONDS = 1.0  # ... or this long, whichever comes first (slow steps still draw a live curve)
 WARMUP_STEPS = 50
 FINAL_LR_FRACTION = 0.1  # cosine decays to this fraction of the peak learning rate
-MAX_BAD_STEPS = 5  # consecutive non-finite losses before giving up
 INIT_BATCHES = 8  # batches of windows the k-means initialisation sees
 LOW_UTILISATION = 0.3
 VAL_MAX_FRAMES = 24_000  # validation material cap (~4 min of audio): keeps each eval to about a second
 VAL_CHUNK_FRAMES = 4_096  # long validation files are measured in chunks of this many frames
 TRAIN_STATS_MAX_FRAMES = 16_384  # training material re-encoded at each eval for codebook statistics
 # Augmentation (random gain and mel-band shift of training windows) helps small collections and hurts
-# large ones (measured, 3-min budget, held-out ratio to baseline: freedesktop, 25 s of training audio,
-# 0.292 -> 0.266; asterisk-en, 22 min, 0.254 -> 0.288). So each window is augmented with a probability
-# that falls from AUG_MAX_PROB at AUG_FULL_BELOW_S of training audio to 0 at AUG_NONE_ABOVE_S (log
-# scale). With the linear path (freedesktop, 5 min, 1 thread): every window augmented 0.237 but level 2
-# used only 79.7 % of its codes on the real training files; none 0.247 (97 %); half 0.235 (81-86 %).
-# Larger shifts (±6 bands: 0.281) and mixing two windows (no gain) were tried and left out.
+# large ones (README), so each window is augmented with a probability that falls from AUG_MAX_PROB at
+# AUG_FULL_BELOW_S of training audio to 0 at AUG_NONE_ABOVE_S (log scale).
 AUG_GAIN = 1.0  # random gain of exp(±1) in power (±4.3 dB)
 AUG_SHIFT = 2  # random shift of up to ±2 mel bands
 AUG_MAX_PROB = 0.5
@@ -86,9 +93,10 @@ class VQVAETrainResult:
     history: list[dict] = field(default_factory=list)
     device: str = "cpu"
     stopped_early: bool = False  # the stop flag, or training became numerically unstable
-    stop_reason: str = ""  # plain words: why training ended
+    stop_reason: str = ""  # plain words: why training ended (stop_words of `stop`)
     interrupted: bool = False  # ended by the stop flag: a checkpoint (if any) can continue it
     resumed_from: int | None = None  # the checkpoint step this call continued from
+    stop: StopReason = StopReason.COMPLETED
 
 
 # --- loss -----------------------------------------------------------------------------------
@@ -280,6 +288,59 @@ def _fingerprint(config: VQVAEConfig, n_mels: int, train_mels: list, val_mels: l
                                 [int(m.shape[-1]) for m in val_mels], floor)
 
 
+@dataclass
+class VQVAEState:
+    """Everything train_vqvae saves to continue exactly where it left off (the loop adds the step,
+    the clock and its counters): the live objects, the best weights and the codebook watch."""
+
+    model: ConvVQVAE
+    opt: torch.optim.Optimizer
+    sampler: WindowSampler
+    device: torch.device
+    fingerprint: str
+    schedule: dict  # the plan, recorded for whoever reads the checkpoint
+    best_weights: dict
+    history: list[dict]  # every event of the stage, across resumes
+    resets: torch.Tensor  # [Q] codes re-seeded so far
+    warned_low: list[bool]  # per level: the low-utilisation warning is standing
+    best_val: float = math.inf
+    best_step: int = 0
+
+    def expected(self, meta: dict) -> dict:
+        """The tensors a checkpoint must hold to fit this model, data and settings (checked before
+        any tensor is read)."""
+        if meta.get("stage") != STAGE:
+            raise CheckpointError("it is not a sound-model checkpoint")
+        if meta.get("fingerprint") != self.fingerprint:
+            raise CheckpointError("it was made with other settings or other files")
+        state = self.model.state_dict()
+        return {**prefixed_spec("model.", state), **prefixed_spec("best.", state),
+                **optimizer_spec(self.opt, meta.get("optimizer") or {}),
+                **rng_spec(meta.get("rng") or {}, {"sampler": self.sampler.gen})}
+
+    def to_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict]:
+        opt_tensors, opt_meta = optimizer_tensors(self.opt)
+        rng = rng_tensors(self.device, {"sampler": self.sampler.gen})
+        tensors = {**{f"model.{n}": v for n, v in self.model.state_dict().items()},
+                   **{f"best.{n}": v for n, v in self.best_weights.items()}, **opt_tensors, **rng}
+        meta = {"stage": STAGE, "fingerprint": self.fingerprint, "optimizer": opt_meta, "rng": rng_record(rng),
+                "schedule": self.schedule, "best_val_loss": finite_or_none(self.best_val), "best_step": self.best_step,
+                "codes_reset": self.resets.tolist(), "warned_low": self.warned_low, "history": self.history}
+        return tensors, meta
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        meta, tensors = ckpt.meta, ckpt.tensors
+        self.model.load_state_dict(strip_prefix(tensors, "model."))
+        restore_optimizer(self.opt, tensors, meta["optimizer"])
+        self.best_weights = {k: v.to(self.device) for k, v in strip_prefix(tensors, "best.").items()}
+        self.history[:0] = meta.get("history") or []  # before this call's events
+        self.best_val = float(meta["best_val_loss"]) if meta.get("best_val_loss") is not None else math.inf
+        self.best_step = int(meta["best_step"])
+        self.resets = torch.tensor([float(x) for x in meta["codes_reset"]])
+        self.warned_low = [bool(x) for x in meta["warned_low"]]
+        restore_rng(tensors, self.device, {"sampler": self.sampler.gen})  # last: setup drew from torch's RNG
+
+
 def train_vqvae(
     dataset: MelDataset,
     config: VQVAEConfig,
@@ -295,7 +356,7 @@ def train_vqvae(
     resume its old checkpoints are removed first. resume: continue from its newest usable one."""
     callbacks = list(callbacks or [])
     history: list[dict] = []
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # the time budget counts the setup too
 
     def emit(kind: str, **payload) -> None:
         event = {"stage": STAGE, "kind": kind, **payload}
@@ -310,37 +371,37 @@ def train_vqvae(
     n_mels = int(train_mels[0].shape[0])
     device = resolve_device(config.device)
     pad_value = math.log(dataset.audio_config.log_floor)  # log-mel of silence
-    fingerprint = _fingerprint(config, n_mels, train_mels, val_mels, dataset.audio_config.log_floor)
-    if checkpoint is not None and not resume:
-        checkpoint.clear()  # a fresh start: never continue some older training of this stage later
+    budget = config.time_budget_s
+    warmup = max(1, min(WARMUP_STEPS, config.max_steps // 10))
 
     with torch.random.fork_rng(devices=[]):  # seed without disturbing the caller's RNG
         torch.manual_seed(config.seed)
         model = ConvVQVAE(n_mels, config)
         sampler = WindowSampler(train_mels, config.window_frames, pad_value, config.seed)
         opt = torch.optim.AdamW(_param_groups(model), lr=config.learning_rate, weight_decay=config.weight_decay)
-        ckpt, problems = None, []
-        if resume and checkpoint is not None:
-            ckpt, problems = _load_checkpoint(checkpoint, model, opt, sampler, device, fingerprint)
+        state = VQVAEState(
+            model, opt, sampler, device, _fingerprint(config, n_mels, train_mels, val_mels, dataset.audio_config.log_floor),
+            schedule={"warmup_steps": warmup, "max_steps": config.max_steps, "time_budget_s": budget},
+            best_weights={}, history=history, resets=torch.zeros(config.num_quantizers),
+            warned_low=[False] * config.num_quantizers)
+        ckpt = find_checkpoint(checkpoint, resume, state.expected, emit, "sound model")
         if ckpt is not None:
-            history.extend(ckpt.meta.get("history") or [])
-            model.load_state_dict(_strip(ckpt.tensors, "model."))
+            model.load_state_dict(strip_prefix(ckpt.tensors, "model."))  # now: the device check below uses them
         elif init_state is not None:
             model.load_state_dict(init_state)
         else:
             model.set_normalization(*_norm_stats(train_mels))
             model.init_linear_path(train_mels)
-        if problems:
-            emit("warning", message=ignored_message(problems, "sound-model"), problems=problems[:5])
         if ckpt is None and config.kmeans_init and not model.quantizer.initted:
             sample = torch.cat([sampler.batch(config.batch_size) for _ in range(INIT_BATCHES)])
             model.init_codebooks(sample)  # on CPU: deterministic
         if device.type == "mps" and not quantizer_matches_cpu(model, device):
             emit("warning", message="The Apple GPU picked different codes than the CPU on a test input, "
                  "so this training runs on the CPU instead (slower, but the codes stay reliable).")
-            device = torch.device("cpu")
+            device = state.device = torch.device("cpu")
         model.to(device)
         model.train()
+        state.best_weights = copy.deepcopy(model.state_dict())
         hop_s = dataset.audio_config.hop_length / dataset.audio_config.sample_rate
         aug_prob = augment_probability(sum(m.shape[-1] for m in train_mels) * hop_s)
         checking = (f"checking on {len(val_mels)} held-out file(s)" if dataset.val_index
@@ -354,98 +415,40 @@ def train_vqvae(
         # codebook use is judged on training material encoded as extraction will see it: counting
         # training-batch codes instead would flatter it (a re-seeded code is used by the vector it sits on)
         train_chunks = validation_chunks(train_mels, max_frames=TRAIN_STATS_MAX_FRAMES)
-        budget = config.time_budget_s
-        warmup = max(1, min(WARMUP_STEPS, config.max_steps // 10))
-        best_state = copy.deepcopy(model.state_dict())
-        best_val, best_step = math.inf, 0
-        step, bad_streak = 0, 0
-        stopped_early, stop_reason = False, ""
         k = config.codebook_size
-        resets = torch.zeros(config.num_quantizers)
-        warned_low = [False] * config.num_quantizers
-        last_eval_step = -1
-        last_saved_step = 0  # step 0 is the untouched start: nothing to save
-        resumed_from = None
-        if ckpt is not None:
-            meta = ckpt.meta
-            restore_optimizer(opt, ckpt.tensors, meta["optimizer"])
-            best_state = {k_: v.to(device) for k_, v in _strip(ckpt.tensors, "best.").items()}
-            step = last_saved_step = resumed_from = int(meta["step"])
-            best_val = float(meta["best_val_loss"]) if meta.get("best_val_loss") is not None else math.inf
-            best_step, bad_streak = int(meta["best_step"]), int(meta["bad_streak"])
-            resets = torch.tensor([float(x) for x in meta["codes_reset"]])
-            warned_low = [bool(x) for x in meta["warned_low"]]
-            last_eval_step = int(meta["last_eval_step"])
-            t0 = time.perf_counter() - float(meta["seconds"])  # the budget counts the time already spent
-            restore_rng(ckpt.tensors, device, {"sampler": sampler.gen})  # last: setup above drew from torch's RNG
-            emit("resumed", step=step, seconds=round(float(meta["seconds"]), 3), from_checkpoint=True)
-        elif resume:
-            emit("resumed", step=0, seconds=0.0, from_checkpoint=False,
-                 message="No usable checkpoint of the sound model was found, so it trains again from the start.")
 
-        def run_eval() -> None:
-            nonlocal best_val, best_step, best_state, last_eval_step
+        def evaluate_now(progress: Progress) -> bool:
+            s, step = state, progress.step
             ev = evaluate(model, chunks, device)
-            improved = math.isfinite(ev["val_loss"]) and ev["val_loss"] < best_val
+            improved = math.isfinite(ev["val_loss"]) and ev["val_loss"] < s.best_val
             if improved:
-                best_val, best_step = ev["val_loss"], step
-                best_state = copy.deepcopy(model.state_dict())
+                s.best_val, s.best_step = ev["val_loss"], step
+                s.best_weights = copy.deepcopy(model.state_dict())
             dead = [int((lvl.cluster_size < lvl.threshold).sum()) for lvl in model.quantizer.levels]
             train_hist = code_histogram(model, train_chunks, device)
             used = utilisation(train_hist)
-            emit("eval", step=step, seconds=round(time.perf_counter() - t0, 3), best=improved,
+            emit("eval", step=step, seconds=round(progress.elapsed(), 3), best=improved,
                  utilisation=_plain(used), perplexity=_plain(perplexity(train_hist)), dead_codes=dead,
-                 codes_reset=_plain(resets), **ev)
+                 codes_reset=_plain(s.resets), **ev)
             for q, u in enumerate(used.tolist()):
-                if u < LOW_UTILISATION and not warned_low[q]:
+                if u < LOW_UTILISATION and not s.warned_low[q]:
                     emit("warning", step=step, level=q, message=(
                         f"Level {q + 1} of the codebook uses only {u:.0%} of its {k} codes on the training "
                         "files: it is collapsing onto a few sounds. Unused codes are re-seeded automatically; "
                         "if this persists, try fewer levels or a smaller codebook."))
-                warned_low[q] = u < LOW_UTILISATION
-            last_eval_step = step
-
-        def save_checkpoint(wait: bool = False) -> None:
-            nonlocal last_saved_step, checkpoint
-            if checkpoint is None or step == last_saved_step:
-                return
-            opt_tensors, opt_meta = optimizer_tensors(opt)
-            rng = rng_tensors(device, {"sampler": sampler.gen})
-            tensors = {**{f"model.{n}": v for n, v in model.state_dict().items()},
-                       **{f"best.{n}": v for n, v in best_state.items()}, **opt_tensors, **rng}
-            meta = {"stage": STAGE, "step": step, "seconds": round(time.perf_counter() - t0, 3),
-                    "best_val_loss": best_val if math.isfinite(best_val) else None, "best_step": best_step,
-                    "bad_streak": bad_streak, "codes_reset": resets.tolist(), "warned_low": warned_low,
-                    "last_eval_step": last_eval_step, "fingerprint": fingerprint, "optimizer": opt_meta, "rng": rng_record(rng),
-                    "schedule": {"warmup_steps": warmup, "max_steps": config.max_steps, "time_budget_s": budget},
-                    "history": history}
-            try:
-                checkpoint.save(tensors, meta, wait=wait)  # at evaluations: written in the background
-                last_saved_step = step
-            except OSError as exc:  # a checkpoint is insurance: losing it must not stop the training
-                emit("warning", step=step, message=f"Could not save a checkpoint ({exc}); training goes on, "
-                     "but an interruption now would lose more work.")
-                checkpoint = None
+                s.warned_low[q] = u < LOW_UTILISATION
+            return False  # no early stopping: the codec trains to its limit
 
         last_step_event = time.perf_counter()
-        while True:
-            elapsed = time.perf_counter() - t0
-            if stop is not None and stop.is_set():
-                stopped_early, stop_reason = True, "stopped on request"
-                break
-            if step >= config.max_steps:
-                stop_reason = f"reached the step limit ({config.max_steps})"
-                break
-            if budget is not None and elapsed >= budget:
-                stop_reason = f"used the time budget ({budget:.0f} s)"
-                break
-            progress = step / max(config.max_steps, 1)
+
+        def train_step(progress: Progress) -> StepOutcome:
+            nonlocal last_step_event
+            done = progress.step / max(config.max_steps, 1)
             if budget:
-                progress = max(progress, elapsed / budget)
-            lr = _lr_at(step, progress, config.learning_rate, warmup)
+                done = max(done, progress.elapsed() / budget)
+            lr = _lr_at(progress.step, done, config.learning_rate, warmup)
             for group in opt.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-
             x = sampler.batch(config.batch_size)
             x = augment(x, dataset.audio_config.log_floor, sampler.gen, aug_prob)
             x = x.to(device)
@@ -460,72 +463,32 @@ def train_vqvae(
                 finite = bool(torch.isfinite(grad_norm))
             if not finite:
                 opt.zero_grad(set_to_none=True)
-                bad_streak += 1
-                emit("warning", step=step, message=(
-                    f"Step {step}: the loss was not a finite number, so this step was skipped "
-                    f"({bad_streak} in a row)."))
-                if bad_streak >= MAX_BAD_STEPS:
-                    stopped_early = True
-                    stop_reason = (f"training became numerically unstable (no usable loss {MAX_BAD_STEPS} steps "
-                                   "in a row); kept the last good weights")
-                    break
-                step += 1
-                continue
-            bad_streak = 0
+                return StepOutcome(finite=False)
             opt.step()
-            step += 1
-            resets += out.stats["codes_reset"]
-            now = time.perf_counter()
-            if step % LOG_EVERY == 0 or step == 1 or now - last_step_event >= LOG_SECONDS:
-                last_step_event = now
-                emit("step", step=step, seconds=round(now - t0, 3), loss=float(loss.detach()),
-                     recon_loss=float(recon_loss.detach()), mel_l1=float(l1.detach()), commit_loss=float(out.commit_loss.detach()), lr=lr,
-                     utilisation=_plain(out.stats["utilisation"]), perplexity=_plain(out.stats["perplexity"]),
-                     codes_reset=_plain(resets))
-            if step % max(config.eval_every, 1) == 0:
-                run_eval()
-                save_checkpoint()
+            state.resets += out.stats["codes_reset"]
+            step, now = progress.step + 1, time.perf_counter()
+            if not (step % LOG_EVERY == 0 or step == 1 or now - last_step_event >= LOG_SECONDS):
+                return StepOutcome(finite=True)
+            last_step_event = now
+            return StepOutcome(True, dict(
+                seconds=round(now - progress.started, 3), loss=float(loss.detach()), recon_loss=float(recon_loss.detach()),
+                mel_l1=float(l1.detach()), commit_loss=float(out.commit_loss.detach()), lr=lr,
+                utilisation=_plain(out.stats["utilisation"]), perplexity=_plain(out.stats["perplexity"]),
+                codes_reset=_plain(state.resets)))
 
-        interrupted = stop_reason == "stopped on request"
-        if interrupted:
-            save_checkpoint(wait=True)  # before the closing evaluation, which an uninterrupted run would not do here
-        if checkpoint is not None:
-            try:
-                checkpoint.wait()  # a background save still writing: done before anyone reads the files
-            except OSError as exc:
-                emit("warning", step=step, message=f"Could not save a checkpoint ({exc}).")
-        if step != last_eval_step:
-            run_eval()
-        model.load_state_dict(best_state)
+        schedule = Schedule(max_steps=config.max_steps, time_budget_s=budget, eval_every=config.eval_every,
+                            limit_reason=StopReason.STEP_LIMIT, evaluate_untrained=True)
+        loop = run_training(state, train_step, evaluate_now, schedule, emit, stop=stop, checkpoint=checkpoint,
+                            resume_from=ckpt, started=t0)
+        model.load_state_dict(state.best_weights)
         model.eval()
-        seconds = time.perf_counter() - t0
-        emit("info", step=step, seconds=round(seconds, 3), best_step=best_step,
-             best_val_loss=best_val if math.isfinite(best_val) else None,
-             message=f"Codec training finished after {step} steps ({seconds:.0f} s): {stop_reason}.")
+        seconds = loop.seconds
+        words = stop_words(loop.stop, max_steps=config.max_steps, budget_s=budget)
+        emit("info", step=loop.steps, seconds=round(seconds, 3), best_step=state.best_step,
+             best_val_loss=finite_or_none(state.best_val),
+             message=f"Codec training finished after {loop.steps} steps ({seconds:.0f} s): {words}.")
     return VQVAETrainResult(
-        model=model, best_val_loss=best_val, best_step=best_step, steps=step, seconds=seconds,
-        history=history, device=str(device), stopped_early=stopped_early, stop_reason=stop_reason,
-        interrupted=interrupted, resumed_from=resumed_from,
+        model=model, best_val_loss=state.best_val, best_step=state.best_step, steps=loop.steps, seconds=seconds,
+        history=history, device=str(device), stopped_early=loop.stop in (StopReason.STOPPED, StopReason.NON_FINITE),
+        stop_reason=words, stop=loop.stop, interrupted=loop.interrupted, resumed_from=loop.resumed_from,
     )
-
-
-def _strip(tensors: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _load_checkpoint(store: CheckpointStore, model: ConvVQVAE, opt, sampler: WindowSampler, device: torch.device,
-                     fingerprint: str):
-    """The newest checkpoint that fits this model, data and settings (checked before reading tensors)."""
-    state = model.state_dict()
-
-    def expected(meta: dict) -> dict:
-        if meta.get("stage") != STAGE:
-            raise CheckpointError("it is not a sound-model checkpoint")
-        if meta.get("fingerprint") != fingerprint:
-            raise CheckpointError("it was made with other settings or other files")
-        return {**prefixed_spec("model.", state), **prefixed_spec("best.", state),
-                **optimizer_spec(opt, meta.get("optimizer") or {}),
-                **rng_spec(meta.get("rng") or {}, {"sampler": sampler.gen})}
-
-    ckpt, problems = store.load(expected)
-    return ckpt, problems
