@@ -99,13 +99,12 @@ def read_run_view(app: DistillApp, run_id: str | None, drawn: Drawn | None) -> t
     job_run = snap.get("run_id")
     if job_run and ((drawn is not None and gen != drawn.view.generation) or not run_id):
         run_id, drawn = job_run, None
-    if drawn is not None and drawn.view.run_id != run_id:
-        drawn = None
     state, running = snap.get("state"), bool(snap.get("running"))
     run_dir = app.run_dir(run_id)
+    if drawn is not None and (drawn.view.run_id != run_id or drawn.view.exists != (run_dir is not None)):
+        drawn = None  # another run, or the run's folder came or went: everything is redrawn
     if run_dir is None:
-        view = RunView(run_id, gen, state, running, False, status_card_html(snap, run_id))
-        return view, RunSources(), drawn if drawn is None or not drawn.view.exists else None
+        return RunView(run_id, gen, state, running, False, status_card_html(snap, run_id)), RunSources(), drawn
 
     is_job = job_run == run_id and state != "idle"
     manifest = None
@@ -115,11 +114,9 @@ def read_run_view(app: DistillApp, run_id: str | None, drawn: Drawn | None) -> t
         except Exception:
             manifest = None
     events = app.run_events(run_dir)
-    tally = drawn.view.tally if drawn is not None and drawn.view.exists else EventTally()
+    tally = drawn.view.tally if drawn is not None else EventTally()
     if tally.seen > len(events):  # the file was rewritten (retrain appends; this is a safety net)
         tally, drawn = EventTally(), None
-    if drawn is not None and not drawn.view.exists:
-        drawn = None
     view = RunView(run_id, gen, state, running, True, status_card_html(snap if is_job else None, run_id, manifest),
                    tally.advance(events[tally.seen:]))
     return view, RunSources(run_dir, events, manifest), drawn

@@ -1,5 +1,5 @@
-"""Renders the parts of the run view that changed, as {name: value}; the page maps the names to its
-components (see `RunViewComponents` in layout.py)."""
+"""Renders the parts of the run view that changed, as {name: value}; `RunViewComponents` maps the names
+to the page's components."""
 from __future__ import annotations
 
 import time
