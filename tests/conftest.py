@@ -1,10 +1,18 @@
-"""Shared fixtures: synthetic audio folders and the real collections from ../shared/datasets/fetch.sh."""
+"""Shared fixtures: synthetic audio folders, the real collections from ../shared/datasets/fetch.sh, and the
+app launched in a subprocess on a free port (`start_app`, `app_process`, `Server`)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
@@ -65,3 +73,106 @@ def fetch_dataset(name: str) -> Path:
 @pytest.fixture(scope="session")
 def freedesktop_dir() -> Path:
     return fetch_dataset("freedesktop")
+
+
+# --- the app in a subprocess ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(workspace: Path, port: int, log: Path, host: str = "127.0.0.1") -> subprocess.Popen:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "DISTILL_CACHE": str(workspace / "cache"),
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("GRADIO_TEMP_DIR", None)
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--workspace", str(workspace), "--port", str(port),
+                             "--no-browser", "--host", host], cwd=REPO, env=env, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://{host}:{port}/"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"app did not come up in 90 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextmanager
+def app_process(base: Path):
+    """The app on a free port with its workspace in `base`: yields (url, workspace, process)."""
+    ws = base / "workspace"
+    port = free_port()
+    proc = start_app(ws, port, base / "app.log")
+    try:
+        yield f"http://127.0.0.1:{port}/", ws, proc
+    finally:
+        stop_app(proc)
+
+
+# A tiny quick run: a handful of steps, so a finished run exists within seconds.
+TINY = ["quick", 0.15, "cpu", 0, 3, {"max_steps": 30, "eval_every": 10}, {"max_epochs": 2}]
+
+
+class Server:
+    """One app process on a free port; `call` is plain HTTP to a named API endpoint."""
+
+    def __init__(self, base: Path):
+        self.base, self.ws = base, base / "workspace"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = self.base / f"app{self.starts}.log"
+        self.proc = start_app(self.ws, self.port, self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_app(self.proc)
+
+    def _http(self) -> httpx.Client:
+        """One keep-alive connection per thread (a new client per call costs the caller ~10 ms of CPU)."""
+        local = self.__dict__.setdefault("_local", threading.local())
+        if getattr(local, "client", None) is None or local.url != self.url:
+            local.client, local.url = httpx.Client(), self.url
+        return local.client
+
+    def call(self, name: str, *args, timeout: float = 60):
+        r = self._http().post(f"{self.url}gradio_api/run/{name}", json={"data": list(args)}, timeout=timeout)
+        assert r.status_code == 200, (name, r.status_code, r.text[:500])
+        return r.json()["data"][0]
+
+    def upload(self, path: Path) -> str:
+        with open(path, "rb") as fh:
+            r = httpx.post(f"{self.url}gradio_api/upload", files={"files": (Path(path).name, fh)}, timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        return r.json()[0]
+
+    def wait(self, pred, timeout: float, every: float = 0.5) -> dict:
+        deadline, st = time.time() + timeout, {}
+        while time.time() < deadline:
+            st = self.call("status")
+            if pred(st):
+                return st
+            time.sleep(every)
+        raise AssertionError(f"status never matched in {timeout} s: {st.get('state')} {st.get('stage')} {st.get('message')}")

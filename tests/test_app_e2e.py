@@ -6,11 +6,6 @@ codes and histograms exist -> generate returns audio -> another start can be sto
 from __future__ import annotations
 
 import json
-
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -21,14 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, app_process, free_port, start_app, stop_app
+
 SR = 24_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def synth_folder(folder: Path, n: int = 6, seconds: float = 1.2) -> Path:
@@ -46,45 +36,11 @@ def synth_folder(folder: Path, n: int = 6, seconds: float = 1.2) -> Path:
     return folder
 
 
-def start_app(workspace: Path, port: int, log: Path, host: str = "127.0.0.1") -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "DISTILL_CACHE": str(workspace / "cache"),
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("GRADIO_TEMP_DIR", None)
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--workspace", str(workspace), "--port", str(port),
-                             "--no-browser", "--host", host], cwd=REPO, env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
-    url = f"http://{host}:{port}/"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"app exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError(f"app did not come up in 90 s:\n{log.read_text()[-3000:]}")
-
-
-def stop_app(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
-    ws = base / "workspace"
-    port = free_port()
-    proc = start_app(ws, port, base / "app.log")
-    yield f"http://127.0.0.1:{port}/", ws, base, proc
-    stop_app(proc)
+    with app_process(base) as (url, ws, proc):
+        yield url, ws, base, proc
 
 
 @pytest.fixture(scope="module")

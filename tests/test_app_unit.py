@@ -447,6 +447,68 @@ def test_worker_retrain_uses_the_retrainer(tmp_path):
 # --- the page's helpers (no server) -----------------------------------------------------------------
 
 
+def test_run_view_tally_counts_events_incrementally():
+    from distill.app.page.run_view import EventTally
+
+    events = [{"stage": "vqvae", "kind": "step"}, {"kind": "warning", "message": "thin data"},
+              {"stage": "vqvae", "kind": "eval", "utilisation": [0.5, 0.25]}, {"kind": "warning", "message": "thin data"},
+              {"stage": "codes", "kind": "stage_end"}, {"stage": "prior", "kind": "eval"}]
+    whole = EventTally().advance(events)
+    halves = EventTally().advance(events[:3]).advance(events[3:])
+    assert whole == halves
+    assert (whole.seen, whole.vq_points, whole.prior_points, whole.codes_ready) == (6, 2, 1, 1)
+    assert whole.warnings == ("thin data",) and [lv["utilisation"] for lv in whole.levels] == [0.5, 0.25]
+
+
+def test_run_view_redraws_only_what_changed_and_throttles_the_loss_plots():
+    from distill.app.page.run_view import ALL_PARTS, REDRAW_EVERY_S, EventTally, RunView, next_drawn, parts_to_draw
+
+    step = {"stage": "vqvae", "kind": "step"}
+    view = RunView("r", 1, "running", True, True, "<card>", EventTally().advance([step]))
+    assert parts_to_draw(None, view, 0.0) == ALL_PARTS  # nothing drawn yet: everything
+    drawn = next_drawn(None, view, ALL_PARTS, 100.0)
+    assert parts_to_draw(drawn, view, 100.5) == ()
+    more = RunView("r", 1, "running", True, True, "<card>", view.tally.advance([step]))
+    assert parts_to_draw(drawn, more, 100.5) == ()  # a new loss point waits while training
+    assert parts_to_draw(drawn, more, 100.0 + REDRAW_EVERY_S) == ("vq",)
+    done = RunView("r", 1, "done", False, True, "<done>", more.tally)
+    assert set(parts_to_draw(drawn, done, 100.5)) == {"picker", "buttons", "runs", "card", "vq", "codes"}
+    no_run = RunView("gone", 1, "idle", False, False, "<empty>")
+    assert "codes" not in parts_to_draw(None, no_run, 0.0)
+
+
+def test_a_new_job_takes_over_the_run_view(tmp_path):
+    from distill.app.page.run_view import Drawn, RunView, read_run_view
+
+    class FakeWorker:
+        snap = {"state": "idle", "running": False, "generation": 1}
+
+        def status(self):
+            return dict(self.snap)
+
+    class FakeApp:
+        worker = FakeWorker()
+
+        def run_dir(self, run_id):
+            return tmp_path / run_id if run_id in ("old", "new") else None
+
+        def manifest(self, run_dir):
+            return {}
+
+        def run_events(self, run_dir):
+            return []
+
+    app = FakeApp()
+    view, _, drawn = read_run_view(app, "old", None)
+    assert view.run_id == "old" and drawn is None
+    kept = Drawn(view)
+    assert read_run_view(app, "old", kept)[2] is kept  # nothing new: the page's state stands
+    app.worker.snap = {"state": "running", "running": True, "generation": 2, "run_id": "new"}
+    view, _, drawn = read_run_view(app, "old", kept)
+    assert view.run_id == "new" and view.running and drawn is None  # redrawn whole, on the new run
+    assert isinstance(view, RunView)
+
+
 def test_api_safe_renames_path_keys():
     from distill.app.api import api_safe
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers, under any import mode
-from test_app_e2e import REPO, free_port, start_app, stop_app, synth_folder  # noqa: E402
+from conftest import REPO, app_process  # noqa: E402
+from test_app_e2e import synth_folder  # noqa: E402
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -25,11 +26,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-b
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("browser")
-    ws = base / "workspace"
-    port = free_port()
-    proc = start_app(ws, port, base / "app.log")
-    yield f"http://127.0.0.1:{port}/", ws, base
-    stop_app(proc)
+    with app_process(base) as (url, ws, _):
+        yield url, ws, base
 
 
 @pytest.fixture(scope="module")

@@ -30,62 +30,10 @@ import httpx
 import pytest
 
 from badfiles import MB, make_corpus, make_hostile_uploads
-from conftest import REPO, write_synthetic_folder
-from test_app_e2e import free_port, start_app, stop_app
+from conftest import REPO, TINY, Server, free_port, write_synthetic_folder
 
 MAX_FILE_MB, MAX_UPLOAD_MB = 8, 12  # the app's upload limits in this test (flags' env defaults)
-# A tiny quick run: a handful of steps, so a finished run exists within seconds.
-TINY = ["quick", 0.15, "cpu", 0, 3, {"max_steps": 30, "eval_every": 10}, {"max_epochs": 2}]
 CLIENTS = 20
-
-
-class Server:
-    """One app process on a free port; `call` is plain HTTP to a named API endpoint."""
-
-    def __init__(self, base: Path):
-        self.base, self.ws = base, base / "workspace"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = self.base / f"app{self.starts}.log"
-        self.proc = start_app(self.ws, self.port, self.log)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            stop_app(self.proc)
-
-    def _http(self) -> httpx.Client:
-        """One keep-alive connection per thread (a new client per call costs the caller ~10 ms of CPU)."""
-        local = self.__dict__.setdefault("_local", threading.local())
-        if getattr(local, "client", None) is None or local.url != self.url:
-            local.client, local.url = httpx.Client(), self.url
-        return local.client
-
-    def call(self, name: str, *args, timeout: float = 60):
-        r = self._http().post(f"{self.url}gradio_api/run/{name}", json={"data": list(args)}, timeout=timeout)
-        assert r.status_code == 200, (name, r.status_code, r.text[:500])
-        return r.json()["data"][0]
-
-    def upload(self, path: Path) -> str:
-        with open(path, "rb") as fh:
-            r = httpx.post(f"{self.url}gradio_api/upload", files={"files": (Path(path).name, fh)}, timeout=60)
-        assert r.status_code == 200, r.text[:300]
-        return r.json()[0]
-
-    def wait(self, pred, timeout: float, every: float = 0.5) -> dict:
-        deadline, st = time.time() + timeout, {}
-        while time.time() < deadline:
-            st = self.call("status")
-            if pred(st):
-                return st
-            time.sleep(every)
-        raise AssertionError(f"status never matched in {timeout} s: {st.get('state')} {st.get('stage')} {st.get('message')}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("reliability")

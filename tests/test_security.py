@@ -23,9 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO
-from test_app_e2e import free_port, start_app, stop_app
-from test_reliability_app import TINY, Server
+from conftest import REPO, TINY, Server, free_port, start_app, stop_app
 
 EVIL = "https://evil.example"
 QUOTA_MB = 4  # the upload quota of this module's app (uploads of at most 2 MB each)

@@ -1,0 +1,53 @@
+"""The settings forms' choices and how the dataset tab's form becomes TrainOptions."""
+from __future__ import annotations
+
+from typing import Any
+
+from distill.app.service import DistillApp, ScanEntry
+
+PRESET_CHOICES = [("Auto: sized to the dataset", "auto"), ("Quick look: small and fast", "quick")]
+DEVICE_CHOICES = [("Auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda"), ("Apple GPU (MPS)", "mps")]
+FORM_KEYS = ("preset", "minutes", "device", "levels", "codebook", "seed", "hidden", "layers", "heads", "dropout", "lr")
+
+
+def options_from_form(app: DistillApp, entry: ScanEntry, values) -> tuple[Any, list[str], str | None]:
+    """The settings form -> TrainOptions with only the fields the user changed as overrides."""
+    v = dict(zip(FORM_KEYS, values))
+    try:
+        base = app.options(v["preset"], v["minutes"], v["device"], v["seed"], v["levels"])
+        plan = app.plan(entry, base)
+    except Exception as exc:
+        return None, [], str(exc)
+    vq, pr = plan.vqvae_config, plan.prior_config
+    vq_o, pr_o, edited = {}, {}, []
+    checks = [("codebook", vq, "codebook_size", int, vq_o, "codes per level"),
+              ("hidden", pr, "hidden_size", int, pr_o, "prior width"),
+              ("layers", pr, "num_layers", int, pr_o, "prior layers"),
+              ("heads", pr, "num_heads", int, pr_o, "heads"),
+              ("dropout", pr, "dropout", float, pr_o, "dropout"),
+              ("lr", pr, "learning_rate", float, pr_o, "learning rate")]
+    for key, cfg, attr, cast, target, words in checks:
+        value = v.get(key)
+        if value is None or value == "":
+            continue
+        value = cast(value)
+        if abs(float(value) - float(getattr(cfg, attr))) > 1e-12:
+            target[attr] = value
+            edited.append(words)
+    hid = pr_o.get("hidden_size", pr.hidden_size)
+    nh = pr_o.get("num_heads", pr.num_heads)
+    if hid % nh:
+        return None, edited, f"The prior width ({hid}) must be a multiple of the number of heads ({nh})."
+    options = app.options(v["preset"], v["minutes"], v["device"], v["seed"], v["levels"], vq_o, pr_o)
+    return options, edited, None
+
+
+def progress_cb(progress):
+    """A scan's (done, total) callback that moves a gr.Progress bar."""
+    def cb(done: int, total: int) -> None:
+        try:
+            progress((done, max(total, 1)), desc="Reading audio files")
+        except Exception:
+            pass
+
+    return cb
