@@ -277,6 +277,16 @@ def test_param_count_and_memory_estimate():
     assert 4 * prior_param_count(cfg, K, Q) < small < big
 
 
+def test_from_config_builds_the_configured_model():
+    cfg = PriorConfig(hidden_size=32, num_layers=3, num_heads=2, dropout=0.1, context_steps=8, learn_clip_ends=True)
+    m = CodePrior.from_config(cfg, K, Q)
+    assert m.settings() == {"codebook_size": K, "seq_len": 8 * Q, "num_quantizers": Q, "hidden_size": 32,
+                            "num_layers": 3, "num_heads": 2, "dropout": 0.1, "learn_ends": True}
+    for ends in (False, True):
+        sized = replace(cfg, learn_clip_ends=ends)
+        assert sum(p.numel() for p in CodePrior.from_config(sized, K, Q).parameters()) == prior_param_count(sized, K, Q)
+
+
 def test_train_mode_restored_after_generate():
     m = tiny().train()
     m.generate(5, generator=torch.Generator().manual_seed(0))

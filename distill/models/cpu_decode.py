@@ -25,7 +25,7 @@ INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 class CpuStepper:
     """The `TorchStepper` interface (prime, step, end_logit) with one-token steps in NumPy: folded
-    float32 weights (see `_folded_weights`) and a key/value cache [layers, heads, seq_len, head_dim]
+    float32 weights (see `_folded_weights`) and key/value caches [layers, heads, seq_len, head_dim]
     that a TorchStepper shares (as tensor views), so window passes fill it through `Block.step`."""
 
     def __init__(self, model):
@@ -40,10 +40,9 @@ class CpuStepper:
         self.layers, self.head, self.end, self.tok, self.pe = _folded_weights(model)
         self._final = None  # the last NumPy step's centred final state and its 1/std, for end_logit
         n = model.seq_len
-        self.k = np.zeros((model.num_layers, self.nh, n, self.hd), np.float32)
-        self.v = np.zeros_like(self.k)
-        self.window = TorchStepper(model, [KVCache(torch.from_numpy(k)[None], torch.from_numpy(v)[None])
-                                           for k, v in zip(self.k, self.v)])
+        kv = np.zeros((model.num_layers, 2, 1, self.nh, n, self.hd), np.float32)
+        self.k, self.v = kv[:, 0, 0], kv[:, 1, 0]  # [layers, heads, seq_len, head_dim] views
+        self.window = TorchStepper(model, [KVCache(torch.from_numpy(layer)) for layer in kv])
 
     def prime(self, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
         """As `TorchStepper.prime` (in torch, fast for many positions; its keys/values land here)."""

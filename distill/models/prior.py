@@ -78,16 +78,14 @@ def extract_code_sequences(*args, **kwargs):
 
 @dataclass
 class KVCache:
-    """One layer's keys and values for window positions 0..S-1, each [1, heads, S, head_dim] (4-D, so
-    attention stays on SDPA's fused kernel)."""
+    """One layer's keys and values for window positions 0..S-1: kv [2 (k, v), 1, heads, S, head_dim]
+    (4-D k and v keep attention on SDPA's fused kernel; one tensor takes both in one copy)."""
 
-    k: torch.Tensor
-    v: torch.Tensor
+    kv: torch.Tensor
 
     @classmethod
     def empty(cls, heads: int, seq_len: int, head_dim: int, device=None) -> "KVCache":
-        return cls(torch.zeros(1, heads, seq_len, head_dim, device=device),
-                   torch.zeros(1, heads, seq_len, head_dim, device=device))
+        return cls(torch.zeros(2, 1, heads, seq_len, head_dim, device=device))
 
 
 class Block(nn.Module):
@@ -108,26 +106,29 @@ class Block(nn.Module):
         self.out = nn.Linear(4 * hidden, hidden)
         self.dropout = dropout
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # x: [B, T, H] -> q, k, v each [B, heads, T, D]
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, T, H] -> q, k, v stacked: [3, B, heads, T, D]
         b, t, h = x.shape
         ln = F.layer_norm(x, (h,), self.ln1.weight, self.ln1.bias, self.ln1.eps)
         qkv = F.linear(ln, self.qkv.weight, self.qkv.bias).view(b, t, 3, self.heads, h // self.heads)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return qkv.permute(2, 0, 3, 1, 4)
 
     def _finish(self, x: torch.Tensor, a: torch.Tensor, training: bool) -> torch.Tensor:
         # the attention output (a: [B, heads, T, D]) projected into the residual, then the MLP
         b, t, h = x.shape
-        p = self.dropout if training else 0.0
         a = a.transpose(1, 2).reshape(b, t, h)
-        x = x + F.dropout(F.linear(a, self.proj.weight, self.proj.bias), p, training)
+        x = x + self._drop(F.linear(a, self.proj.weight, self.proj.bias), training)
         m = F.layer_norm(x, (h,), self.ln2.weight, self.ln2.bias, self.ln2.eps)
         m = F.linear(F.gelu(F.linear(m, self.fc.weight, self.fc.bias)), self.out.weight, self.out.bias)
-        return x + F.dropout(m, p, training)
+        return x + self._drop(m, training)
+
+    def _drop(self, y: torch.Tensor, training: bool) -> torch.Tensor:
+        # residual dropout (at p = 0 or in eval mode F.dropout is the identity, so skip the call)
+        return F.dropout(y, self.dropout, True) if training and self.dropout else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, T, H]
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x).unbind(0)
         # No dropout on the attention weights: it would push CPU SDPA off its fused causal kernel;
         # residual dropout does the regularising.
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -140,13 +141,13 @@ class Block(nn.Module):
         t = x.shape[1]
         if t > 1 and pos:
             raise ValueError("several positions are stepped at once only from window position 0")
-        q, k, v = self._qkv(x)
-        cache.k[:, :, pos : pos + t] = k
-        cache.v[:, :, pos : pos + t] = v
+        qkv = self._qkv(x)
+        cache.kv[:, :, :, pos : pos + t] = qkv[1:]
         if pos == 0:  # the inputs are the whole context so far
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
         else:
-            a = F.scaled_dot_product_attention(q, cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1])
+            kv = cache.kv[:, :, :, : pos + 1]
+            a = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1])
         return self._finish(x, a, False)
 
 
@@ -192,6 +193,16 @@ class CodePrior(nn.Module):
         for blk in self.blocks:
             for lin in (blk.proj, blk.out):
                 nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * num_layers))
+
+    @classmethod
+    def from_config(cls, config, codebook_size: int, num_quantizers: int) -> "CodePrior":
+        """The CodePrior a PriorConfig describes over codes of `codebook_size` x `num_quantizers`
+        levels (its window: config.context_steps time steps); `prior_param_count` counts it."""
+        return cls(
+            codebook_size=codebook_size, seq_len=config.context_steps * num_quantizers, num_quantizers=num_quantizers,
+            hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads,
+            dropout=config.dropout, learn_ends=config.learn_clip_ends,
+        )
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
