@@ -115,6 +115,10 @@ def test_torch_steps_equal_the_full_forward_with_and_without_the_end_head(layers
             assert torch.allclose(torch.stack(got), logits[0], atol=1e-4)
             if ends:
                 assert torch.allclose(torch.tensor(got_ends), end_logits[0], atol=1e-4)
+            else:
+                assert end_logits is None
+                with pytest.raises(ValueError):
+                    steps.end_logit()
             # a prompt fed in one window pass lands where stepping lands
             primed = TorchStepper(m).prime(m.start_vector(resume), x[0, :10])
             assert torch.allclose(primed, logits[0, 10], atol=1e-4)
@@ -127,6 +131,10 @@ def test_backend_is_explicit_with_one_default():
     assert torch.equal(m.generate(20, temperature=0), m.generate(20, temperature=0, backend="numpy"))
     with pytest.raises(ValueError):
         m.generate(3, backend="jax")
+    from distill.models.cpu_decode import CpuStepper
+
+    with pytest.raises(ValueError):  # no clip-end head to ask
+        CpuStepper(m).end_logit()
 
 
 def _check_against_forward(m: CodePrior, tokens, logits, starts, prompt=None):

@@ -90,6 +90,8 @@ class CpuStepper:
     def end_logit(self) -> float:
         """The clip-end logit after the last position stepped (models with an end head): computed
         only when asked, once per time step, so the code head stays one aligned product."""
+        if self.end is None:
+            raise ValueError("this model has no clip-end head")
         if self._final is None:  # the last position came from a window pass
             return self.window.end_logit()
         xc, rstd = self._final

@@ -448,6 +448,8 @@ class TorchStepper:
 
     def end_logit(self) -> float:
         """The clip-end logit after the last position stepped (models with an end head)."""
+        if self.model.end_head is None:
+            raise ValueError("this model has no clip-end head")
         return float(self.model.end_head(self._final)[0, 0])
 
 
