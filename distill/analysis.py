@@ -27,12 +27,13 @@ def _as_list(codes) -> list[np.ndarray]:
 
 
 def _level_counts(codes_list: Sequence[np.ndarray], codebook_size: int, q: int) -> np.ndarray:
-    counts = np.zeros((q, codebook_size), dtype=np.float64)
-    for c in codes_list:
-        if c.size:
-            for lvl in range(q):
-                counts[lvl] += np.bincount(c[:, lvl], minlength=codebook_size)[:codebook_size]
-    return counts
+    """[Q, K] float64 code counts per level (`distill.codes.level_histograms`); zeros for no codes."""
+    from distill.codes import level_histograms
+
+    codes_list = [c for c in codes_list if c.size]
+    if not codes_list:
+        return np.zeros((q, codebook_size), dtype=np.float64)
+    return level_histograms(codes_list, codebook_size).numpy().astype(np.float64)
 
 
 def _num_levels(*lists: Sequence[np.ndarray]) -> int:

@@ -76,7 +76,8 @@ def extract_code_sequences(
 
 
 def level_histograms(codes_list: Sequence, codebook_size: int) -> torch.Tensor:
-    """Code counts per level: list of codes [T', Q] (tensors or arrays) -> [Q, K] int64."""
+    """Code counts per level: list of codes [T', Q] (tensors or arrays) -> [Q, K] int64. The one
+    place code histograms are counted (distill.analysis scores from it too)."""
     arrays = [torch.as_tensor(np.asarray(c)) if not isinstance(c, torch.Tensor) else c for c in codes_list]
     if not arrays:
         raise ValueError("no code sequences given")

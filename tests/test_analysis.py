@@ -33,6 +33,20 @@ def test_bigram_beats_unigram_on_a_sequence_with_memory():
     assert bigram_bits(noise[:1500], noise[1500:], 8) >= unigram_bits(noise[:1500], noise[1500:], 8) - 0.02
 
 
+def test_level_counts_are_the_codes_histograms():
+    from distill.analysis import _level_counts
+    from distill.codes import level_histograms
+
+    rng = np.random.default_rng(1)
+    codes = [rng.integers(0, 8, size=(n, 3)) for n in (5, 0, 17)]  # an empty file among them
+    counts = _level_counts(codes, 8, 3)
+    cat = np.concatenate(codes)
+    assert counts.dtype == np.float64
+    assert counts.tolist() == [np.bincount(cat[:, lvl], minlength=8).tolist() for lvl in range(3)]
+    assert counts.tolist() == level_histograms(codes, 8).tolist()
+    assert _level_counts([np.zeros((0, 3), dtype=np.int64)], 8, 3).tolist() == [[0.0] * 8] * 3
+
+
 def test_histogram_jsd_bounds_and_value():
     a = torch.tensor([[0, 5], [1, 5]])  # level 0: {0, 1}; level 1: {5}
     b = torch.tensor([[0, 6], [1, 6]])  # level 0 same usage; level 1 disjoint

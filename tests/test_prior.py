@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from distill.models.prior import (
+    Block,
     CodePrior,
+    KVCache,
+    TorchStepper,
+    default_backend,
     estimate_prior_memory_bytes,
     flatten_codes,
     nucleus,
@@ -70,6 +74,69 @@ def test_causality_and_start_token():
     assert torch.allclose(other[0, 0], base[0, 0], atol=1e-6)
 
 
+@pytest.mark.parametrize("hidden,heads", [(32, 4), (24, 2), (16, 1)])
+def test_block_steps_equal_its_forward(hidden, heads):
+    torch.manual_seed(hidden + heads)
+    blk = Block(hidden, heads, dropout=0.3).eval()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.normal_(0, 0.3)
+        x = torch.randn(1, 11, hidden)
+        full = blk(x)
+        cache = KVCache.empty(heads, 16, hidden // heads)
+        stepped = torch.cat([blk.step(x[:, i : i + 1], cache, i) for i in range(11)], dim=1)
+        assert torch.allclose(stepped, full, atol=1e-5), (stepped - full).abs().max()
+        # several positions at once (a window's start and prompt), then one at a time
+        cache = KVCache.empty(heads, 16, hidden // heads)
+        head = blk.step(x[:, :6], cache, 0)
+        rest = [blk.step(x[:, i : i + 1], cache, i) for i in range(6, 11)]
+        assert torch.allclose(torch.cat([head, *rest], dim=1), full, atol=1e-5)
+        with pytest.raises(ValueError):
+            blk.step(x[:, :2], cache, 3)
+
+
+@pytest.mark.parametrize("layers,heads,ends", [(1, 1, False), (2, 4, True), (3, 2, False), (3, 8, True)])
+def test_torch_steps_equal_the_full_forward_with_and_without_the_end_head(layers, heads, ends):
+    torch.manual_seed(layers * 10 + heads)
+    m = CodePrior(K, 24, Q, hidden_size=32, num_layers=layers, num_heads=heads, dropout=0.2, learn_ends=ends).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+        x = torch.randint(0, K, (1, 24))
+        for resume in ((False, True) if ends else (False,)):
+            logits, end_logits = m.forward_with_ends(x, resume=resume)
+            steps = TorchStepper(m)
+            got = [steps.prime(m.start_vector(resume), None)]
+            got_ends = [steps.end_logit()] if ends else []
+            for pos in range(1, 24):
+                got.append(steps.step(x[0, pos - 1 : pos], pos))
+                if ends:
+                    got_ends.append(steps.end_logit())
+            assert torch.allclose(torch.stack(got), logits[0], atol=1e-4)
+            if ends:
+                assert torch.allclose(torch.tensor(got_ends), end_logits[0], atol=1e-4)
+            else:
+                assert end_logits is None
+                with pytest.raises(ValueError):
+                    steps.end_logit()
+            # a prompt fed in one window pass lands where stepping lands
+            primed = TorchStepper(m).prime(m.start_vector(resume), x[0, :10])
+            assert torch.allclose(primed, logits[0, 10], atol=1e-4)
+
+
+def test_backend_is_explicit_with_one_default():
+    assert default_backend(torch.device("cpu")) == "numpy"
+    assert default_backend(torch.device("cuda")) == "torch" and default_backend("mps") == "torch"
+    m = tiny()
+    assert torch.equal(m.generate(20, temperature=0), m.generate(20, temperature=0, backend="numpy"))
+    with pytest.raises(ValueError):
+        m.generate(3, backend="jax")
+    from distill.models.cpu_decode import CpuStepper
+
+    with pytest.raises(ValueError):  # no clip-end head to ask
+        CpuStepper(m).end_logit()
+
+
 def _check_against_forward(m: CodePrior, tokens, logits, starts, prompt=None):
     stream = tokens[0] if prompt is None else torch.cat([prompt[0], tokens[0]])
     p = 0 if prompt is None else prompt.shape[1]
@@ -86,19 +153,16 @@ def _check_against_forward(m: CodePrior, tokens, logits, starts, prompt=None):
 
 
 @pytest.fixture(params=["numpy-steps", "torch-steps"])
-def step_path(request, monkeypatch):
-    """On a CPU one-token steps run in NumPy (CpuStepper); on CUDA/MPS in torch. Both are checked here."""
-    if request.param == "torch-steps":
-        import distill.models.prior as prior_module
-
-        monkeypatch.setattr(prior_module, "CpuStepper", lambda model: None)
-    return request.param
+def step_path(request):
+    """The sampler's `backend`: one-token steps in NumPy (CpuStepper, the CPU default) or in torch
+    (Block.step, the default elsewhere). Both are checked here."""
+    return {"numpy-steps": "numpy", "torch-steps": "torch"}[request.param]
 
 
 def test_cache_matches_full_forward_every_step_including_slides(step_path):
     m = tiny(seq_len=24)
     g = torch.Generator().manual_seed(3)
-    tokens, logits, starts = m.generate(70, generator=g, return_logits=True)
+    tokens, logits, starts = m.generate(70, generator=g, return_logits=True, backend=step_path)
     assert tokens.shape == (1, 70) and tokens.dtype == torch.long
     assert len(set(starts.tolist())) >= 3  # it slid more than once
     _check_against_forward(m, tokens, logits, starts)
@@ -108,21 +172,20 @@ def test_cache_matches_full_forward_every_step_including_slides(step_path):
 def test_prompt_continues_given_codes(p_len, step_path):
     m = tiny(seq_len=24)
     prompt = torch.randint(0, K, (1, p_len), dtype=torch.int16)  # stored codes may be narrow ints
-    tokens, logits, starts = m.generate(20, prompt=prompt, generator=torch.Generator().manual_seed(0), return_logits=True)
+    tokens, logits, starts = m.generate(20, prompt=prompt, generator=torch.Generator().manual_seed(0), return_logits=True,
+                                        backend=step_path)
     assert tokens.shape == (1, 20)  # only the new tokens
     _check_against_forward(m, tokens, logits, starts, prompt=prompt.long())
     with pytest.raises(ValueError):
-        m.generate(3, prompt=torch.full((1, 3), K))
+        m.generate(3, prompt=torch.full((1, 3), K), backend=step_path)
 
 
-def test_numpy_steps_match_torch_steps_at_real_sizes(monkeypatch):
-    import distill.models.prior as prior_module
-
+def test_numpy_steps_match_torch_steps_at_real_sizes():
     torch.manual_seed(0)
     m = CodePrior(128, 48, 3, hidden_size=256, num_layers=2, num_heads=4, dropout=0.0).eval()
-    _, la, sa = m.generate(120, generator=torch.Generator().manual_seed(1), return_logits=True)
-    monkeypatch.setattr(prior_module, "CpuStepper", lambda model: None)
-    _, lb, sb = m.generate(120, prompt=None, generator=torch.Generator().manual_seed(1), return_logits=True)
+    _, la, sa = m.generate(120, generator=torch.Generator().manual_seed(1), return_logits=True, backend="numpy")
+    _, lb, sb = m.generate(120, prompt=None, generator=torch.Generator().manual_seed(1), return_logits=True,
+                           backend="torch")
     assert torch.equal(sa, sb)
     # same tokens drawn up to the first one where float rounding could tip a draw; logits agree closely
     assert (la[:20] - lb[:20]).abs().max() < 1e-4
@@ -222,6 +285,16 @@ def test_param_count_and_memory_estimate():
     assert 4 * prior_param_count(cfg, K, Q) < small < big
 
 
+def test_from_config_builds_the_configured_model():
+    cfg = PriorConfig(hidden_size=32, num_layers=3, num_heads=2, dropout=0.1, context_steps=8, learn_clip_ends=True)
+    m = CodePrior.from_config(cfg, K, Q)
+    assert m.settings() == {"codebook_size": K, "seq_len": 8 * Q, "num_quantizers": Q, "hidden_size": 32,
+                            "num_layers": 3, "num_heads": 2, "dropout": 0.1, "learn_ends": True}
+    for ends in (False, True):
+        sized = replace(cfg, learn_clip_ends=ends)
+        assert sum(p.numel() for p in CodePrior.from_config(sized, K, Q).parameters()) == prior_param_count(sized, K, Q)
+
+
 def test_train_mode_restored_after_generate():
     m = tiny().train()
     m.generate(5, generator=torch.Generator().manual_seed(0))
@@ -245,20 +318,20 @@ def test_clip_ends_restart_from_the_start_token_and_match_the_full_forward(step_
 
     # an end head that is sure every clip has ended: each time step is a clip of its own
     tokens, logits, starts = _with_end_bias(m, 30.0).generate(
-        30, generator=torch.Generator().manual_seed(1), return_logits=True)
+        30, generator=torch.Generator().manual_seed(1), return_logits=True, backend=step_path)
     assert starts.tolist() == [i // Q * Q for i in range(30)]
     _check_against_forward(m, tokens, logits, starts)
-    greedy = m.generate(12, temperature=0)
-    assert torch.equal(greedy, m.generate(3, temperature=0).repeat(1, 4))  # the same one-step clip each time
+    greedy = m.generate(12, temperature=0, backend=step_path)
+    assert torch.equal(greedy, m.generate(3, temperature=0, backend=step_path).repeat(1, 4))  # the same one-step clip each time
     # undecided (p = 1/2): clips of varying length, every step still equal to the full forward
     tokens, logits, starts = _with_end_bias(m, 0.0).generate(
-        90, generator=torch.Generator().manual_seed(2), return_logits=True)
+        90, generator=torch.Generator().manual_seed(2), return_logits=True, backend=step_path)
     restarts = [i for i in range(1, 90) if starts[i] == i]
     assert 8 < len(restarts) < 25, restarts
     _check_against_forward(m, tokens, logits, starts)
     # never ending: only the window slides, and windows after a slide begin with the resume token
     tokens, logits, starts = _with_end_bias(m, -30.0).generate(
-        70, generator=torch.Generator().manual_seed(3), return_logits=True)
+        70, generator=torch.Generator().manual_seed(3), return_logits=True, backend=step_path)
     assert all(int(starts[i]) < i for i in range(1, 70)) and int(starts[-1]) > 0
     _check_against_forward(m, tokens, logits, starts)
     window = tokens[:, int(starts[-1]):]
@@ -270,22 +343,19 @@ def test_clip_ends_restart_from_the_start_token_and_match_the_full_forward(step_
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith(("end_head", "resume_emb"))})
     with torch.no_grad():
         m.resume_emb.copy_(m.start_emb)
-    expected = plain.generate(70, generator=torch.Generator().manual_seed(3))
+    expected = plain.generate(70, generator=torch.Generator().manual_seed(3), backend=step_path)
     _with_end_bias(m, 30.0)
-    assert torch.equal(m.generate(70, generator=torch.Generator().manual_seed(3), clip_ends=False), expected)
+    assert torch.equal(m.generate(70, generator=torch.Generator().manual_seed(3), clip_ends=False, backend=step_path), expected)
 
 
-def test_numpy_and_torch_steps_end_clips_alike(monkeypatch):
-    import distill.models.prior as prior_module
-
+def test_numpy_and_torch_steps_end_clips_alike():
     torch.manual_seed(0)
     m = CodePrior(K, 24, Q, hidden_size=32, num_layers=2, num_heads=4, dropout=0.0, learn_ends=True).eval()
     with torch.no_grad():
         m.end_head.weight.normal_(0, 0.15)  # end probabilities that depend on the state, not just a bias
         m.end_head.bias.fill_(-1.0)
-    numpy_run = m.generate(60, generator=torch.Generator().manual_seed(4), return_logits=True)
-    monkeypatch.setattr(prior_module, "CpuStepper", lambda model: None)
-    torch_run = m.generate(60, generator=torch.Generator().manual_seed(4), return_logits=True)
+    numpy_run = m.generate(60, generator=torch.Generator().manual_seed(4), return_logits=True, backend="numpy")
+    torch_run = m.generate(60, generator=torch.Generator().manual_seed(4), return_logits=True, backend="torch")
     restarts = [i for i in range(1, 60) if int(torch_run[2][i]) == i]
     assert 2 <= len(restarts) <= 16, restarts
     assert torch.equal(numpy_run[0], torch_run[0]) and torch.equal(numpy_run[2], torch_run[2])

@@ -4,8 +4,9 @@ Sampling runs one token at a time: a chain of one-row matrix products and small 
 op costs several microseconds of dispatch on a CPU, which at Distill's sizes is a large part of the
 step; the same maths through NumPy (OpenBLAS gemv), with the constants folded into the weights,
 takes about 0.5 ms instead of 0.9 ms per token at 4 layers x 256 (`bench/bench_prior.py`).
-The full-window passes (prompt, slides) stay in torch, which is fast for many tokens;
-their keys and values are copied into this cache.
+The full-window passes (prompt, slides) stay in torch (`Block.step` over many positions at once),
+writing their keys and values straight into this cache. `CodePrior.generate(backend=...)` picks
+between this and the torch steps.
 
 Same maths as `Block.forward` in eval mode (pre-norm, exact erf GELU, softmax attention); tests hold
 its logits to the full forward's within 1e-4.
@@ -23,31 +24,36 @@ INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 class CpuStepper:
-    """Folded float32 NumPy weights of a CodePrior (see `_folded_weights`) and a key/value cache
-    [layers, heads, seq_len, head_dim]."""
+    """The `TorchStepper` interface (prime, step, end_logit) with one-token steps in NumPy: folded
+    float32 weights (see `_folded_weights`) and key/value caches [layers, heads, seq_len, head_dim]
+    that a TorchStepper shares (as tensor views), so window passes fill it through `Block.step`."""
 
     def __init__(self, model):
         from scipy.special import erf  # here, not at import: it costs ~0.2 s and only sampling needs it
+
+        from distill.models.prior import KVCache, TorchStepper
 
         self.erf = erf
         self.nh = model.num_heads
         self.hd = model.hidden_size // model.num_heads
         self.n_inv = 1.0 / model.hidden_size
         self.layers, self.head, self.end, self.tok, self.pe = _folded_weights(model)
-        self._final = None  # the last step's centred final state and its 1/std, for end_logit
+        self._final = None  # the last NumPy step's centred final state and its 1/std, for end_logit
         n = model.seq_len
-        self.k = np.zeros((model.num_layers, self.nh, n, self.hd), np.float32)
-        self.v = np.zeros_like(self.k)
+        kv = np.zeros((model.num_layers, 2, 1, self.nh, n, self.hd), np.float32)
+        self.k, self.v = kv[:, 0, 0], kv[:, 1, 0]  # [layers, heads, seq_len, head_dim] views
+        self.window = TorchStepper(model, [KVCache(torch.from_numpy(layer)) for layer in kv])
 
-    def load(self, layer: int, k: np.ndarray, v: np.ndarray) -> None:
-        """Keys/values [heads, t, head_dim] of window positions 0..t-1 (from a full torch pass)."""
-        t = k.shape[1]
-        self.k[layer, :, :t] = k
-        self.v[layer, :, :t] = v
+    def prime(self, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """As `TorchStepper.prime` (in torch, fast for many positions; its keys/values land here)."""
+        self._final = None
+        return self.window.prime(first, tokens)
 
-    def step(self, token: int, pos: int) -> np.ndarray:
-        """Input token `token` at window position `pos` (>= 1) -> logits [K] for the next token
-        (the clip-end logit, where the model has one, comes from `end_logit`)."""
+    def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
+        """Input token (LongTensor[1]) at window position `pos` (>= 1) -> logits [K] for the next token."""
+        return torch.from_numpy(self._step(int(token), pos))
+
+    def _step(self, token: int, pos: int) -> np.ndarray:
         nh, hd, n_inv = self.nh, self.hd, self.n_inv
         hh = nh * hd
         x = self.tok[token] + self.pe[pos]
@@ -82,8 +88,12 @@ class CpuStepper:
         return out
 
     def end_logit(self) -> float:
-        """The clip-end logit at the last step's position (models with an end head): computed only
-        when asked, once per time step, so the code head stays one aligned product."""
+        """The clip-end logit after the last position stepped (models with an end head): computed
+        only when asked, once per time step, so the code head stays one aligned product."""
+        if self.end is None:
+            raise ValueError("this model has no clip-end head")
+        if self._final is None:  # the last position came from a window pass
+            return self.window.end_logit()
         xc, rstd = self._final
         return float(xc @ self.end[0]) * rstd + self.end[1]
 

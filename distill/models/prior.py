@@ -26,16 +26,23 @@ every start look like a random moment of a long file).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distill.models.cpu_decode import CpuStepper
-
 # One CPU thread while sampling: each token is a chain of tiny ops, where a second thread costs more
 # in synchronisation than it saves (on a busy 2-core machine, over 10x more).
 SAMPLING_THREADS = 1
+
+BACKENDS = ("numpy", "torch")  # how sampling runs its one-token steps: see CodePrior.generate
+
+
+def default_backend(device: torch.device) -> str:
+    """NumPy steps on a CPU, where each torch op's dispatch cost is a large part of a one-row step
+    (distill/models/cpu_decode.py); torch (`Block.step`) on any other device."""
+    return "numpy" if torch.device(device).type == "cpu" else "torch"
 
 # --- code layout -----------------------------------------------------------------------------
 
@@ -69,8 +76,22 @@ def extract_code_sequences(*args, **kwargs):
 # --- model -----------------------------------------------------------------------------------
 
 
+@dataclass
+class KVCache:
+    """One layer's keys and values for window positions 0..S-1: kv [2 (k, v), 1, heads, S, head_dim]
+    (4-D k and v keep attention on SDPA's fused kernel; one tensor takes both in one copy)."""
+
+    kv: torch.Tensor
+
+    @classmethod
+    def empty(cls, heads: int, seq_len: int, head_dim: int, device=None) -> "KVCache":
+        return cls(torch.zeros(2, 1, heads, seq_len, head_dim, device=device))
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Fused q/k/v projection."""
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Fused q/k/v projection.
+    `forward` is the training path over whole windows; `step` is the same maths for sampling, with
+    the keys and values of earlier positions kept in a KVCache."""
 
     def __init__(self, hidden: int, heads: int, dropout: float):
         super().__init__()
@@ -85,19 +106,49 @@ class Block(nn.Module):
         self.out = nn.Linear(4 * hidden, hidden)
         self.dropout = dropout
 
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, T, H] -> q, k, v stacked: [3, B, heads, T, D]
+        b, t, h = x.shape
+        ln = F.layer_norm(x, (h,), self.ln1.weight, self.ln1.bias, self.ln1.eps)
+        qkv = F.linear(ln, self.qkv.weight, self.qkv.bias).view(b, t, 3, self.heads, h // self.heads)
+        return qkv.permute(2, 0, 3, 1, 4)
+
+    def _finish(self, x: torch.Tensor, a: torch.Tensor, training: bool) -> torch.Tensor:
+        # the attention output (a: [B, heads, T, D]) projected into the residual, then the MLP
+        b, t, h = x.shape
+        a = a.transpose(1, 2).reshape(b, t, h)
+        x = x + self._drop(F.linear(a, self.proj.weight, self.proj.bias), training)
+        m = F.layer_norm(x, (h,), self.ln2.weight, self.ln2.bias, self.ln2.eps)
+        m = F.linear(F.gelu(F.linear(m, self.fc.weight, self.fc.bias)), self.out.weight, self.out.bias)
+        return x + self._drop(m, training)
+
+    def _drop(self, y: torch.Tensor, training: bool) -> torch.Tensor:
+        # residual dropout (at p = 0 or in eval mode F.dropout is the identity, so skip the call)
+        return F.dropout(y, self.dropout, True) if training and self.dropout else y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, T, H]
-        b, t, h = x.shape
-        p = self.dropout if self.training else 0.0
-        qkv = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, h // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, D]
+        q, k, v = self._qkv(x).unbind(0)
         # No dropout on the attention weights: it would push CPU SDPA off its fused causal kernel;
-        # residual dropout below does the regularising.
+        # residual dropout does the regularising.
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        a = a.transpose(1, 2).reshape(b, t, h)
-        x = x + F.dropout(self.proj(a), p, self.training)
-        x = x + F.dropout(self.out(F.gelu(self.fc(self.ln2(x)))), p, self.training)
-        return x
+        return self._finish(x, a, self.training)
+
+    def step(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+        """x: [1, t, H], the inputs at window positions pos..pos+t-1 -> outputs [1, t, H] (eval mode).
+        Their keys and values go into `cache`; each attends to every cached position up to its own.
+        Several positions at once only from position 0 (feeding a window's start and prompt)."""
+        t = x.shape[1]
+        if t > 1 and pos:
+            raise ValueError("several positions are stepped at once only from window position 0")
+        qkv = self._qkv(x)
+        cache.kv[:, :, :, pos : pos + t] = qkv[1:]
+        if pos == 0:  # the inputs are the whole context so far
+            a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+        else:
+            kv = cache.kv[:, :, :, : pos + 1]
+            a = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1])
+        return self._finish(x, a, False)
 
 
 class CodePrior(nn.Module):
@@ -142,6 +193,16 @@ class CodePrior(nn.Module):
         for blk in self.blocks:
             for lin in (blk.proj, blk.out):
                 nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * num_layers))
+
+    @classmethod
+    def from_config(cls, config, codebook_size: int, num_quantizers: int) -> "CodePrior":
+        """The CodePrior a PriorConfig describes over codes of `codebook_size` x `num_quantizers`
+        levels (its window: config.context_steps time steps); `prior_param_count` counts it."""
+        return cls(
+            codebook_size=codebook_size, seq_len=config.context_steps * num_quantizers, num_quantizers=num_quantizers,
+            hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads,
+            dropout=config.dropout, learn_ends=config.learn_clip_ends,
+        )
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -204,13 +265,6 @@ class CodePrior(nn.Module):
         h = self._hidden(x, resume)
         return self.head(h), (self.end_head(h).squeeze(-1) if self.end_head is not None else None)
 
-    def _head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Code head, with the end head as one extra output when there is one: ([H, K(+1)], [K(+1)])."""
-        w, b = self.head.weight, self.head.bias
-        if self.end_head is not None:
-            w, b = torch.cat([w, self.end_head.weight]), torch.cat([b, self.end_head.bias])
-        return w.t().contiguous(), b
-
     # --- sampling ----------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -226,6 +280,7 @@ class CodePrior(nn.Module):
         clip_ends: bool = True,
         prompt_starts_clip: bool = True,
         retrieval=None,
+        backend: str | None = None,
     ):
         """Sample `n_tokens` new flattened codes -> LongTensor[1, n_tokens] (only the new tokens).
 
@@ -244,32 +299,36 @@ class CodePrior(nn.Module):
         beginning of a sound, prompt_starts_clip=False) begin with the resume token where the model has one.
         retrieval (a `distill.models.retrieval.CodeRetrieval` over the training codes, or None): each
         next-code distribution is mixed with what followed the clip's recent codes in the material.
+        backend: how the one-token steps run, "torch" (`Block.step`) or "numpy" (`CpuStepper`, CPU
+        only); None: `default_backend` for the model's device.
         With return_logits=True also returns (logits[n_tokens, K] used for each token, before
         temperature/filtering, and window_starts LongTensor[n_tokens]: the stream index each
         token's window began at) so tests can compare against `forward`.
         """
         if n_tokens < 0:
             raise ValueError("n_tokens must be >= 0")
+        dev = self.head.weight.device
+        backend = backend or default_backend(dev)
+        if backend not in BACKENDS or (backend == "numpy" and dev.type != "cpu"):
+            raise ValueError(f"backend must be one of {BACKENDS} ('numpy' on a CPU only), got {backend!r}")
         was_training = self.training
         threads = torch.get_num_threads()
-        on_cpu = self.head.weight.device.type == "cpu"
+        on_cpu = dev.type == "cpu"
         self.eval()
         try:
             if on_cpu and threads != SAMPLING_THREADS:
                 torch.set_num_threads(SAMPLING_THREADS)  # per calling thread under OpenMP
             return self._generate(n_tokens, temperature, top_k, top_p, prompt, generator, return_logits,
-                                  clip_ends and self.end_head is not None, prompt_starts_clip, retrieval)
+                                  clip_ends and self.end_head is not None, prompt_starts_clip, retrieval, backend)
         finally:
             if on_cpu and threads != SAMPLING_THREADS:
                 torch.set_num_threads(threads)
             self.train(was_training)
 
     def _generate(self, n_tokens, temperature, top_k, top_p, prompt, generator, return_logits, clip_ends,
-                  prompt_starts_clip, retrieval):
+                  prompt_starts_clip, retrieval, backend):
         dev = self.head.weight.device
         q_levels, s, k_size = self.num_quantizers, self.seq_len, self.codebook_size
-        nh = self.num_heads
-        hd = self.hidden_size // nh
         greedy = temperature <= 0 or top_k == 1
         top_k = 0 if top_k >= k_size else max(0, int(top_k))
 
@@ -286,48 +345,22 @@ class CodePrior(nn.Module):
             out = torch.empty(1, 0, dtype=torch.long, device=dev)
             return (out, logits_out, starts_out) if return_logits else out
 
-        # On a CPU the one-token steps run in NumPy (CpuStepper, cheaper per step: see its module);
-        # elsewhere in torch with a preallocated cache: per layer [2 (k, v), 1, heads, S, D] (4-D k/v
-        # keep SDPA on its fused kernel) and weights pre-transposed to [in, out] for one-row matmuls.
-        stepper = CpuStepper(self) if dev.type == "cpu" else None
-        cache = torch.zeros(self.num_layers, 2, 1, nh, s, hd, device=dev) if stepper is None else None
-        pe = self._position_table(s).unbind(0)  # S x [H]: position + level embedding
-        tok_w = self.token_emb.weight
+        if backend == "numpy":
+            from distill.models.cpu_decode import CpuStepper  # here: it needs the classes above
+
+            steps = CpuStepper(self)
+        else:
+            steps = TorchStepper(self)
         keep = max(q_levels, ((3 * s) // 4) // q_levels * q_levels)  # context kept after a slide
-        layers = [
-            (
-                b.ln1.weight, b.ln1.bias, b.qkv.weight.t().contiguous(), b.qkv.bias,
-                b.proj.weight.t().contiguous(), b.proj.bias, b.ln2.weight, b.ln2.bias,
-                b.fc.weight.t().contiguous(), b.fc.bias, b.out.weight.t().contiguous(), b.out.bias,
-                cache[li], cache[li, 0], cache[li, 1],
-            )
-            for li, b in enumerate(self.blocks)
-        ] if stepper is None else []
-        hsz = (self.hidden_size,)
-        lnf_w, lnf_b = self.ln_f.weight, self.ln_f.bias
-        head_wt, head_b = self._head_weights()  # [H, K(+1)]: the end logit rides along as output K
-        layer_norm, addmm, sdpa = F.layer_norm, torch.addmm, F.scaled_dot_product_attention
 
         def prime(w0: int, n: int, resume: bool) -> torch.Tensor:
-            # Fill cache positions 0..n-w0 from [start, stream[w0:n]]; return outputs [K(+1)] for token n.
-            t = n - w0 + 1
-            prev = self.token_emb(torch.cat(toks[w0:n])) if n > w0 else tok_w[:0]
-            x = (torch.cat([self.start_vector(resume).view(1, -1), prev]) + torch.stack(pe[:t])).unsqueeze(0)
-            for li, blk in enumerate(self.blocks):
-                qkv = blk.qkv(blk.ln1(x)).view(1, t, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, 1, nh, t, hd]
-                if stepper is not None:
-                    stepper.load(li, qkv[1, 0].numpy(), qkv[2, 0].numpy())
-                else:
-                    cache[li, :, :, :, :t] = qkv[1:]
-                a = sdpa(qkv[0], qkv[1], qkv[2], is_causal=True)  # [1, nh, t, hd]
-                x = x + blk.proj(a.transpose(1, 2).reshape(1, t, -1))
-                x = x + blk.out(F.gelu(blk.fc(blk.ln2(x))))
-            return addmm(head_b, self.ln_f(x[0, -1:]), head_wt)[0]
+            # a window [start, stream[w0:n]] from position 0 -> logits [K] for token n
+            return steps.prime(self.start_vector(resume), torch.cat(toks[w0:n]) if n > w0 else None)
 
         w0 = 0
         if p_len > s - 1:  # a long prompt: start from its last part, on a level-0 token
             w0 = -(-(p_len - keep) // q_levels) * q_levels
-        out = prime(w0, p_len, resume=w0 > 0 or (p_len > 0 and not prompt_starts_clip))
+        logits = prime(w0, p_len, resume=w0 > 0 or (p_len > 0 and not prompt_starts_clip))
         n, end = p_len, p_len + n_tokens
         clip_start = 0  # stream index where the current clip began (a prompt is the clip so far)
         recall = None
@@ -338,16 +371,14 @@ class CodePrior(nn.Module):
                 recall.push(int(t))
         while True:
             if clip_ends and n % q_levels == 0 and n - clip_start >= q_levels:
-                # torch paths return the end logit as output K; the NumPy stepper computes it on request
-                p_end = torch.sigmoid(out[k_size] if out.shape[0] > k_size else torch.tensor(stepper.end_logit()))
+                p_end = torch.sigmoid(torch.tensor(steps.end_logit()))
                 if recall is not None:
                     p_end = torch.tensor(recall.end_mix(float(p_end)))
                 if bool(p_end > 0.5) if greedy else bool(torch.rand(1, generator=generator, device=dev) < p_end):
                     clip_start = w0 = n  # the clip has ended: the next begins afresh
-                    out = prime(w0, n, resume=False)
+                    logits = prime(w0, n, resume=False)
                     if recall is not None:
                         recall = retrieval.start(begins_clip=True)
-            logits = out[:k_size]
             if return_logits:
                 logits_out[n - p_len] = logits
                 starts_out[n - p_len] = w0
@@ -363,20 +394,9 @@ class CodePrior(nn.Module):
             pos = n - w0
             if pos >= s:  # window full: slide and rebuild the cache
                 w0 = -(-(n - keep) // q_levels) * q_levels
-                out = prime(w0, n, resume=True)
+                logits = prime(w0, n, resume=True)
                 continue
-            # one cached step: input token stream[n-1] at window position `pos`
-            if stepper is not None:
-                out = torch.from_numpy(stepper.step(int(tok), pos))
-                continue
-            x = tok_w[tok] + pe[pos]  # [1, H]
-            for l1w, l1b, qw, qb, pw, pb, l2w, l2b, fw, fb, ow, ob, kv, kc, vc in layers:
-                qkv = addmm(qb, layer_norm(x, hsz, l1w, l1b), qw).view(3, 1, nh, 1, hd)
-                kv.narrow(3, pos, 1).copy_(qkv[1:])
-                a = sdpa(qkv[0], kc.narrow(2, 0, pos + 1), vc.narrow(2, 0, pos + 1))  # [1, nh, 1, hd]
-                x = x + addmm(pb, a.view(1, -1), pw)
-                x = x + addmm(ob, F.gelu(addmm(fb, layer_norm(x, hsz, l2w, l2b), fw)), ow)
-            out = addmm(head_b, layer_norm(x, hsz, lnf_w, lnf_b), head_wt)[0]
+            logits = steps.step(tok, pos)  # input token stream[n-1] at window position `pos`
         codes = torch.cat(toks[p_len:]).unsqueeze(0)
         return (codes, logits_out, starts_out) if return_logits else codes
 
@@ -396,6 +416,41 @@ class CodePrior(nn.Module):
         cdf = probs.cumsum(0)
         u = torch.rand(1, generator=generator, device=probs.device) * cdf[-1]
         return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[0] - 1)
+
+
+class TorchStepper:
+    """A CodePrior's sampling state in torch: a KVCache per layer, filled by `Block.step`, and the
+    last stepped position's final hidden state, which the clip-end head reads when asked."""
+
+    def __init__(self, model: CodePrior, caches: list[KVCache] | None = None):
+        self.model = model
+        hd = model.hidden_size // model.num_heads
+        dev = model.head.weight.device
+        self.caches = caches or [KVCache.empty(model.num_heads, model.seq_len, hd, dev) for _ in model.blocks]
+        self.pe = model._position_table(model.seq_len)  # [S, H]: position + level embedding
+        self._final = None  # [1, H]
+
+    def prime(self, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """Window positions 0..t-1 from [first (the start or resume vector [H]), tokens[:t-1]]
+        -> logits [K] for the token after them."""
+        x = first.view(1, -1) if tokens is None else torch.cat([first.view(1, -1), self.model.token_emb(tokens)])
+        return self._run((x + self.pe[: x.shape[0]]).unsqueeze(0), 0)
+
+    def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
+        """Input token (LongTensor[1]) at window position pos (>= 1) -> logits [K] for the next token."""
+        return self._run((self.model.token_emb.weight[token] + self.pe[pos]).unsqueeze(0), pos)
+
+    def _run(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        for blk, cache in zip(self.model.blocks, self.caches):
+            x = blk.step(x, cache, pos)
+        self._final = self.model.ln_f(x[0, -1:])
+        return self.model.head(self._final)[0]
+
+    def end_logit(self) -> float:
+        """The clip-end logit after the last position stepped (models with an end head)."""
+        if self.model.end_head is None:
+            raise ValueError("this model has no clip-end head")
+        return float(self.model.end_head(self._final)[0, 0])
 
 
 def _pick_mixed(logits, recall, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
