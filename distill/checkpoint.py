@@ -31,7 +31,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from distill.storage import UnsafeFileError, atomic_write_bytes, atomic_write_json, load_tensors, sanitize_json
+from distill.storage import UnsafeFileError, atomic_write_bytes, atomic_write_json, file_sha256, load_tensors, sanitize_json
 
 CHECKPOINTS = "checkpoints"
 FORMAT = "distill-checkpoint"
@@ -62,14 +62,10 @@ def _json_digest(meta: dict) -> str:
 
 
 def _file_digest(path: Path) -> str | None:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        return file_sha256(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 class CheckpointStore:

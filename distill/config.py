@@ -94,6 +94,10 @@ class PriorConfig:
     clip_end_weight: float = 0.3  # the clip-end loss's weight next to the code loss (README)
     seed: int = 0
 
+    def seq_len(self, num_quantizers: int) -> int:
+        """Tokens in one training window (codes are flattened position-major, Q per time step)."""
+        return self.context_steps * num_quantizers
+
 
 # The sampling settings a user gets: the CLI, the page and the API start from these, and
 # bench/bench_samples.py measures them. "retrieval": how much each next code follows what came next

@@ -12,7 +12,6 @@ manifest before building anything, and checks tensor names/shapes/dtypes before 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,7 +24,8 @@ import numpy as np
 
 from distill.config import AudioConfig, PriorConfig, VQVAEConfig, config_from_dict
 from distill.events import STAGE_ORDER, Kind, Stage
-from distill.storage import (
+from distill.storage import (  # file_sha256: re-exported for callers of runs
+    file_sha256,
     UnsafeFileError,
     atomic_write_json,
     load_tensors,
@@ -298,15 +298,6 @@ def list_runs(workspace: str | os.PathLike) -> list[dict]:
     return out
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --- validated configs ------------------------------------------------------------------------
 
 
@@ -356,18 +347,10 @@ def load_vqvae(run_dir: str | os.PathLike, device: str = "cpu"):
     return model.to(device).eval()
 
 
-def prior_seq_len(vq: VQVAEConfig, prior: PriorConfig) -> int:
-    return prior.context_steps * vq.num_quantizers
-
-
 def build_prior(vq: VQVAEConfig, prior: PriorConfig):
     from distill.models.prior import CodePrior
 
-    return CodePrior(
-        codebook_size=vq.codebook_size, seq_len=prior_seq_len(vq, prior), num_quantizers=vq.num_quantizers,
-        hidden_size=prior.hidden_size, num_layers=prior.num_layers, num_heads=prior.num_heads, dropout=prior.dropout,
-        learn_ends=prior.learn_clip_ends,
-    )
+    return CodePrior.from_config(prior, vq.codebook_size, vq.num_quantizers)
 
 
 def save_prior(run_dir: str | os.PathLike, model, prior_config: PriorConfig | None = None) -> str:

@@ -119,11 +119,13 @@ def sample_score(d_generated: float, d_real: float, d_order_free: float) -> floa
 def order_free_codes(train_codes, steps: int, codebook_size: int, rng: np.random.Generator) -> np.ndarray:
     """[steps, Q] codes drawn independently per level from the training codes' own histogram:
     the right sounds with no order in time."""
-    cat = np.concatenate([np.asarray(c) for c in train_codes])
-    q = cat.shape[1]
+    from distill.codes import level_histograms
+
+    hist = level_histograms(list(train_codes), codebook_size).numpy().astype(np.float64)
+    q = hist.shape[0]
     out = np.empty((steps, q), dtype=np.int64)
     for level in range(q):
-        counts = np.bincount(cat[:, level], minlength=codebook_size).astype(np.float64)
+        counts = hist[level]
         out[:, level] = rng.choice(codebook_size, size=steps, p=counts / counts.sum())
     return out
 

@@ -5,7 +5,6 @@ understands. Used files come with their log-mel frames, from the feature cache w
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from distill.audio.features import FeatureCache, compute_log_mel
 from distill.audio.io import AUDIO_EXTENSIONS, AudioSkip, decode_file
 from distill.config import AudioConfig
 from distill.data import MelDataset, split_by_file
+from distill.storage import file_sha256
 
 DEFAULT_MAX_FILES = 5000  # far past the 500-file target; stops a mistaken scan of a whole disk
 
@@ -210,14 +210,6 @@ def collect_files(source: str | os.PathLike | Iterable, root: str | os.PathLike 
     return base, candidates, skipped
 
 
-def _hash_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --- the scan --------------------------------------------------------------------------------
 
 
@@ -249,7 +241,7 @@ def scan_dataset(
 
     def hash_one(entry: FileEntry) -> None:
         try:
-            entry.sha256 = _hash_file(entry.abs_path)
+            entry.sha256 = file_sha256(entry.abs_path)
         except PermissionError:
             entry.reason = "cannot be read (permission denied)"
         except OSError as exc:

@@ -6,6 +6,7 @@ through safetensors (never pickle), and loading checks names, shapes and dtypes 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -245,3 +246,12 @@ def sanitize_json(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [sanitize_json(v) for v in obj]
     return obj
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

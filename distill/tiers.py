@@ -81,7 +81,7 @@ def describe_tier(
             f"The files are very short (average {total / n:.2f} s): each gives only a few code steps, so the prior "
             "sees little context. Longer recordings teach it more."
         )
-    context_tokens = prior.context_steps * vq.num_quantizers
+    context_tokens = prior.seq_len(vq.num_quantizers)
     if n and tokens < 20 * context_tokens:
         warnings.append(
             f"Only about {tokens:,} code tokens in all (≈ {tokens / max(context_tokens, 1):.0f} training windows): "

@@ -404,13 +404,10 @@ def upload_root() -> Path:
 
 
 def _counts(codes_list: list[np.ndarray], k: int) -> np.ndarray:
-    q = codes_list[0].shape[1]
-    out = np.zeros((q, k), dtype=np.int64)
-    for c in codes_list:
-        c = np.asarray(c)
-        for level in range(q):
-            out[level] += np.bincount(c[:, level].clip(0, k - 1), minlength=k)[:k]
-    return out
+    from distill.codes import level_histograms
+
+    # codes past the codebook (a damaged file) are drawn at its edge rather than refused
+    return level_histograms([np.asarray(c).clip(0, k - 1) for c in codes_list], k).numpy()
 
 
 def report_rows(report) -> list[list]:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-STAGES = ("features", "vqvae", "codes", "prior", "analysis")
+from distill.events import STAGE_ORDER, Stage
+
+STAGES = (Stage.FEATURES, *STAGE_ORDER)
 STAGE_LABELS = {
     "scan": "Scanning files",
     "features": "Reading audio",

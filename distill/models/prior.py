@@ -199,7 +199,7 @@ class CodePrior(nn.Module):
         """The CodePrior a PriorConfig describes over codes of `codebook_size` x `num_quantizers`
         levels (its window: config.context_steps time steps); `prior_param_count` counts it."""
         return cls(
-            codebook_size=codebook_size, seq_len=config.context_steps * num_quantizers, num_quantizers=num_quantizers,
+            codebook_size=codebook_size, seq_len=config.seq_len(num_quantizers), num_quantizers=num_quantizers,
             hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads,
             dropout=config.dropout, learn_ends=config.learn_clip_ends,
         )
@@ -489,7 +489,7 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 def prior_param_count(config, codebook_size: int, num_quantizers: int) -> int:
     """Parameters of the CodePrior a PriorConfig builds (closed form, no torch allocation)."""
     h, n_layers = config.hidden_size, config.num_layers
-    seq_len = config.context_steps * num_quantizers
+    seq_len = config.seq_len(num_quantizers)
     per_block = 2 * 2 * h + (3 * h * h + 3 * h) + (h * h + h) + (4 * h * h + 4 * h) + (4 * h * h + h)
     emb = codebook_size * h + h + seq_len * h + num_quantizers * h
     clips = (h + 1) + h if config.learn_clip_ends else 0  # end head + resume token
@@ -500,7 +500,7 @@ def estimate_prior_memory_bytes(config, codebook_size: int, num_quantizers: int)
     """Rough peak training memory (float32): weights + grads + AdamW moments, plus activations
     kept for backward. Meant for 'will this fit' messages, not exact accounting."""
     params = prior_param_count(config, codebook_size, num_quantizers)
-    b, t, h = config.batch_size, config.context_steps * num_quantizers, config.hidden_size
+    b, t, h = config.batch_size, config.seq_len(num_quantizers), config.hidden_size
     # per layer and token: ~ln, qkv(3h), attn out, proj, ln, fc(4h), gelu(4h), out, dropout masks
     act_per_layer = b * t * h * 18
     attn = b * config.num_heads * t * t  # in case the backend falls back to the explicit matrix

@@ -20,7 +20,7 @@ SMALLER_SIZES = [(512, 6, 8), (256, 4, 4), (128, 2, 4)]  # (hidden, layers, head
 def planned_steps(config: PriorConfig, tokens_per_s: float, num_quantizers: int) -> float:
     if not config.time_budget_s:
         return float("inf")
-    return config.time_budget_s * tokens_per_s / (config.batch_size * config.context_steps * num_quantizers)
+    return config.time_budget_s * tokens_per_s / (config.batch_size * config.seq_len(num_quantizers))
 
 
 def fit_prior_to_budget(config: PriorConfig, codebook_size: int, num_quantizers: int, device,
@@ -38,7 +38,7 @@ def fit_prior_to_budget(config: PriorConfig, codebook_size: int, num_quantizers:
     if planned_steps(config, tps, num_quantizers) >= MIN_STEPS:
         return config, None
     if "batch_size" not in fixed:
-        need = config.time_budget_s * tps / (MIN_STEPS * config.context_steps * num_quantizers)
+        need = config.time_budget_s * tps / (MIN_STEPS * config.seq_len(num_quantizers))
         config = replace(config, batch_size=max(MIN_BATCH, min(config.batch_size, int(need))))
     size_fixed = {"hidden_size", "num_layers", "num_heads"} & set(fixed)
     while not size_fixed and planned_steps(config, tps, num_quantizers) < MIN_STEPS:

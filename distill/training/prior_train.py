@@ -37,6 +37,7 @@ from distill.checkpoint import (
 )
 from distill.config import PriorConfig
 from distill.device import resolve_device
+from distill.events import Stage
 from distill.models.prior import CodePrior
 from distill.training.loop import (  # noqa: F401  (MAX_BAD_STEPS: read by callers of this module)
     MAX_BAD_STEPS,
@@ -85,7 +86,7 @@ class PriorPlan:
 
 def plan_prior_training(config: PriorConfig, num_quantizers: int, train_tokens: int) -> PriorPlan:
     """Steps per epoch and overall, from the token count of the training files."""
-    seq_len = config.context_steps * num_quantizers
+    seq_len = config.seq_len(num_quantizers)
     windows = max(1, math.ceil(train_tokens / seq_len))
     per_epoch = max(1, math.ceil(windows / max(1, config.batch_size)))
     total = per_epoch * max(1, config.max_epochs)
@@ -292,7 +293,7 @@ class PriorState:
     def expected(self, meta: dict) -> dict:
         """The tensors a checkpoint must hold to fit this model, data and settings (checked before
         any tensor is read)."""
-        if meta.get("stage") != "prior":
+        if meta.get("stage") != Stage.PRIOR:
             raise CheckpointError("it is not a code-model checkpoint")
         if meta.get("fingerprint") != self.fingerprint:
             raise CheckpointError("it was made with other settings or other codes")
@@ -313,7 +314,7 @@ class PriorState:
             tensors.update({f"average.{k}": v for k, v in self.averaged.model.state_dict().items()})
         if self.best_weights is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
-        meta = {"stage": "prior", "fingerprint": self.fingerprint, "optimizer": opt_meta, "rng": rng_record(rng),
+        meta = {"stage": Stage.PRIOR, "fingerprint": self.fingerprint, "optimizer": opt_meta, "rng": rng_record(rng),
                 "schedule": self.schedule, "best_val_loss": finite_or_none(self.best_val), "best_step": self.best_step,
                 "has_best": self.best_weights is not None, "since_best": self.since_best,
                 "warned_memorise": self.warned_memorise, "warned_gap": self.warned_gap,
@@ -369,7 +370,7 @@ def train_prior(
     callbacks = list(callbacks or [])
 
     def emit(kind: str, **payload) -> None:
-        event = {"stage": "prior", "kind": kind, **payload}
+        event = {"stage": Stage.PRIOR, "kind": kind, **payload}
         for cb in callbacks:
             cb(event)
 
@@ -397,10 +398,7 @@ def train_prior(
 
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    model = CodePrior(
-        codebook_size, plan.seq_len, q, config.hidden_size, config.num_layers, config.num_heads, config.dropout,
-        learn_ends=config.learn_clip_ends,
-    ).to(device)
+    model = CodePrior.from_config(config, codebook_size, q).to(device)
     opt = _optimizer(model, config, device)
     averaged = WeightAverage(model, config.weight_average_decay) if config.weight_average_decay > 0 else None
     state = PriorState(
@@ -551,12 +549,11 @@ def speed_probe(config: PriorConfig, codebook_size: int, num_quantizers: int, de
     The batch is capped (4 windows, 1 for hidden sizes over 256) so even the largest tier answers
     within seconds on a CPU; small batches read slightly slow, so the ETA errs long."""
     dev = device if isinstance(device, torch.device) else resolve_device(device or config.device)
-    seq_len = config.context_steps * num_quantizers
+    seq_len = config.seq_len(num_quantizers)
     batch = max(1, min(4 if config.hidden_size <= 256 else 1, config.batch_size))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = CodePrior(codebook_size, seq_len, num_quantizers, config.hidden_size, config.num_layers,
-                          config.num_heads, config.dropout, learn_ends=config.learn_clip_ends).to(dev).train()
+        model = CodePrior.from_config(config, codebook_size, num_quantizers).to(dev).train()
         opt = _optimizer(model, config, dev)
         x = torch.randint(0, codebook_size, (batch, seq_len), device=dev)
 

@@ -44,6 +44,7 @@ from distill.checkpoint import (
 )
 from distill.codes import level_histograms, perplexity, utilisation
 from distill.config import VQVAEConfig
+from distill.events import Stage
 from distill.data import MelDataset
 from distill.device import resolve_device
 from distill.models.vqvae import ConvVQVAE, quantizer_matches_cpu
@@ -60,7 +61,7 @@ from distill.training.loop import (  # noqa: F401  (MAX_BAD_STEPS: read by calle
     strip_prefix,
 )
 
-STAGE = "vqvae"
+STAGE = Stage.VQVAE
 LOG_EVERY = 10  # optimiser steps between "step" events ...
 LOG_SECONDS = 1.0  # ... or this long, whichever comes first (slow steps still draw a live curve)
 WARMUP_STEPS = 50
