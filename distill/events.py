@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 from distill.storage import append_jsonl, sanitize_json
 
 Callback = Callable[[dict], None]
+METRICS = "metrics.jsonl"  # a run's event log, in its folder
 
 
 class Stage:
@@ -49,8 +50,6 @@ class EventLog:
     """Stamps events, appends them to metrics.jsonl, then hands them to the listeners."""
 
     def __init__(self, run_dir: Path, callbacks: Iterable[Callback] | None):
-        from distill.runs import METRICS  # here: distill.runs reads this module's stage names
-
         self.path = Path(run_dir) / METRICS
         self.callbacks = list(callbacks or [])
         self.stage = Stage.RUN

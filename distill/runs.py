@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import AudioConfig, PriorConfig, VQVAEConfig, config_from_dict
-from distill.events import STAGE_ORDER, Kind, Stage
+from distill.events import METRICS, STAGE_ORDER, Kind, Stage  # METRICS: re-exported
 from distill.storage import (  # file_sha256: re-exported for callers of runs
     file_sha256,
     UnsafeFileError,
@@ -36,7 +36,6 @@ from distill.storage import (  # file_sha256: re-exported for callers of runs
 )
 
 MANIFEST = "manifest.json"
-METRICS = "metrics.jsonl"
 MANIFEST_FORMAT = "distill-run"
 MANIFEST_VERSION = 2  # 2: every config field and `stages_done` written out, stage results carry a `stop` code
 MAX_MANIFEST_BYTES = 32 * 1024**2

@@ -19,6 +19,8 @@ import weakref
 import numpy as np
 import torch
 
+from distill.models.stepping import KVCache, TorchStepper
+
 LN_EPS = 1e-5  # nn.LayerNorm's default
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
@@ -30,8 +32,6 @@ class CpuStepper:
 
     def __init__(self, model):
         from scipy.special import erf  # here, not at import: it costs ~0.2 s and only sampling needs it
-
-        from distill.models.prior import KVCache, TorchStepper
 
         self.erf = erf
         self.nh = model.num_heads

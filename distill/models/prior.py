@@ -26,23 +26,16 @@ every start look like a random moment of a long file).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from distill.models.stepping import BACKENDS, KVCache, TorchStepper, default_backend  # noqa: F401  (re-exported)
+
 # One CPU thread while sampling: each token is a chain of tiny ops, where a second thread costs more
 # in synchronisation than it saves (on a busy 2-core machine, over 10x more).
 SAMPLING_THREADS = 1
-
-BACKENDS = ("numpy", "torch")  # how sampling runs its one-token steps: see CodePrior.generate
-
-
-def default_backend(device: torch.device) -> str:
-    """NumPy steps on a CPU, where each torch op's dispatch cost is a large part of a one-row step
-    (distill/models/cpu_decode.py); torch (`Block.step`) on any other device."""
-    return "numpy" if torch.device(device).type == "cpu" else "torch"
 
 # --- code layout -----------------------------------------------------------------------------
 
@@ -74,18 +67,6 @@ def extract_code_sequences(*args, **kwargs):
 
 
 # --- model -----------------------------------------------------------------------------------
-
-
-@dataclass
-class KVCache:
-    """One layer's keys and values for window positions 0..S-1: kv [2 (k, v), 1, heads, S, head_dim]
-    (4-D k and v keep attention on SDPA's fused kernel; one tensor takes both in one copy)."""
-
-    kv: torch.Tensor
-
-    @classmethod
-    def empty(cls, heads: int, seq_len: int, head_dim: int, device=None) -> "KVCache":
-        return cls(torch.zeros(2, 1, heads, seq_len, head_dim, device=device))
 
 
 class Block(nn.Module):
@@ -346,7 +327,7 @@ class CodePrior(nn.Module):
             return (out, logits_out, starts_out) if return_logits else out
 
         if backend == "numpy":
-            from distill.models.cpu_decode import CpuStepper  # here: it needs the classes above
+            from distill.models.cpu_decode import CpuStepper  # here: it reads scipy, which only sampling needs
 
             steps = CpuStepper(self)
         else:
@@ -416,41 +397,6 @@ class CodePrior(nn.Module):
         cdf = probs.cumsum(0)
         u = torch.rand(1, generator=generator, device=probs.device) * cdf[-1]
         return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[0] - 1)
-
-
-class TorchStepper:
-    """A CodePrior's sampling state in torch: a KVCache per layer, filled by `Block.step`, and the
-    last stepped position's final hidden state, which the clip-end head reads when asked."""
-
-    def __init__(self, model: CodePrior, caches: list[KVCache] | None = None):
-        self.model = model
-        hd = model.hidden_size // model.num_heads
-        dev = model.head.weight.device
-        self.caches = caches or [KVCache.empty(model.num_heads, model.seq_len, hd, dev) for _ in model.blocks]
-        self.pe = model._position_table(model.seq_len)  # [S, H]: position + level embedding
-        self._final = None  # [1, H]
-
-    def prime(self, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        """Window positions 0..t-1 from [first (the start or resume vector [H]), tokens[:t-1]]
-        -> logits [K] for the token after them."""
-        x = first.view(1, -1) if tokens is None else torch.cat([first.view(1, -1), self.model.token_emb(tokens)])
-        return self._run((x + self.pe[: x.shape[0]]).unsqueeze(0), 0)
-
-    def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
-        """Input token (LongTensor[1]) at window position pos (>= 1) -> logits [K] for the next token."""
-        return self._run((self.model.token_emb.weight[token] + self.pe[pos]).unsqueeze(0), pos)
-
-    def _run(self, x: torch.Tensor, pos: int) -> torch.Tensor:
-        for blk, cache in zip(self.model.blocks, self.caches):
-            x = blk.step(x, cache, pos)
-        self._final = self.model.ln_f(x[0, -1:])
-        return self.model.head(self._final)[0]
-
-    def end_logit(self) -> float:
-        """The clip-end logit after the last position stepped (models with an end head)."""
-        if self.model.end_head is None:
-            raise ValueError("this model has no clip-end head")
-        return float(self.model.end_head(self._final)[0, 0])
 
 
 def _pick_mixed(logits, recall, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:

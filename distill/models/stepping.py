@@ -1,0 +1,63 @@
+"""One-token sampling steps of a CodePrior: the torch reference (`TorchStepper`, built on
+`Block.step` and its `KVCache`) and which backend runs them. The NumPy fast path for CPUs
+(distill/models/cpu_decode.py) has the same interface and shares these caches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("numpy", "torch")  # how sampling runs its one-token steps: see CodePrior.generate
+
+
+def default_backend(device: torch.device) -> str:
+    """NumPy steps on a CPU, where each torch op's dispatch cost is a large part of a one-row step
+    (distill/models/cpu_decode.py); torch (`Block.step`) on any other device."""
+    return "numpy" if torch.device(device).type == "cpu" else "torch"
+
+
+@dataclass
+class KVCache:
+    """One layer's keys and values for window positions 0..S-1: kv [2 (k, v), 1, heads, S, head_dim]
+    (4-D k and v keep attention on SDPA's fused kernel; one tensor takes both in one copy)."""
+
+    kv: torch.Tensor
+
+    @classmethod
+    def empty(cls, heads: int, seq_len: int, head_dim: int, device=None) -> "KVCache":
+        return cls(torch.zeros(2, 1, heads, seq_len, head_dim, device=device))
+
+
+class TorchStepper:
+    """A CodePrior's sampling state in torch: a KVCache per layer, filled by `Block.step`, and the
+    last stepped position's final hidden state, which the clip-end head reads when asked."""
+
+    def __init__(self, model, caches: list[KVCache] | None = None):
+        self.model = model
+        hd = model.hidden_size // model.num_heads
+        dev = model.head.weight.device
+        self.caches = caches or [KVCache.empty(model.num_heads, model.seq_len, hd, dev) for _ in model.blocks]
+        self.pe = model._position_table(model.seq_len)  # [S, H]: position + level embedding
+        self._final = None  # [1, H]
+
+    def prime(self, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """Window positions 0..t-1 from [first (the start or resume vector [H]), tokens[:t-1]]
+        -> logits [K] for the token after them."""
+        x = first.view(1, -1) if tokens is None else torch.cat([first.view(1, -1), self.model.token_emb(tokens)])
+        return self._run((x + self.pe[: x.shape[0]]).unsqueeze(0), 0)
+
+    def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
+        """Input token (LongTensor[1]) at window position pos (>= 1) -> logits [K] for the next token."""
+        return self._run((self.model.token_emb.weight[token] + self.pe[pos]).unsqueeze(0), pos)
+
+    def _run(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        for blk, cache in zip(self.model.blocks, self.caches):
+            x = blk.step(x, cache, pos)
+        self._final = self.model.ln_f(x[0, -1:])
+        return self.model.head(self._final)[0]
+
+    def end_logit(self) -> float:
+        """The clip-end logit after the last position stepped (models with an end head)."""
+        if self.model.end_head is None:
+            raise ValueError("this model has no clip-end head")
+        return float(self.model.end_head(self._final)[0, 0])
