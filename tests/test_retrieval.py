@@ -83,6 +83,38 @@ def test_material_ends_end_clips_where_the_end_head_only_says_maybe():
     assert len(lengths) >= 5 and (lengths == 5).all()
 
 
+def test_a_flat_model_gets_no_share_where_the_material_is_sure():
+    files = [pattern_file(20), pattern_file(20, offset=3)]
+    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.9, max_context_steps=4, min_count=2))
+    state = index.start()
+    for tok in pattern_file(2).reshape(-1):  # path 0, 1 on level 0: the material always goes on with 2
+        state.push(int(tok))
+    uniform = np.full(K, 1.0 / K)
+    mixed = state.mix(uniform)
+    assert mixed.sum() == pytest.approx(1.0)
+    # a uniform model's 10 % is scaled by exp(H(material) - H(model)) = exp(0 - ln K) = 1 / K
+    assert mixed[2] == pytest.approx(1 - 0.1 / K + 0.1 / K**2) and mixed[5] == pytest.approx(0.1 / K**2)
+    sure = np.zeros(K)
+    sure[7] = 1.0  # a model as sure as the material keeps its whole share
+    assert state.mix(sure)[7] == pytest.approx(0.1) and state.mix(sure)[2] == pytest.approx(0.9)
+
+
+def test_clips_end_where_the_material_ends_whatever_the_end_head_says():
+    files = [pattern_file(4), pattern_file(4)]  # both files end after the path 0, 1, 2, 3
+    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.5, max_context_steps=4, min_count=2))
+    state = index.start()
+    for tok in pattern_file(2).reshape(-1):
+        state.push(int(tok))
+    assert state.end_mix(0.5) == 0.0  # the material never ended after 0, 1: the head's "maybe" is ignored
+    for tok in pattern_file(4)[2:].reshape(-1):
+        state.push(int(tok))
+    assert state.end_mix(0.01) == 1.0
+    unseen = index.start(begins_clip=False)
+    for tok in (9, 9):  # a context the material never had: its end rate per step, 2 ends in 10 steps
+        unseen.push(tok)
+    assert unseen.end_mix(0.9) == pytest.approx(0.2)
+
+
 def test_verbatim_share_counts_steps_inside_long_copied_runs():
     rng = np.random.default_rng(0)
     train = [rng.integers(0, 64, size=(100, 3))]

@@ -6,7 +6,13 @@ themselves know what follows what. So while sampling, the clip's recent codes ar
 training codes, and what followed them there gives a second next-code distribution, mixed with the
 model's:
 
-    p(next) = (1 - weight) * p_model + weight * counts_after_context / total
+    p(next) = s * p_model + (1 - s) * counts_after_context / total,
+    s = (1 - weight) * min(1, exp(H(retrieved) - H(model)))
+
+The model's share s is `1 - weight` where the model is at least as sure as the material, and shrinks
+where it is flatter: a near-uniform prior's share would otherwise drop a random code into a held
+tone or a silence every few steps (a click), and the context that follows no longer matches
+anything, so the sound breaks off.
 
 The context of the code at step t, level q is the coarse path that led there: the level-0 codes of
 the previous m steps, and the codes of levels 0..q-1 at step t itself. The longest m (up to
@@ -17,9 +23,10 @@ the oldest codes first would keep only the least informative ones. `min_count` >
 retrieved distribution pools at least two places in the material, so a sample recombines the
 material instead of replaying one file.
 Each file's level-0 path begins with a file-start symbol and ends with a file-end symbol: a new
-clip begins the way files begin, and how often the material ended after the same context is a
-second opinion on whether the clip has ended (an end head trained for a few steps says "maybe"
-everywhere, which cuts samples into click trains).
+clip begins the way files begin, and how often the material ended after the longest context it has
+seen decides whether the clip has ended. The end head is not mixed in there: trained for
+minutes it says "maybe" everywhere, and even a tenth of that is a ~5 % chance per step of cutting a
+sound short, so clips came out a fraction of the material's lengths (README).
 Contexts are matched by polynomial hashes, two 31-bit moduli (as in `distill.analysis`).
 """
 from __future__ import annotations
@@ -144,13 +151,13 @@ class RetrievalState:
         return self._cached[1]
 
     def end_mix(self, p_end: float) -> float:
-        """The model's probability that the clip has ended here (a step boundary), mixed with how
-        often the material ended after the same context."""
+        """Whether the clip has ended here (a step boundary): how often the material ended after the
+        longest context it has seen (at worst, its end rate per step); `p_end`, the end head's
+        probability, only where retrieval found nothing."""
         counts = self._counts()
         if counts is None:
             return p_end
-        w = self.index.settings.weight
-        return (1.0 - w) * p_end + w * counts[self.index.eos] / counts.sum()
+        return float(counts[self.index.eos] / counts.sum())
 
     def mix(self, probs: np.ndarray) -> np.ndarray:
         """probs [K] for the next code (whose level this state knows) mixed with the retrieved ones."""
@@ -158,5 +165,11 @@ class RetrievalState:
         codes = None if counts is None else counts[: self.index.k]
         if codes is None or not codes.sum():
             return probs
-        w = self.index.settings.weight
-        return (1.0 - w) * probs + w * (codes / codes.sum())
+        recalled = codes / codes.sum()
+        model_share = (1.0 - self.index.settings.weight) * min(1.0, float(np.exp(_entropy(recalled) - _entropy(probs))))
+        return model_share * probs + (1.0 - model_share) * recalled
+
+
+def _entropy(p: np.ndarray) -> float:
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
