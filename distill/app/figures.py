@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from distill.events import Kind, Stage
+
 # A calm, readable palette (colour-blind safe pairs).
 BLUE, ORANGE, GREEN, RED, GREY, PURPLE = "#3b6fb6", "#e08a2c", "#3a9a5b", "#c8453c", "#8a8f98", "#7a4fb0"
 VERDICT_COLOURS = {"healthy": GREEN, "some codes unused": ORANGE, "collapse": RED}
@@ -112,7 +114,7 @@ def latest_attempt(records: Sequence[dict], stage: str) -> Sequence[dict]:
     """The records from the last start of `stage` on (a retrained prior replaces the old curve)."""
     for i in range(len(records) - 1, -1, -1):
         r = records[i]
-        if r.get("stage") == stage and r.get("kind") == "stage_start":
+        if r.get("stage") == stage and r.get("kind") == Kind.STAGE_START:
             return records[i:]
     return records
 
@@ -144,11 +146,11 @@ def _plot_line(ax, xs, ys, **kw) -> bool:
 def vqvae_loss_figure(records: Sequence[dict], width: float = 6.2, height: float = 3.2) -> Figure:
     """VQ-VAE reconstruction and commitment loss per step, validation loss per evaluation."""
     fig = _figure(width, height)
-    records = latest_attempt(records, "vqvae")
-    recon = _series(records, "vqvae", "step", "recon_loss")
-    commit = _series(records, "vqvae", "step", "commit_loss")
-    total = _series(records, "vqvae", "step", "loss")
-    val = _series(records, "vqvae", "eval", "val_loss")
+    records = latest_attempt(records, Stage.VQVAE)
+    recon = _series(records, Stage.VQVAE, Kind.STEP, "recon_loss")
+    commit = _series(records, Stage.VQVAE, Kind.STEP, "commit_loss")
+    total = _series(records, Stage.VQVAE, Kind.STEP, "loss")
+    val = _series(records, Stage.VQVAE, Kind.EVAL, "val_loss")
     if not (recon[0] or total[0] or val[0]):
         return _placeholder(fig, "Sound model (VQ-VAE): waiting for the first loss point…")
     ax = fig.add_subplot(1, 1, 1)
@@ -170,11 +172,11 @@ def vqvae_loss_figure(records: Sequence[dict], width: float = 6.2, height: float
 def prior_loss_figure(records: Sequence[dict], width: float = 6.2, height: float = 3.2) -> Figure:
     """Prior training loss per step, train/validation loss and validation perplexity per evaluation."""
     fig = _figure(width, height, right=0.75)
-    records = latest_attempt(records, "prior")
-    step = _series(records, "prior", "step", "loss")
-    tr = _series(records, "prior", "eval", "train_loss")
-    val = _series(records, "prior", "eval", "val_loss")
-    ppl = _series(records, "prior", "eval", "val_perplexity")
+    records = latest_attempt(records, Stage.PRIOR)
+    step = _series(records, Stage.PRIOR, Kind.STEP, "loss")
+    tr = _series(records, Stage.PRIOR, Kind.EVAL, "train_loss")
+    val = _series(records, Stage.PRIOR, Kind.EVAL, "val_loss")
+    ppl = _series(records, Stage.PRIOR, Kind.EVAL, "val_perplexity")
     if not (step[0] or val[0] or tr[0]):
         return _placeholder(fig, "Sequence model (prior): starts after the sound model")
     ax = fig.add_subplot(1, 1, 1)

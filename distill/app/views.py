@@ -9,12 +9,13 @@ import html
 from typing import Any
 
 from distill.app import figures
+from distill.events import Stage
 
 PAGE_SIZE = 50  # rows per page of the file report (a 500-file dataset stays light)
 
 
-PIPELINE_STAGES = [("features", "Read audio"), ("vqvae", "Sound model"), ("codes", "Codes"),
-                   ("prior", "Sequence model"), ("analysis", "Check")]
+PIPELINE_STAGES = [(Stage.FEATURES, "Read audio"), (Stage.VQVAE, "Sound model"), (Stage.CODES, "Codes"),
+                   (Stage.PRIOR, "Sequence model"), (Stage.ANALYSIS, "Check")]
 
 
 # --- formatting -------------------------------------------------------------------------------------
@@ -144,10 +145,10 @@ def _job_card(snap: dict) -> str:
     detail = ""
     stage = snap.get("stage")
     if state in ("running", "stopping"):
-        if stage == "vqvae" and "vqvae_step" in latest:
+        if stage == Stage.VQVAE and "vqvae_step" in latest:
             ev = latest["vqvae_step"]
             detail = f"step {ev.get('step')} · reconstruction loss {_num(ev.get('recon_loss', ev.get('loss')))}"
-        elif stage == "prior" and "prior_step" in latest:
+        elif stage == Stage.PRIOR and "prior_step" in latest:
             ev = latest["prior_step"]
             tps = ev.get("tokens_per_s")
             detail = f"step {ev.get('step')} · loss {_num(ev.get('loss'))}" + (f" · {tps:,.0f} tokens/s" if isinstance(tps, (int, float)) else "")

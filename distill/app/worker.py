@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from distill.events import STAGE_ORDER, Stage
+from distill.events import STAGE_ORDER, Kind, Stage
 
 STAGES = (Stage.FEATURES, *STAGE_ORDER)
 STAGE_LABELS = {
     "scan": "Scanning files",
-    "features": "Reading audio",
-    "vqvae": "Training the sound model (VQ-VAE)",
-    "codes": "Turning audio into codes",
-    "prior": "Training the sequence model (prior)",
-    "analysis": "Checking the result",
+    Stage.FEATURES: "Reading audio",
+    Stage.VQVAE: "Training the sound model (VQ-VAE)",
+    Stage.CODES: "Turning audio into codes",
+    Stage.PRIOR: "Training the sequence model (prior)",
+    Stage.ANALYSIS: "Checking the result",
     "run": "Finishing",
 }
 # Rough shares of wall time when no budget is known (features/codes/analysis are short).
-_DEFAULT_WEIGHTS = {"features": 3.0, "vqvae": 45.0, "codes": 2.0, "prior": 45.0, "analysis": 2.0}
+_DEFAULT_WEIGHTS = {Stage.FEATURES: 3.0, Stage.VQVAE: 45.0, Stage.CODES: 2.0, Stage.PRIOR: 45.0, Stage.ANALYSIS: 2.0}
 
 Runner = Callable[..., dict]
 
@@ -71,7 +71,7 @@ class _Job:
     stop: threading.Event
     weights: dict[str, float]
     events: list[dict] = field(default_factory=list)
-    stage: str = "features"
+    stage: str = Stage.FEATURES
     stage_started: float = 0.0
     stage_budget: float | None = None
     stage_fraction: float = 0.0
@@ -144,7 +144,7 @@ class Worker:
                 return {"ok": False, "run_id": "", "run_dir": "", "message": f"Could not create the run folder: {exc}"}
             now = time.time()
             job = _Job(kind=kind, run_dir=run_dir, started=now, stop=threading.Event(),
-                       weights=_weights(kind, expected), stage="prior" if kind == "retrain" else "features",
+                       weights=_weights(kind, expected), stage=Stage.PRIOR if kind == "retrain" else Stage.FEATURES,
                        stage_started=now, device=str((expected or {}).get("device") or ""), events=history)
             self._job = job
             self._generation += 1
@@ -199,7 +199,7 @@ class Worker:
                     job.status = status
                     job.message = (summary or {}).get("message") or {"done": "Training finished.", "stopped": "Stopped.",
                                                                      "failed": "Training failed."}[status]
-                job.events.append({"t": round(job.finished, 3), "stage": "run", "kind": "run_end",
+                job.events.append({"t": round(job.finished, 3), "stage": Stage.RUN, "kind": Kind.RUN_END,
                                    "status": job.status, "message": job.message})
 
     def _on_event(self, job: _Job, event: dict) -> None:
@@ -209,7 +209,7 @@ class Worker:
             job.events.append(event)
             kind, stage = event.get("kind"), event.get("stage")
             now = float(event.get("t") or time.time())
-            if kind == "stage_start" and stage:
+            if kind == Kind.STAGE_START and stage:
                 if job.stage != stage and job.stage in STAGES and job.stage not in job.done_stages:
                     job.done_stages.append(job.stage)  # a stage that ended without a stage_end event
                 job.stage, job.stage_started = stage, now
@@ -218,39 +218,39 @@ class Worker:
                 job.stage_budget = float(budget) if isinstance(budget, (int, float)) else None
                 if job.stage_budget:
                     job.weights[stage] = job.stage_budget
-            elif kind == "stage_end" and stage:
+            elif kind == Kind.STAGE_END and stage:
                 if stage not in job.done_stages:
                     job.done_stages.append(stage)
                 job.stage_fraction, job.stage_eta = 1.0, 0.0
-                if stage == "codes":
+                if stage == Stage.CODES:
                     job.levels = levels_from_event(event) or job.levels
-            elif kind == "progress":
+            elif kind == Kind.PROGRESS:
                 frac = event.get("fraction")
                 if isinstance(frac, (int, float)):
                     job.stage_fraction = max(0.0, min(1.0, float(frac)))
                 if isinstance(event.get("eta_s"), (int, float)):
                     job.stage_eta = float(event["eta_s"])
-            elif kind in ("step", "eval"):
+            elif kind in (Kind.STEP, Kind.EVAL):
                 job.latest[f"{stage}_{kind}"] = event
                 if isinstance(event.get("eta_s"), (int, float)):
                     job.stage_eta = float(event["eta_s"])
                 if isinstance(event.get("fraction"), (int, float)):
                     job.stage_fraction = max(0.0, min(1.0, float(event["fraction"])))
-                if kind == "eval":
+                if kind == Kind.EVAL:
                     levels = levels_from_event(event)
                     if levels:
                         job.levels = levels
-            elif kind == "warning" and event.get("message"):
+            elif kind == Kind.WARNING and event.get("message"):
                 msg = str(event["message"])
                 if msg not in job.warnings:
                     job.warnings.append(msg)
-            elif kind == "run_end":
+            elif kind == Kind.RUN_END:
                 status = event.get("status")
                 job.status = status if status in ("done", "stopped", "failed") else "failed"
                 job.message = str(event.get("message") or "")
-            elif kind == "error" and event.get("message"):
+            elif kind == Kind.ERROR and event.get("message"):
                 job.message = str(event["message"])
-            if isinstance(event.get("device"), str) and event["device"] and kind in ("stage_start", "info", "stage_end"):
+            if isinstance(event.get("device"), str) and event["device"] and kind in (Kind.STAGE_START, Kind.INFO, Kind.STAGE_END):
                 job.device = _device_words(event["device"])
 
     # --- queries (cheap) --------------------------------------------------------------------------
@@ -354,7 +354,7 @@ def _weights(kind: str, expected: dict | None) -> dict[str, float]:
     """Expected seconds per stage (from the plan's budgets when given)."""
     w = dict(_DEFAULT_WEIGHTS)
     if kind == "retrain":
-        w = {"prior": w["prior"], "analysis": w["analysis"]}
+        w = {Stage.PRIOR: w[Stage.PRIOR], Stage.ANALYSIS: w[Stage.ANALYSIS]}
     for k, v in (expected or {}).items():
         if k in w and isinstance(v, (int, float)) and v > 0:
             w[k] = float(v)

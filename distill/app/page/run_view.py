@@ -15,10 +15,11 @@ from pathlib import Path
 from distill.app.service import DistillApp
 from distill.app.views import status_card_html
 from distill.app.worker import levels_from_event
+from distill.events import Kind, Stage
 
 REDRAW_EVERY_S = 2.0  # loss plots redraw at most this often while training (they cost CPU)
 
-LOSS_KINDS = {("vqvae", "step"), ("vqvae", "eval"), ("prior", "step"), ("prior", "eval")}
+LOSS_KINDS = {(Stage.VQVAE, Kind.STEP), (Stage.VQVAE, Kind.EVAL), (Stage.PRIOR, Kind.STEP), (Stage.PRIOR, Kind.EVAL)}
 ACTIVE_STATES = ("running", "stopping")
 
 # Every part of the run view, in the order they are drawn; a run without a folder has no codes or form.
@@ -43,17 +44,17 @@ class EventTally:
         for ev in new:
             key = (ev.get("stage"), ev.get("kind"))
             if key in LOSS_KINDS:
-                if key[0] == "vqvae":
+                if key[0] == Stage.VQVAE:
                     vq += 1
                 else:
                     pr += 1
-            if ev.get("kind") == "eval" or key == ("codes", "stage_end"):
+            if ev.get("kind") == Kind.EVAL or key == (Stage.CODES, Kind.STAGE_END):
                 lv = levels_from_event(ev)
                 if lv:
                     levels = tuple(lv)
-            if key == ("codes", "stage_end") or ev.get("kind") == "run_end":
+            if key == (Stage.CODES, Kind.STAGE_END) or ev.get("kind") == Kind.RUN_END:
                 codes_ready += 1
-            if ev.get("kind") == "warning" and ev.get("message") and ev["message"] not in warnings:
+            if ev.get("kind") == Kind.WARNING and ev.get("message") and ev["message"] not in warnings:
                 warnings.append(str(ev["message"]))
         sig = self.levels_sig if levels is self.levels else json.dumps(list(levels), sort_keys=True, default=str)
         return EventTally(self.seen + len(new), vq, pr, levels, sig, tuple(warnings), codes_ready)
