@@ -352,10 +352,11 @@ class CodePrior(nn.Module):
                 recall.push(int(t))
         while True:
             if clip_ends and n % q_levels == 0 and n - clip_start >= q_levels:
-                p_end = torch.sigmoid(torch.tensor(steps.end_logit()))
-                if recall is not None:
-                    p_end = torch.tensor(recall.end_mix(float(p_end)))
-                if bool(p_end > 0.5) if greedy else bool(torch.rand(1, generator=generator, device=dev) < p_end):
+                # the end head runs only where the material has no say (it rarely lacks one)
+                p_end = recall.material_end() if recall is not None else None
+                if p_end is None:
+                    p_end = float(torch.sigmoid(torch.tensor(steps.end_logit())))
+                if p_end > 0.5 if greedy else bool(torch.rand(1, generator=generator, device=dev) < p_end):
                     clip_start = w0 = n  # the clip has ended: the next begins afresh
                     logits = prime(w0, n, resume=False)
                     if recall is not None:

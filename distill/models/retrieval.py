@@ -150,14 +150,17 @@ class RetrievalState:
             self._cached = (self.pushed, self.index.lookup(self.history, self.current))
         return self._cached[1]
 
-    def end_mix(self, p_end: float) -> float:
+    def material_end(self) -> float | None:
         """Whether the clip has ended here (a step boundary): how often the material ended after the
-        longest context it has seen (at worst, its end rate per step); `p_end`, the end head's
-        probability, only where retrieval found nothing."""
+        longest context it has seen (at worst, its end rate per step); None where retrieval found
+        nothing, and the end head decides."""
         counts = self._counts()
-        if counts is None:
-            return p_end
-        return float(counts[self.index.eos] / counts.sum())
+        return None if counts is None else float(counts[self.index.eos] / counts.sum())
+
+    def end_mix(self, p_end: float) -> float:
+        """material_end(), or the end head's probability `p_end` where it is None."""
+        material = self.material_end()
+        return p_end if material is None else material
 
     def mix(self, probs: np.ndarray) -> np.ndarray:
         """probs [K] for the next code (whose level this state knows) mixed with the retrieved ones."""

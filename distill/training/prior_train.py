@@ -39,8 +39,7 @@ from distill.config import PriorConfig
 from distill.device import resolve_device
 from distill.events import Stage
 from distill.models.prior import CodePrior
-from distill.training.loop import (  # noqa: F401  (MAX_BAD_STEPS: read by callers of this module)
-    MAX_BAD_STEPS,
+from distill.training.loop import (
     Progress,
     Schedule,
     StepOutcome,
