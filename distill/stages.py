@@ -203,7 +203,8 @@ def vqvae_stage(ctx: RunContext, dataset):
         store.clear()
         return load_vqvae(ctx.run_dir)
     cfg = ctx.vqvae_config
-    t0 = ctx.log.begin(Stage.VQVAE, budget_s=cfg.time_budget_s, **({"resumed": True} if ctx.resume else {}))
+    t0 = ctx.log.begin(Stage.VQVAE, budget_s=cfg.time_budget_s, max_steps=cfg.max_steps,
+                       **({"resumed": True} if ctx.resume else {}))
     result = train_vqvae(dataset, cfg, callbacks=[ctx.log], stop=ctx.stop, checkpoint=store, resume=ctx.resume)
     vq_hash = save_vqvae(ctx.run_dir, result.model)
     ctx.stage_seconds[Stage.VQVAE] = ctx.log.end(t0, steps=result.steps, best_val_loss=result.best_val_loss,
@@ -290,6 +291,7 @@ def prior_stage(ctx: RunContext, codes: list, train_index, val_index):
     prior_hash = save_prior(run_dir, result.model, prior_cfg)
     ctx.stage_seconds[Stage.PRIOR] = ctx.log.end(t0, steps=result.steps, best_val_loss=result.best_val_loss)
     ctx.results[Stage.PRIOR] = {"best_val_loss": result.best_val_loss, "steps": result.steps,
+                                "best_step": result.best_step,
                                 "stop_reason": result.stop_reason, "stop": stop_code(result),
                                 "memorisation_warning": result.memorisation_warning}
     hashes = {**(read_manifest(run_dir).get("hashes") or {}), Stage.PRIOR: prior_hash}

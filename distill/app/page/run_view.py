@@ -109,7 +109,7 @@ def read_run_view(app: DistillApp, run_id: str | None, drawn: Drawn | None) -> t
 
     is_job = job_run == run_id and state != "idle"
     manifest = None
-    if not is_job:
+    if not (is_job and state in ACTIVE_STATES):  # a finished job's manifest holds its results (the verdict)
         try:
             manifest = app.manifest(run_dir)
         except Exception:
