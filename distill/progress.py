@@ -108,6 +108,10 @@ class ProgressTracker:
             if stage not in self.expected:
                 self.expected[stage] = DEFAULT_SECONDS.get(stage, 1.0)
             return
+        if isinstance(event.get("expected_s"), dict):  # a measured guess for stages still to come
+            for later, seconds in event["expected_s"].items():
+                if later in self.expected and later not in self.clocks and _num(seconds) and seconds > 0:
+                    self.expected[later] = float(seconds)
         clock = self.clocks.get(stage) if stage in STAGES else None
         if kind == Kind.RUN_END:
             self.shown = max(self.shown, self.estimate(t).fraction)  # where the bar stays if it did not finish

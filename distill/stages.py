@@ -8,6 +8,7 @@ or killed run.
 from __future__ import annotations
 
 import errno
+import math
 import threading
 import time
 import traceback
@@ -184,6 +185,8 @@ def features_stage(ctx: RunContext, source, options: TrainOptions):
 def model_stages(ctx: RunContext, dataset) -> None:
     """VQ-VAE → codes → prior → analysis, skipping the stages in `ctx.done` (a resume)."""
     ctx.summary.setdefault("results", {})  # a run that gets this far reports results, even if it fails now
+    if Stage.PRIOR not in ctx.done:
+        announce_prior_time(ctx, dataset)
     vq_model = vqvae_stage(ctx, dataset)
     if ctx.stop.is_set():
         return
@@ -192,6 +195,23 @@ def model_stages(ctx: RunContext, dataset) -> None:
         return
     prior_model = prior_stage(ctx, codes, dataset.train_index, dataset.val_index)
     analysis_stage(ctx, prior_model, codes, dataset.train_index, dataset.val_index)
+
+
+def announce_prior_time(ctx: RunContext, dataset) -> None:
+    """Tell the listeners how long the sequence model should take on this device, so the progress bar
+    and ETA do not count its whole budget while the sound model trains (distill/progress.py)."""
+    from distill.training.prior_budget import expected_prior_seconds
+
+    vq, prior = ctx.vqvae_config, ctx.prior_config
+    frames = sum(int(m.shape[-1]) for m in dataset.train_mels())
+    tokens = sum(math.ceil(int(m.shape[-1]) / vq.downsample) for m in dataset.train_mels()) * vq.num_quantizers
+    if not frames:
+        return
+    try:
+        seconds = expected_prior_seconds(prior, vq.codebook_size, vq.num_quantizers, tokens)
+    except Exception:  # an estimate only: training goes on without it
+        return
+    ctx.log({"kind": Kind.INFO, "expected_s": {Stage.PRIOR: round(seconds, 1)}, "train_tokens": tokens})
 
 
 def vqvae_stage(ctx: RunContext, dataset):

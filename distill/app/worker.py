@@ -35,6 +35,7 @@ STAGE_LABELS = {
     "run": "Finishing",
 }
 RETRAIN_STAGES = (Stage.PRIOR, Stage.ANALYSIS)
+STOPPING_MESSAGE = "Stopping after the current step; finished stages are kept."
 
 Runner = Callable[..., dict]
 
@@ -158,7 +159,7 @@ class Worker:
                 return {"ok": False, "message": "Nothing is running."}
             job.stop.set()
             job.status = "stopping"
-            job.message = "Stopping after the current step; finished stages are kept."
+            job.message = STOPPING_MESSAGE
             return {"ok": True, "message": job.message, "run_id": job.run_dir.name}
 
     def join(self, timeout: float | None = None) -> bool:

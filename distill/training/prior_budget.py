@@ -61,3 +61,13 @@ def fit_prior_to_budget(config: PriorConfig, codebook_size: int, num_quantizers:
         "More time or a GPU lets it use the full size."
     )
     return config, note
+
+
+def expected_prior_seconds(config: PriorConfig, codebook_size: int, num_quantizers: int, train_tokens: int,
+                           probe_seconds: float = 0.3) -> float:
+    """How long the prior should train, before it starts: its planned steps at the speed a short probe
+    measures on this device, capped by its time budget (a small collection's prior ends long before it)."""
+    from distill.training.prior_train import estimate_training_seconds, speed_probe
+
+    tokens_per_s = speed_probe(config, codebook_size, num_quantizers, config.device, seconds=probe_seconds)
+    return estimate_training_seconds(config, num_quantizers, max(1, train_tokens), tokens_per_s)
