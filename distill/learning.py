@@ -71,8 +71,9 @@ def judge_prior(val_bits, codebook_size, unigram_bits=None, steps=None, best_ste
                     "close to shuffled noise made of your sounds' colours.")
         if early:
             headline += " It stopped improving almost as soon as it started."
-        advice = (f"Train for more minutes, add more material (more or longer files), or use the {more}. "
-                  "Then retrain the sequence model; the sound model can stay.")
+        options = ("Train for more minutes or add more material (more or longer files)" if preset == "auto" else
+                   f"Train for more minutes, add more material (more or longer files), or use the {more}")
+        advice = f"{options}. Then retrain the sequence model; the sound model can stay."
         level = Learned.LITTLE
     elif ratio >= CLEAR_RATIO:
         gain = (1 - ratio) * 100

@@ -79,6 +79,7 @@ class ProgressTracker:
     ended: float | None = None
     status: str | None = None  # the run_end's: "done", "stopped" or "failed"
     shown: float = 0.0  # the highest overall fraction reported: the bar never moves back
+    held: bool = False  # a stop was honoured: the bar stays where the work got to
 
     @classmethod
     def for_stages(cls, stages, expected: dict | None = None) -> "ProgressTracker":
@@ -114,7 +115,8 @@ class ProgressTracker:
                     self.expected[later] = float(seconds)
         clock = self.clocks.get(stage) if stage in STAGES else None
         if kind == Kind.RUN_END:
-            self.shown = max(self.shown, self.estimate(t).fraction)  # where the bar stays if it did not finish
+            if not self.held:
+                self.shown = max(self.shown, self.estimate(t).fraction)  # where the bar stays if it did not finish
             self.ended, self.status = t, event.get("status")
             if self.current in self.clocks and self.clocks[self.current].ended is None:
                 clock = self.clocks[self.current]
@@ -123,6 +125,9 @@ class ProgressTracker:
         if clock is None:
             return
         if kind == Kind.STAGE_END:
+            if stopping and stage in TRAINING_STAGES and not self.held:
+                # the work left in this stage will not be done now: hold the bar where it got to
+                self.shown, self.held = max(self.shown, self.estimate(t).fraction), True
             clock.ended = t
             clock.stopped = stopping and stage in TRAINING_STAGES
         elif kind == Kind.INFO and _num(event.get("planned_steps")):
@@ -163,6 +168,8 @@ class ProgressTracker:
     def report(self, now: float) -> Estimate:
         """`estimate` with the bar held where it was if the estimate moved back."""
         est = self.estimate(now)
+        if self.held:
+            return Estimate(self.shown, est.eta_s, est.stage_fraction, est.stage_eta_s)
         if self.ended is None:
             self.shown = max(self.shown, est.fraction)
             est = Estimate(self.shown, est.eta_s, est.stage_fraction, est.stage_eta_s)

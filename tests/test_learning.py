@@ -47,3 +47,8 @@ def test_from_a_manifest():
          "results": {"analysis": {"val_nll_bits": 4.0, "unigram_bits": 5.5}, "prior": {"steps": 900, "best_step": 880}}}
     v = judge_manifest(m)
     assert v.level == Learned.CLEAR and v.to_dict()["ratio"] == round(4.0 / 5.5, 4)
+
+
+def test_an_auto_run_is_not_told_to_use_auto():
+    v = judge_prior(6.0, K, 6.5, preset="auto")
+    assert "Auto preset" not in v.advice and "more minutes" in v.advice

@@ -152,7 +152,7 @@ def _job_card(snap: dict, manifest: dict | None = None) -> str:
     done = set(snap.get("stages_done") or []) - set(stopped)
     if state == "done":
         done |= {k for k, _ in stages}
-    verdict = judge_manifest(manifest) if state in ("done", "stopped") else None
+    verdict = judge_manifest(manifest) if state == "done" else None  # a stopped model is not judged: it can go on
     frac = float(snap.get("fraction") or 0.0)
     pct = 100.0 if state == "done" else min(frac * 100, 99.0)  # only a finished run shows a full bar
     latest = snap.get("latest") or {}
@@ -201,7 +201,8 @@ def eta_words(snap: dict) -> str:
 
 
 def _doubtful(verdict) -> set[str]:
-    return {Stage.PRIOR} if verdict is not None and not verdict.ok else set()
+    """The chips that must not show green: the sequence model and the check that found it wanting."""
+    return {Stage.PRIOR, Stage.ANALYSIS} if verdict is not None and not verdict.ok else set()
 
 
 def learned_html(verdict) -> Html:
@@ -229,7 +230,7 @@ def _manifest_card(run_id: str, m: dict) -> str:
     facts = " · ".join([f"run {run_id}", f"created {shown['created'] or '?'}", f"{shown['files_used']} files"]
                        + ([f"tier {tier}"] if tier else []) + ([f"{fmt_duration(seconds)} of training"] if seconds else []))
     done, stopped = _manifest_stages(m, shown)
-    verdict = judge_manifest(m) if status in ("done", "stopped") else None
+    verdict = judge_manifest(m) if status == "done" else None
     return render("""
 <div class="d-card d-status" data-state="{status}">
   <div class="d-chips">{chips}</div>

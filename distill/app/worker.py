@@ -123,10 +123,12 @@ class Worker:
         # A retrain or resume appends to a run that already has a history: read it once, so the page
         # keeps drawing the whole run from memory while the new work trains.
         history = _read_history(Path(source)) if kind in ("retrain", "resume") else []
+        kept: list[str] = []
         if kind == "resume":
             from distill.runs import continuous_history
 
             history = continuous_history(history)  # steps redone after a kill are drawn once
+            kept = _finished_stages(Path(source))  # a resume skips them: their chips stay ticked
         with self._lock:
             if self._job is not None and self._job.status in ("running", "stopping"):
                 job = self._job
@@ -143,7 +145,8 @@ class Worker:
             now = time.time()
             tracker = ProgressTracker.for_stages(RETRAIN_STAGES if kind == "retrain" else STAGES, expected)
             job = _Job(kind=kind, run_dir=run_dir, started=now, stop=threading.Event(), tracker=tracker, stage=Stage.PRIOR if kind == "retrain" else Stage.FEATURES,
-                       stage_started=now, device=str((expected or {}).get("device") or ""), events=history)
+                       stage_started=now, device=str((expected or {}).get("device") or ""), events=history,
+                       done_stages=kept)
             self._job = job
             self._generation += 1
             thread = threading.Thread(target=self._run, args=(job, source, options), name=f"distill-{kind}", daemon=True)
@@ -343,6 +346,16 @@ def _device_words(device: str) -> str:
 
         return f"CPU ({torch.get_num_threads()} threads)"
     return device
+
+
+def _finished_stages(run_dir: Path) -> list[str]:
+    try:
+        from distill.resume import stages_done
+        from distill.runs import read_manifest
+
+        return list(stages_done(read_manifest(run_dir)))
+    except Exception:  # an unreadable manifest: the resume itself says what is wrong
+        return []
 
 
 def _read_history(run_dir: Path) -> list[dict]:
