@@ -175,10 +175,6 @@ class ProgressTracker:
             est = Estimate(self.shown, est.eta_s, est.stage_fraction, est.stage_eta_s)
         return est
 
-    def unmeasured(self) -> bool:
-        """Whether the estimate still counts stages that have not started (their budgets, upper bounds)."""
-        return self.ended is None and any(s not in self.clocks for s in self.expected)
-
     def stopped_at(self) -> dict[str, int | None]:
         """The training stages that ended on a stop, with the step they got to."""
         return {s: (c.last[0] if c.last else None) for s, c in self.clocks.items() if c.stopped}

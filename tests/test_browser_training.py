@@ -59,7 +59,7 @@ def card_state(page) -> str:
 
 
 def bar_percent(page) -> int | None:
-    loc = page.locator(CARD + " .d-pct")
+    loc = page.locator(CARD + " .d-line.d-small span")  # the first: "NN %"
     if not loc.count():
         return None
     text = loc.first.inner_text().replace("%", "").strip()
@@ -73,8 +73,6 @@ def manifest_of(ws: Path, run_id: str) -> dict:
 
 
 def test_a_quick_run_says_what_it_learned_and_its_bar_only_moves_forward(app, browser):  # noqa: F811
-    from distill.learning import judge_manifest
-
     url, ws, api, _ = app
     page, errors = open_page(browser, url)
     page.get_by_role("tab", name="2 · Training").click()
@@ -93,10 +91,12 @@ def test_a_quick_run_says_what_it_learned_and_its_bar_only_moves_forward(app, br
     assert len({p for p in seen if 0 < p < 100}) >= 3, seen  # and it moves along the way
     assert bar_percent(page) == 100
 
-    verdict = judge_manifest(manifest_of(ws, res["run_id"]))
-    assert verdict is not None
     learned = wait_until(lambda: page.locator(CARD + " [data-learned]").count() and page.locator(CARD + " [data-learned]"),
                          10, "what the model learned")
+    from distill.learning import judge_manifest
+
+    verdict = judge_manifest(manifest_of(ws, res["run_id"]))
+    assert verdict is not None
     assert learned.get_attribute("data-learned") == verdict.level  # the page says what the library judged
     text = page.locator(CARD).inner_text()
     assert "The sequence model learned" in text
@@ -122,8 +122,9 @@ def test_stop_during_the_sequence_model_looks_stopped_and_resume_continues_its_c
              90, "the sequence model's first steps")
     page.click("#d-stop-btn")
     wait_until(lambda: card_state(page) == "stopped", 30, "the stopped card")
-    stopped_at = api.call("status")["stages_stopped"]["prior"]
     card = page.locator(CARD).inner_text()
+    assert "■ Sequence model — stopped at step" in card, card
+    stopped_at = api.call("status")["stages_stopped"]["prior"]
     assert f"■ Sequence model — stopped at step {stopped_at}" in card, card
     assert "✓ Sequence model" not in card and (bar_percent(page) or 100) < 90  # the bar stays where it stopped
     # the stop button's answer belonged to the stopping, which is over

@@ -191,12 +191,12 @@ def _job_card(snap: dict, manifest: dict | None = None) -> str:
 
 
 def eta_words(snap: dict) -> str:
-    """The time left, from this stage's measured speed; stages still to come count at most their budgets."""
+    """The time left (distill/progress.py: this stage's measured speed, then the stages still to come)."""
     eta, stage_eta = snap.get("eta_s"), snap.get("stage_eta_s")
     if eta is None:
         return "estimating…"
-    if snap.get("eta_upper") and stage_eta is not None and eta - stage_eta >= 1:
-        return f"about {fmt_duration(stage_eta)} left in this stage · at most {fmt_duration(eta)} in all"
+    if stage_eta is not None and eta - stage_eta >= 1:
+        return f"about {fmt_duration(stage_eta)} left in this stage · {fmt_duration(eta)} in all"
     return f"about {fmt_duration(eta)} left"
 
 

@@ -284,7 +284,6 @@ class Worker:
                 "stage_fraction": round(est.stage_fraction, 4),
                 "stage_eta_s": None if est.stage_eta_s is None else round(est.stage_eta_s, 1),
                 "fraction": round(est.fraction, 4), "eta_s": None if est.eta_s is None else round(est.eta_s, 1),
-                "eta_upper": running and job.tracker.unmeasured(),  # the ETA counts budgets of stages still to come
                 "elapsed_s": round((job.finished or now) - job.started, 1),
                 "device": job.device, "message": job.message, "warnings": list(job.warnings),
                 "levels": list(job.levels), "latest": latest,
