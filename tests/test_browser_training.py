@@ -97,6 +97,7 @@ def test_a_quick_run_says_what_it_learned_and_its_bar_only_moves_forward(app, br
 
     verdict = judge_manifest(manifest_of(ws, res["run_id"]))
     assert verdict is not None
+    assert api.call("status")["learned"]["level"] == verdict.level  # the API says the same
     assert learned.get_attribute("data-learned") == verdict.level  # the page says what the library judged
     text = page.locator(CARD).inner_text()
     assert "The sequence model learned" in text
