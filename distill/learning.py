@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 # structure (on asterisk-en a 4-minute prior reached 0.90 x, about a smoothed bigram: DESIGN.md).
 LITTLE_RATIO = 0.97
 CLEAR_RATIO = 0.85
+MAX_BITS = 64.0  # held-out bits per code beyond any real model (the codebooks have at most 2^20 codes)
 EARLY_BEST_SHARE = 0.25  # the kept version came from the first quarter of the steps: it stopped improving at once
 
 
@@ -49,10 +50,12 @@ class LearningVerdict:
 def judge_prior(val_bits, codebook_size, unigram_bits=None, steps=None, best_step=None,
                 preset: str | None = None) -> LearningVerdict | None:
     """The verdict on a prior from its held-out bits per code; None when the numbers are missing."""
-    if not _finite(val_bits) or not isinstance(codebook_size, int) or codebook_size < 2:
+    # a manifest may come from a stranger's bundle: numbers no model can give are not judged
+    if not _finite(val_bits) or not 0 <= val_bits <= MAX_BITS or not isinstance(codebook_size, int) \
+            or isinstance(codebook_size, bool) or not 2 <= codebook_size <= 2 ** 20:
         return None
     chance = math.log2(codebook_size)
-    unigram = float(unigram_bits) if _finite(unigram_bits) and unigram_bits > 0 else None
+    unigram = float(unigram_bits) if _finite(unigram_bits) and 0 < unigram_bits <= MAX_BITS else None
     reference = min(chance, unigram) if unigram is not None else chance
     ratio = float(val_bits) / reference
     order_free = ("guessing from how often each code is used" if unigram is not None and unigram < chance

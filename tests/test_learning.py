@@ -38,6 +38,9 @@ def test_missing_numbers_give_no_verdict():
     assert judge_prior(None, K) is None
     assert judge_prior(float("nan"), K) is None
     assert judge_prior(5.0, None) is None
+    assert judge_prior(1e6, K) is None and judge_prior(-1.0, K) is None  # a stranger's manifest
+    assert judge_prior(5.0, True) is None and judge_prior(5.0, 10 ** 9) is None
+    assert judge_prior(5.0, K, unigram_bits=1e9).unigram_bits is None
     assert judge_manifest({}) is None
     assert judge_manifest({"results": {"analysis": "x"}}) is None
 

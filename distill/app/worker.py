@@ -144,9 +144,9 @@ class Worker:
                 return {"ok": False, "run_id": "", "run_dir": "", "message": f"Could not create the run folder: {exc}"}
             now = time.time()
             tracker = ProgressTracker.for_stages(RETRAIN_STAGES if kind == "retrain" else STAGES, expected)
-            job = _Job(kind=kind, run_dir=run_dir, started=now, stop=threading.Event(), tracker=tracker, stage=Stage.PRIOR if kind == "retrain" else Stage.FEATURES,
-                       stage_started=now, device=str((expected or {}).get("device") or ""), events=history,
-                       done_stages=kept)
+            job = _Job(kind=kind, run_dir=run_dir, started=now, stop=threading.Event(), tracker=tracker,
+                       stage=Stage.PRIOR if kind == "retrain" else Stage.FEATURES, stage_started=now,
+                       device=str((expected or {}).get("device") or ""), events=history, done_stages=kept)
             self._job = job
             self._generation += 1
             thread = threading.Thread(target=self._run, args=(job, source, options), name=f"distill-{kind}", daemon=True)
