@@ -163,3 +163,16 @@ def test_a_reloaded_form_holds_the_running_jobs_settings(tmp_path):
     assert values == {"preset": "quick", "minutes": 0.5, "device": "cpu", "levels": 2, "seed": 3, "codebook": 32,
                       "hidden": 64, "layers": 2, "heads": 4, "dropout": 0.1, "lr": 0.001}
     assert form_for_job(app, {}, None) == ({}, None)
+
+
+def test_the_sequence_models_expected_time_is_measured_or_its_budget():
+    from distill.config import PriorConfig
+    from distill.training.prior_budget import expected_prior_seconds
+
+    small = PriorConfig(hidden_size=32, num_layers=1, num_heads=2, max_epochs=2, batch_size=2, time_budget_s=600.0,
+                        device="cpu")
+    seconds = expected_prior_seconds(small, 16, 2, train_tokens=400, probe_seconds=0.05)
+    assert 0 < seconds < 60  # a few steps on a tiny model: far under its 10-minute budget
+    huge = PriorConfig(hidden_size=32, num_layers=1, num_heads=2, max_epochs=10 ** 6, batch_size=2,
+                       time_budget_s=5.0, device="cpu")
+    assert expected_prior_seconds(huge, 16, 2, train_tokens=10 ** 6) == 5.0  # budget-bound: not probed
