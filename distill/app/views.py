@@ -196,7 +196,7 @@ def eta_words(snap: dict) -> str:
     if eta is None:
         return "estimating…"
     if stage_eta is not None and eta - stage_eta >= 1:
-        return f"about {fmt_duration(stage_eta)} left in this stage · {fmt_duration(eta)} in all"
+        return f"about {fmt_duration(stage_eta)} left in this stage · {fmt_duration(eta)} left in all"
     return f"about {fmt_duration(eta)} left"
 
 
