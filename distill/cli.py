@@ -89,10 +89,28 @@ def cmd_train(args) -> int:
                            vqvae_overrides=overrides["vqvae"], prior_overrides=overrides["prior"],
                            audio_overrides=overrides["audio"])
     summary = run_pipeline(args.data_dir, Path(args.run), options, callbacks=[_show_progress(time.time())])
-    if args.json:
+    return _report(summary, Path(args.run), args.json)
+
+
+def _report(summary: dict, run_dir: Path, as_json: bool) -> int:
+    """The run's outcome, with what the sequence model learned once it finished (distill.learning)."""
+    from distill.learning import judge_manifest
+    from distill.runs import read_manifest
+
+    verdict = None
+    if summary.get("status") == "done":
+        try:
+            verdict = judge_manifest(read_manifest(run_dir))
+        except Exception:  # no manifest to judge from: the summary stands alone
+            verdict = None
+    if verdict is not None:
+        summary = {**summary, "learned": verdict.to_dict()}
+    if as_json:
         _print_json(summary)
     else:
         _err(summary.get("message", ""))
+        if verdict is not None:
+            _err(" ".join(x for x in (verdict.headline, verdict.advice) if x))
     return 0 if summary.get("status") == "done" else 1
 
 
@@ -123,11 +141,7 @@ def cmd_resume(args) -> int:
     if args.device is not None:
         overrides["device"] = args.device
     summary = resume_run(Path(args.run_dir), callbacks=[_show_progress(time.time())], options_overrides=overrides)
-    if args.json:
-        _print_json(summary)
-    else:
-        _err(summary.get("message", ""))
-    return 0 if summary.get("status") == "done" else 1
+    return _report(summary, Path(args.run_dir), args.json)
 
 
 def cmd_generate(args) -> int:

@@ -8,6 +8,7 @@ or killed run.
 from __future__ import annotations
 
 import errno
+import math
 import threading
 import time
 import traceback
@@ -184,6 +185,8 @@ def features_stage(ctx: RunContext, source, options: TrainOptions):
 def model_stages(ctx: RunContext, dataset) -> None:
     """VQ-VAE → codes → prior → analysis, skipping the stages in `ctx.done` (a resume)."""
     ctx.summary.setdefault("results", {})  # a run that gets this far reports results, even if it fails now
+    if Stage.PRIOR not in ctx.done:
+        announce_prior_time(ctx, dataset)
     vq_model = vqvae_stage(ctx, dataset)
     if ctx.stop.is_set():
         return
@@ -192,6 +195,23 @@ def model_stages(ctx: RunContext, dataset) -> None:
         return
     prior_model = prior_stage(ctx, codes, dataset.train_index, dataset.val_index)
     analysis_stage(ctx, prior_model, codes, dataset.train_index, dataset.val_index)
+
+
+def announce_prior_time(ctx: RunContext, dataset) -> None:
+    """Tell the listeners how long the sequence model should take on this device, so the progress bar
+    and ETA do not count its whole budget while the sound model trains (distill/progress.py)."""
+    from distill.training.prior_budget import expected_prior_seconds
+
+    vq, prior = ctx.vqvae_config, ctx.prior_config
+    frames = sum(int(m.shape[-1]) for m in dataset.train_mels())
+    tokens = sum(math.ceil(int(m.shape[-1]) / vq.downsample) for m in dataset.train_mels()) * vq.num_quantizers
+    if not frames:
+        return
+    try:
+        seconds = expected_prior_seconds(prior, vq.codebook_size, vq.num_quantizers, tokens)
+    except Exception:  # an estimate only: training goes on without it
+        return
+    ctx.log({"kind": Kind.INFO, "expected_s": {Stage.PRIOR: round(seconds, 1)}, "train_tokens": tokens})
 
 
 def vqvae_stage(ctx: RunContext, dataset):
@@ -203,7 +223,8 @@ def vqvae_stage(ctx: RunContext, dataset):
         store.clear()
         return load_vqvae(ctx.run_dir)
     cfg = ctx.vqvae_config
-    t0 = ctx.log.begin(Stage.VQVAE, budget_s=cfg.time_budget_s, **({"resumed": True} if ctx.resume else {}))
+    t0 = ctx.log.begin(Stage.VQVAE, budget_s=cfg.time_budget_s, max_steps=cfg.max_steps,
+                       **({"resumed": True} if ctx.resume else {}))
     result = train_vqvae(dataset, cfg, callbacks=[ctx.log], stop=ctx.stop, checkpoint=store, resume=ctx.resume)
     vq_hash = save_vqvae(ctx.run_dir, result.model)
     ctx.stage_seconds[Stage.VQVAE] = ctx.log.end(t0, steps=result.steps, best_val_loss=result.best_val_loss,
@@ -290,6 +311,7 @@ def prior_stage(ctx: RunContext, codes: list, train_index, val_index):
     prior_hash = save_prior(run_dir, result.model, prior_cfg)
     ctx.stage_seconds[Stage.PRIOR] = ctx.log.end(t0, steps=result.steps, best_val_loss=result.best_val_loss)
     ctx.results[Stage.PRIOR] = {"best_val_loss": result.best_val_loss, "steps": result.steps,
+                                "best_step": result.best_step,
                                 "stop_reason": result.stop_reason, "stop": stop_code(result),
                                 "memorisation_warning": result.memorisation_warning}
     hashes = {**(read_manifest(run_dir).get("hashes") or {}), Stage.PRIOR: prior_hash}

@@ -472,7 +472,9 @@ def test_run_view_redraws_only_what_changed_and_throttles_the_loss_plots():
     assert parts_to_draw(drawn, more, 100.5) == ()  # a new loss point waits while training
     assert parts_to_draw(drawn, more, 100.0 + REDRAW_EVERY_S) == ("vq",)
     done = RunView("r", 1, "done", False, True, "<done>", more.tally)
-    assert set(parts_to_draw(drawn, done, 100.5)) == {"picker", "buttons", "runs", "card", "vq", "codes"}
+    # the state changed: the stop button's answer and the resume/retrain answers go with it
+    assert set(parts_to_draw(drawn, done, 100.5)) == {"picker", "buttons", "runs", "card", "stop_msg", "msgs", "vq",
+                                                      "codes"}
     no_run = RunView("gone", 1, "idle", False, False, "<empty>")
     assert "codes" not in parts_to_draw(None, no_run, 0.0)
 

@@ -45,6 +45,8 @@ def test_train_writes_a_complete_run(trained):
     assert manifest["vqvae_config"]["codebook_size"] == 64 and manifest["prior_config"]["num_layers"] == 2
     assert set(summary["stage_seconds"]) >= {"features", "vqvae", "codes", "prior", "analysis"}
     assert "val_nll_bits" in summary["results"]["analysis"]
+    # the CLI says how much the sequence model learned, from the same judgement as the page
+    assert summary["learned"]["level"] in ("little", "some", "clear") and summary["learned"]["headline"]
     kinds = {(e["stage"], e["kind"]) for e in read_metrics(run)}
     assert {("vqvae", "step"), ("vqvae", "eval"), ("prior", "step"), ("prior", "eval"), ("run", "run_end")} <= kinds
     assert "progress" in trained["stderr"] or "stage_start" in trained["stderr"]

@@ -84,8 +84,20 @@ def register_api(app: DistillApp) -> None:
         return app.start(target, options)
 
     def status() -> dict:
-        """The running (or last) job: state, stage, progress, ETA, device, latest losses, warnings."""
-        return app.worker.status()
+        """The running (or last) job: state, stage, progress, ETA, device, latest losses, warnings; once it
+        has finished, "learned": how much its sequence model learned (distill.learning)."""
+        snap = app.worker.status()
+        run_dir = app.run_dir(snap.get("run_id")) if snap.get("state") == "done" else None
+        if run_dir is not None:
+            from distill.learning import judge_manifest
+
+            try:
+                verdict = judge_manifest(app.manifest(run_dir))
+            except Exception:  # an unreadable manifest: the status stands without it
+                verdict = None
+            if verdict is not None:
+                snap["learned"] = verdict.to_dict()
+        return snap
 
     def stop() -> dict:
         """Ask the running job to stop after its current step (finished stages are kept)."""

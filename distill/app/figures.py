@@ -111,10 +111,11 @@ def verdict(utilisation: float, perplexity: float | None = None, codebook_size: 
 
 
 def latest_attempt(records: Sequence[dict], stage: str) -> Sequence[dict]:
-    """The records from the last start of `stage` on (a retrained prior replaces the old curve)."""
+    """The records from the last fresh start of `stage` on (a retrained prior replaces the old curve; a
+    resumed stage continues it, so the steps before the resume stay drawn)."""
     for i in range(len(records) - 1, -1, -1):
         r = records[i]
-        if r.get("stage") == stage and r.get("kind") == Kind.STAGE_START:
+        if r.get("stage") == stage and r.get("kind") == Kind.STAGE_START and not r.get("resumed"):
             return records[i:]
     return records
 
@@ -143,9 +144,20 @@ def _plot_line(ax, xs, ys, **kw) -> bool:
     return True
 
 
-def vqvae_loss_figure(records: Sequence[dict], width: float = 6.2, height: float = 3.2) -> Figure:
+LEGEND_ROOM = 0.8  # inches under the axes for the x label and the legend row
+
+
+def _legend_below(fig: Figure, ax, handles=None, labels=None) -> None:
+    """The legend in a row under the plot, outside the axes: it never covers the newest points."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=8, frameon=False, loc="upper left", ncol=len(handles),
+              bbox_to_anchor=(0.0, -0.17), borderaxespad=0.0, handlelength=1.6, columnspacing=1.2)
+
+
+def vqvae_loss_figure(records: Sequence[dict], width: float = 6.2, height: float = 3.4) -> Figure:
     """VQ-VAE reconstruction and commitment loss per step, validation loss per evaluation."""
-    fig = _figure(width, height)
+    fig = _figure(width, height, bottom=LEGEND_ROOM)
     records = latest_attempt(records, Stage.VQVAE)
     recon = _series(records, Stage.VQVAE, Kind.STEP, "recon_loss")
     commit = _series(records, Stage.VQVAE, Kind.STEP, "commit_loss")
@@ -165,13 +177,13 @@ def vqvae_loss_figure(records: Sequence[dict], width: float = 6.2, height: float
     ax.set_xlabel("training step", fontsize=9)
     ax.set_ylabel("loss", fontsize=9)
     ax.set_title("Sound model (VQ-VAE)", fontsize=11, loc="left")
-    ax.legend(fontsize=8, framealpha=0.85, loc="upper right")
+    _legend_below(fig, ax)
     return fig
 
 
-def prior_loss_figure(records: Sequence[dict], width: float = 6.2, height: float = 3.2) -> Figure:
+def prior_loss_figure(records: Sequence[dict], width: float = 6.2, height: float = 3.4) -> Figure:
     """Prior training loss per step, train/validation loss and validation perplexity per evaluation."""
-    fig = _figure(width, height, right=0.75)
+    fig = _figure(width, height, right=0.75, bottom=LEGEND_ROOM)
     records = latest_attempt(records, Stage.PRIOR)
     step = _series(records, Stage.PRIOR, Kind.STEP, "loss")
     tr = _series(records, Stage.PRIOR, Kind.EVAL, "train_loss")
@@ -197,9 +209,9 @@ def prior_loss_figure(records: Sequence[dict], width: float = 6.2, height: float
         ax2.spines["top"].set_visible(False)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=8, framealpha=0.85, loc="upper right")
+        _legend_below(fig, ax, h1 + h2, l1 + l2)
     else:
-        ax.legend(fontsize=8, framealpha=0.85, loc="upper right")
+        _legend_below(fig, ax)
     return fig
 
 

@@ -245,9 +245,11 @@ class DistillApp:
         live = self.worker.job_events(run_dir)
         if live is not None:
             return live
-        from distill.runs import read_metrics
+        from distill.runs import continuous_history, read_metrics
 
-        return self._cached(("metrics", str(run_dir)), run_dir / "metrics.jsonl", lambda: read_metrics(run_dir)) or []
+        # steps redone after a kill and a resume are drawn once, as the worker draws a live resume
+        return self._cached(("metrics", str(run_dir)), run_dir / "metrics.jsonl",
+                            lambda: continuous_history(read_metrics(run_dir))) or []
 
     def codes(self, run_dir: Path) -> dict[str, np.ndarray]:
         from distill.runs import load_codes

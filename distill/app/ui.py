@@ -17,12 +17,13 @@ from distill.app.api import register_api
 from distill.app.page.bind import bind
 from distill.app.page.codes_tab import build_codes_tab, wire_codes_tab
 from distill.app.page.dataset_tab import DatasetTab, build_dataset_tab, scan_view, wire_dataset_tab
+from distill.app.page.forms import FORM_KEYS, form_for_job
 from distill.app.page.generate_tab import build_generate_tab, wire_generate_tab
 from distill.app.page.run_view_draw import RunViewComponents, refresh_run_view
 from distill.app.page.runs_tab import build_runs_tab, wire_runs_tab
 from distill.app.page.training_tab import build_training_tab, wire_training_tab
 from distill.app.service import DistillApp
-from distill.app.views import CSS, esc
+from distill.app.views import CSS, esc, tier_card_html
 
 __all__ = ["DistillApp", "build_ui", "launch_kwargs"]  # app.py imports DistillApp from here
 
@@ -73,7 +74,8 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
             notes=training.notes, file_pick=codes.file_pick, file_audio=codes.file_audio, code=codes.code_plot,
             hist=codes.hist_plot, prompt=generate.prompt, samples=generate.samples_table, state=view_state,
             picker=run_picker, start=dataset.start_btn, stop=training.stop_btn, stop_ds=dataset.stop_btn,
-            runs=runs.runs_table, r_hidden=training.r_hidden, r_layers=training.r_layers, r_heads=training.r_heads,
+            runs=runs.runs_table, stop_msg=training.stop_msg, resume_msg=training.resume_msg,
+            retrain_msg=training.retrain_msg, r_hidden=training.r_hidden, r_layers=training.r_layers, r_heads=training.r_heads,
             r_dropout=training.r_dropout, r_lr=training.r_lr)
 
         wire_dataset_tab(app, dataset, tabs, run_view)
@@ -87,7 +89,8 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
                    api_visibility="private", show_progress="hidden", concurrency_limit=None, queue=True)
         run_picker.input(bind(on_pick, app, run_view), inputs=[run_picker], outputs=view_outputs,
                          api_visibility="private")
-        demo.load(bind(on_load, app, dataset, run_view), outputs=[*dataset.scan_outputs, *view_outputs],
+        demo.load(bind(on_load, app, dataset, tabs, run_view),
+                  outputs=[*dataset.scan_outputs, dataset.device, dataset.seed, tabs, *view_outputs],
                   api_visibility="private", show_progress="hidden")
 
         register_api(app)  # the JSON API (gradio_client)
@@ -108,14 +111,33 @@ def on_pick(app: DistillApp, run_view: RunViewComponents, run_id):
     return run_view.updates(refresh_run_view(app, run_id, None, force=True))
 
 
-def on_load(app: DistillApp, dataset: DatasetTab, run_view: RunViewComponents):
-    """A page opens (or reloads): the last dataset, and the running, last or newest run."""
+def on_load(app: DistillApp, dataset: DatasetTab, tabs: gr.Tabs, run_view: RunViewComponents):
+    """A page opens (or reloads): the last dataset, and the running, last or newest run. While a job
+    runs the page opens on the Training tab, and the form holds the job's settings, not the defaults."""
     entry = app.latest_scan()
-    active = app.worker.active_run_dir() or app.worker.last_run_dir()
+    running = app.worker.active_run_dir()
+    active = running or app.worker.last_run_dir()
     runs = app.runs()
     run_id = active.name if active is not None else (runs[0]["id"] if runs else None)
     shown = scan_view(app, dataset, entry, f"Last dataset: **{esc(entry.label)}**") if entry else {}
+    if running is not None:
+        shown.update(job_form(app, dataset, running, entry))
+        shown[tabs] = gr.Tabs(selected="train")
     return {**shown, **run_view.updates(refresh_run_view(app, run_id, None, force=True))}
+
+
+def job_form(app: DistillApp, dataset: DatasetTab, run_dir: Path, entry) -> dict:
+    """The dataset tab's form (and tier card) as the running job was started."""
+    try:
+        manifest = app.manifest(run_dir)
+    except Exception:
+        return {}
+    values, card = form_for_job(app, manifest, entry)
+    fields = dict(zip(FORM_KEYS, dataset.settings))
+    out = {fields[k]: v for k, v in values.items() if k in fields}
+    if card is not None:
+        out[dataset.tier_card] = tier_card_html(card)
+    return out
 
 
 def _refresh(app: DistillApp, run_id: str | None, drawn, force: bool) -> dict:

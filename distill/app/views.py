@@ -10,6 +10,7 @@ from typing import Any
 
 from distill.app import figures
 from distill.events import Stage
+from distill.learning import judge_manifest
 
 PAGE_SIZE = 50  # rows per page of the file report (a 500-file dataset stays light)
 
@@ -109,19 +110,30 @@ def tier_card_html(card: dict | None, edited: list[str] | None = None, error: st
 
 
 def status_card_html(snap: dict | None, run_id: str | None = None, manifest: dict | None = None) -> str:
-    """The training panel's head: stages, progress bar, ETA, device and message."""
+    """The training panel's head: stages, progress bar, ETA, device and message; once the run has been
+    checked, what the sequence model learned (distill.learning). `manifest`: the run's, when finished."""
     if snap and snap.get("run_id") and snap.get("run_id") == run_id and snap.get("state") != "idle":
-        return _job_card(snap)
+        return _job_card(snap, manifest)
     if manifest:
         return _manifest_card(run_id or "", manifest)
     return ('<div class="d-card d-empty"><b>No training yet.</b><br>Scan a dataset, check its tier card, '
             'then press <i>Start training</i>. You can close this tab: training goes on, and the page reattaches.</div>')
 
 
-def _chips(stages: list[tuple[str, str]], done: set[str], current: str | None, state: str) -> Html:
+def _chips(stages: list[tuple[str, str]], done: set[str], current: str | None, state: str,
+           stopped: dict | None = None, doubtful: set[str] = frozenset()) -> Html:
+    """One chip per stage. `stopped`: {stage: step or None} that ended on a stop; `doubtful`: finished
+    stages whose result is poor (a sequence model that learned little)."""
     out = []
+    stopped = stopped or {}
     for key, label in stages:
-        if key in done:
+        if key in stopped:
+            step = stopped[key]
+            cls, mark = "stop", "■"
+            label = f"{label} — stopped" + (f" at step {step}" if isinstance(step, int) else "")
+        elif key in done and key in doubtful:
+            cls, mark = "meh", "!"
+        elif key in done:
             cls, mark = "done", "✓"
         elif key == current and state in ("running", "stopping"):
             cls, mark = "now", "●"
@@ -133,14 +145,16 @@ def _chips(stages: list[tuple[str, str]], done: set[str], current: str | None, s
     return _join(out, '<span class="d-sep">→</span>')
 
 
-def _job_card(snap: dict) -> str:
+def _job_card(snap: dict, manifest: dict | None = None) -> str:
     state = str(snap.get("state", "idle"))
     stages = PIPELINE_STAGES if snap.get("job") != "retrain" else PIPELINE_STAGES[3:]
-    done = set(snap.get("stages_done") or [])
+    stopped = snap.get("stages_stopped") if isinstance(snap.get("stages_stopped"), dict) else {}
+    done = set(snap.get("stages_done") or []) - set(stopped)
     if state == "done":
         done |= {k for k, _ in stages}
+    verdict = judge_manifest(manifest) if state == "done" else None  # a stopped model is not judged: it can go on
     frac = float(snap.get("fraction") or 0.0)
-    pct = 100.0 if state == "done" else frac * 100
+    pct = 100.0 if state == "done" else min(frac * 100, 99.0)  # only a finished run shows a full bar
     latest = snap.get("latest") or {}
     detail = ""
     stage = snap.get("stage")
@@ -152,10 +166,9 @@ def _job_card(snap: dict) -> str:
             ev = latest["prior_step"]
             tps = ev.get("tokens_per_s")
             detail = f"step {ev.get('step')} · loss {_num(ev.get('loss'))}" + (f" · {tps:,.0f} tokens/s" if isinstance(tps, (int, float)) else "")
-        eta = snap.get("eta_s")
         head = render('<b>{label}</b>{detail}<span class="d-right">{eta}</span>', label=snap.get("stage_label", ""),
                       detail=render(' <span class="d-muted">· {d}</span>', d=detail) if detail else Html(""),
-                      eta="about " + fmt_duration(eta) + " left" if eta is not None else "estimating…")
+                      eta=eta_words(snap))
     else:
         words = {"done": "Finished", "stopped": "Stopped", "failed": "Failed"}.get(state, state)
         head = render('<b>{words}</b> <span class="d-muted">after {elapsed}</span><span class="d-right">{run}</span>',
@@ -168,12 +181,39 @@ def _job_card(snap: dict) -> str:
   <div class="d-chips">{chips}</div>
   <div class="d-line">{head}</div>
   <div class="d-bar {bar_cls}"><div style="width:{width}%"></div></div>
-  <div class="d-line d-small"><span>{pct} %</span>
+  <div class="d-line d-small"><span class="d-pct">{pct} %</span>
     <span class="d-right">Device: <b>{device}</b> · elapsed {elapsed}</span></div>
   {msg_html}
-</div>""", state=state, chips=_chips(stages, done, stage, state), head=head, bar_cls=bar_cls, width=f"{pct:.1f}",
-                  pct=f"{pct:.0f}", device=snap.get("device") or "—", elapsed=fmt_duration(snap.get("elapsed_s")),
-                  msg_html=msg_html)
+  {learned}
+</div>""", state=state, chips=_chips(stages, done, stage, state, stopped, _doubtful(verdict)), head=head,
+                  bar_cls=bar_cls, width=f"{pct:.1f}", pct=f"{pct:.0f}", device=snap.get("device") or "—",
+                  elapsed=fmt_duration(snap.get("elapsed_s")), msg_html=msg_html, learned=learned_html(verdict))
+
+
+def eta_words(snap: dict) -> str:
+    """The time left (distill/progress.py: this stage's measured speed, then the stages still to come)."""
+    eta, stage_eta = snap.get("eta_s"), snap.get("stage_eta_s")
+    if eta is None:
+        return "estimating…"
+    if stage_eta is not None and eta - stage_eta >= 1:
+        return f"about {fmt_duration(stage_eta)} left in this stage · {fmt_duration(eta)} left in all"
+    return f"about {fmt_duration(eta)} left"
+
+
+def _doubtful(verdict) -> set[str]:
+    """The chips that must not show green: the sequence model and the check that found it wanting."""
+    return {Stage.PRIOR, Stage.ANALYSIS} if verdict is not None and not verdict.ok else set()
+
+
+def learned_html(verdict) -> Html:
+    """What the sequence model learned and what to do about it (distill.learning's verdict)."""
+    if verdict is None:
+        return Html("")
+    advice = render('<div class="d-learned-advice"><b>What to do:</b> {a}</div>', a=verdict.advice) \
+        if verdict.advice else Html("")
+    return render('<div class="d-learned d-learned-{level}" data-learned="{level}"><div>{headline}</div>{advice}'
+                  '<div class="d-muted d-small">{detail}</div></div>', level=verdict.level,
+                  headline=verdict.headline, advice=advice, detail=verdict.detail)
 
 
 def _manifest_card(run_id: str, m: dict) -> str:
@@ -189,13 +229,35 @@ def _manifest_card(run_id: str, m: dict) -> str:
            if interrupted else shown["message"])
     facts = " · ".join([f"run {run_id}", f"created {shown['created'] or '?'}", f"{shown['files_used']} files"]
                        + ([f"tier {tier}"] if tier else []) + ([f"{fmt_duration(seconds)} of training"] if seconds else []))
+    done, stopped = _manifest_stages(m, shown)
+    verdict = judge_manifest(m) if status == "done" else None
     return render("""
 <div class="d-card d-status" data-state="{status}">
   <div class="d-chips">{chips}</div>
   <div class="d-line"><b>{word}</b> <span class="d-muted">· {facts}</span></div>
   {msg_html}
-</div>""", status=status, chips=_chips(PIPELINE_STAGES, set(shown["stage_seconds"]), None, status), word=word,
-                  facts=facts, msg_html=render('<div class="d-msg">{msg}</div>', msg=msg) if msg else Html(""))
+  {learned}
+</div>""", status=status, chips=_chips(PIPELINE_STAGES, done, None, status, stopped, _doubtful(verdict)), word=word,
+                  facts=facts, msg_html=render('<div class="d-msg">{msg}</div>', msg=msg) if msg else Html(""),
+                  learned=learned_html(verdict))
+
+
+def _manifest_stages(m: dict, shown: dict) -> tuple[set[str], dict]:
+    """(finished stages, {stopped training stage: step}) of a saved run: its `stages_done` when it has
+    them (a stage stopped half-way has seconds but is not done), else the stages that took time."""
+    listed = m.get("stages_done")
+    done = {s for s in listed if isinstance(s, str)} if isinstance(listed, list) else set(shown["stage_seconds"])
+    done |= {Stage.FEATURES} & set(shown["stage_seconds"])  # the reading stage is never listed: it always reruns
+    if shown["status"] == "done" and not done:
+        done = set(shown["stage_seconds"])
+    results = m.get("results") if isinstance(m.get("results"), dict) else {}
+    stopped = {}
+    for stage in (Stage.VQVAE, Stage.PRIOR):
+        r = results.get(stage) if isinstance(results.get(stage), dict) else {}
+        if r.get("stop") == "stopped" and stage not in done:
+            step = r.get("steps")
+            stopped[stage] = step if isinstance(step, int) and not isinstance(step, bool) else None
+    return done, stopped
 
 
 def notes_html(warnings: list[str], levels: list[dict]) -> str:
@@ -294,6 +356,13 @@ CSS = """
 .d-chip.d-now { background:#eef0ff; border-color:#a5acf5; color:#3730a3; font-weight:600; }
 .d-chip.d-fail { background:#fdecec; border-color:#eba5a5; color:#8a1c1c; }
 .d-chip.d-todo { color: var(--body-text-color-subdued); }
+.d-chip.d-stop { background:#f1f2f4; border-color:#b8bcc4; color:#374151; }
+.d-chip.d-meh { background:#fff8e6; border-color:#f3d48b; color:#6b4b00; }
+.d-learned { margin-top:8px; padding:8px 10px; border-radius:7px; font-size:13.5px; line-height:1.45; }
+.d-learned-little { background:#fff8e6; border:1px solid #f3d48b; color:#4d3600; }
+.d-learned-some { background:#f3f6fb; border:1px solid #c9d5ea; }
+.d-learned-clear { background:#e8f6ee; border:1px solid #9fd5b5; color:#17603a; }
+.d-learned-advice { margin-top:4px; }
 .d-sep { color: var(--body-text-color-subdued); font-size:12px; }
 .d-line { display:flex; align-items:baseline; gap:6px; margin:4px 0; }
 .d-right { margin-left:auto; }

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distill.events import STAGE_ORDER, Kind, Stage
+from distill.progress import ProgressTracker
 
 STAGES = (Stage.FEATURES, *STAGE_ORDER)
 STAGE_LABELS = {
@@ -33,8 +34,8 @@ STAGE_LABELS = {
     Stage.ANALYSIS: "Checking the result",
     "run": "Finishing",
 }
-# Rough shares of wall time when no budget is known (features/codes/analysis are short).
-_DEFAULT_WEIGHTS = {Stage.FEATURES: 3.0, Stage.VQVAE: 45.0, Stage.CODES: 2.0, Stage.PRIOR: 45.0, Stage.ANALYSIS: 2.0}
+RETRAIN_STAGES = (Stage.PRIOR, Stage.ANALYSIS)
+STOPPING_MESSAGE = "Stopping after the current step; finished stages are kept."
 
 Runner = Callable[..., dict]
 
@@ -69,13 +70,10 @@ class _Job:
     run_dir: Path
     started: float
     stop: threading.Event
-    weights: dict[str, float]
+    tracker: ProgressTracker  # progress and ETA from this job's own events (distill/progress.py)
     events: list[dict] = field(default_factory=list)
     stage: str = Stage.FEATURES
     stage_started: float = 0.0
-    stage_budget: float | None = None
-    stage_fraction: float = 0.0
-    stage_eta: float | None = None
     done_stages: list[str] = field(default_factory=list)
     status: str = "running"  # running | stopping | done | stopped | failed
     message: str = ""
@@ -125,10 +123,12 @@ class Worker:
         # A retrain or resume appends to a run that already has a history: read it once, so the page
         # keeps drawing the whole run from memory while the new work trains.
         history = _read_history(Path(source)) if kind in ("retrain", "resume") else []
+        kept: list[str] = []
         if kind == "resume":
             from distill.runs import continuous_history
 
             history = continuous_history(history)  # steps redone after a kill are drawn once
+            kept = _finished_stages(Path(source))  # a resume skips them: their chips stay ticked
         with self._lock:
             if self._job is not None and self._job.status in ("running", "stopping"):
                 job = self._job
@@ -143,9 +143,10 @@ class Worker:
             except OSError as exc:
                 return {"ok": False, "run_id": "", "run_dir": "", "message": f"Could not create the run folder: {exc}"}
             now = time.time()
-            job = _Job(kind=kind, run_dir=run_dir, started=now, stop=threading.Event(),
-                       weights=_weights(kind, expected), stage=Stage.PRIOR if kind == "retrain" else Stage.FEATURES,
-                       stage_started=now, device=str((expected or {}).get("device") or ""), events=history)
+            tracker = ProgressTracker.for_stages(RETRAIN_STAGES if kind == "retrain" else STAGES, expected)
+            job = _Job(kind=kind, run_dir=run_dir, started=now, stop=threading.Event(), tracker=tracker,
+                       stage=Stage.PRIOR if kind == "retrain" else Stage.FEATURES, stage_started=now,
+                       device=str((expected or {}).get("device") or ""), events=history, done_stages=kept)
             self._job = job
             self._generation += 1
             thread = threading.Thread(target=self._run, args=(job, source, options), name=f"distill-{kind}", daemon=True)
@@ -161,7 +162,7 @@ class Worker:
                 return {"ok": False, "message": "Nothing is running."}
             job.stop.set()
             job.status = "stopping"
-            job.message = "Stopping after the current step; finished stages are kept."
+            job.message = STOPPING_MESSAGE
             return {"ok": True, "message": job.message, "run_id": job.run_dir.name}
 
     def join(self, timeout: float | None = None) -> bool:
@@ -199,8 +200,10 @@ class Worker:
                     job.status = status
                     job.message = (summary or {}).get("message") or {"done": "Training finished.", "stopped": "Stopped.",
                                                                      "failed": "Training failed."}[status]
-                job.events.append({"t": round(job.finished, 3), "stage": Stage.RUN, "kind": Kind.RUN_END,
-                                   "status": job.status, "message": job.message})
+                end = {"t": round(job.finished, 3), "stage": Stage.RUN, "kind": Kind.RUN_END,
+                       "status": job.status, "message": job.message}
+                job.events.append(end)
+                job.tracker.update(end)
 
     def _on_event(self, job: _Job, event: dict) -> None:
         if not isinstance(event, dict):
@@ -209,33 +212,20 @@ class Worker:
             job.events.append(event)
             kind, stage = event.get("kind"), event.get("stage")
             now = float(event.get("t") or time.time())
+            if "t" not in event:
+                event = {**event, "t": now}
+            job.tracker.update(event, stopping=job.stop.is_set())
             if kind == Kind.STAGE_START and stage:
                 if job.stage != stage and job.stage in STAGES and job.stage not in job.done_stages:
                     job.done_stages.append(job.stage)  # a stage that ended without a stage_end event
                 job.stage, job.stage_started = stage, now
-                job.stage_fraction, job.stage_eta = 0.0, None
-                budget = event.get("budget_s")
-                job.stage_budget = float(budget) if isinstance(budget, (int, float)) else None
-                if job.stage_budget:
-                    job.weights[stage] = job.stage_budget
             elif kind == Kind.STAGE_END and stage:
                 if stage not in job.done_stages:
                     job.done_stages.append(stage)
-                job.stage_fraction, job.stage_eta = 1.0, 0.0
                 if stage == Stage.CODES:
                     job.levels = levels_from_event(event) or job.levels
-            elif kind == Kind.PROGRESS:
-                frac = event.get("fraction")
-                if isinstance(frac, (int, float)):
-                    job.stage_fraction = max(0.0, min(1.0, float(frac)))
-                if isinstance(event.get("eta_s"), (int, float)):
-                    job.stage_eta = float(event["eta_s"])
             elif kind in (Kind.STEP, Kind.EVAL):
                 job.latest[f"{stage}_{kind}"] = event
-                if isinstance(event.get("eta_s"), (int, float)):
-                    job.stage_eta = float(event["eta_s"])
-                if isinstance(event.get("fraction"), (int, float)):
-                    job.stage_fraction = max(0.0, min(1.0, float(event["fraction"])))
                 if kind == Kind.EVAL:
                     levels = levels_from_event(event)
                     if levels:
@@ -282,17 +272,18 @@ class Worker:
                         "seq": 0, "generation": self._generation}
             now = time.time()
             running = job.status in ("running", "stopping")
-            frac = self._stage_fraction(job, now) if running else 1.0
-            stage_eta = self._stage_eta(job, now, frac) if running else 0.0
-            overall, total_eta = self._overall(job, frac, stage_eta) if running else (1.0, 0.0)
+            est = job.tracker.report(now)
+            stopped = job.tracker.stopped_at()
             latest = {k: {kk: vv for kk, vv in v.items() if kk not in ("levels", "trace")} for k, v in job.latest.items()}
             return {
                 "state": job.status, "running": running, "job": job.kind,
                 "run_id": job.run_dir.name, "run_dir": str(job.run_dir),
                 "stage": job.stage, "stage_label": STAGE_LABELS.get(job.stage, job.stage),
-                "stages_done": list(job.done_stages),
-                "stage_fraction": round(frac, 4), "stage_eta_s": None if stage_eta is None else round(stage_eta, 1),
-                "fraction": round(overall, 4), "eta_s": None if total_eta is None else round(total_eta, 1),
+                "stages_done": [s for s in job.done_stages if s not in stopped],
+                "stages_stopped": stopped,  # {stage: the step it got to}: training stages that ended on a stop
+                "stage_fraction": round(est.stage_fraction, 4),
+                "stage_eta_s": None if est.stage_eta_s is None else round(est.stage_eta_s, 1),
+                "fraction": round(est.fraction, 4), "eta_s": None if est.eta_s is None else round(est.eta_s, 1),
                 "elapsed_s": round((job.finished or now) - job.started, 1),
                 "device": job.device, "message": job.message, "warnings": list(job.warnings),
                 "levels": list(job.levels), "latest": latest,
@@ -315,50 +306,6 @@ class Worker:
             if job is None or Path(run_dir) != job.run_dir:
                 return None
             return list(job.events)
-
-    # --- progress arithmetic ----------------------------------------------------------------------
-
-    @staticmethod
-    def _stage_fraction(job: _Job, now: float) -> float:
-        frac = job.stage_fraction
-        if job.stage_budget:  # time-budgeted stages: elapsed time is a good lower bound on progress
-            frac = max(frac, min(0.99, (now - job.stage_started) / job.stage_budget))
-        return min(frac, 0.999)
-
-    @staticmethod
-    def _stage_eta(job: _Job, now: float, frac: float) -> float | None:
-        if job.stage_eta is not None:
-            return max(0.0, job.stage_eta)
-        elapsed = now - job.stage_started
-        if job.stage_budget:
-            return max(0.0, job.stage_budget - elapsed)
-        if frac > 0.05:
-            return elapsed * (1 - frac) / frac
-        return None
-
-    @staticmethod
-    def _overall(job: _Job, frac: float, stage_eta: float | None) -> tuple[float, float | None]:
-        order = [s for s in STAGES if s in job.weights]
-        total = sum(job.weights[s] for s in order) or 1.0
-        done = sum(job.weights[s] for s in order if s in job.done_stages and s != job.stage)
-        cur = job.weights.get(job.stage, 0.0)
-        overall = min(0.999, (done + frac * cur) / total)
-        if stage_eta is None:
-            return overall, None
-        later = [s for s in order if s not in job.done_stages and s != job.stage and order.index(s) > order.index(job.stage)] \
-            if job.stage in order else []
-        return overall, stage_eta + sum(job.weights[s] for s in later)
-
-
-def _weights(kind: str, expected: dict | None) -> dict[str, float]:
-    """Expected seconds per stage (from the plan's budgets when given)."""
-    w = dict(_DEFAULT_WEIGHTS)
-    if kind == "retrain":
-        w = {Stage.PRIOR: w[Stage.PRIOR], Stage.ANALYSIS: w[Stage.ANALYSIS]}
-    for k, v in (expected or {}).items():
-        if k in w and isinstance(v, (int, float)) and v > 0:
-            w[k] = float(v)
-    return w
 
 
 def levels_from_event(event: dict) -> list[dict]:
@@ -398,6 +345,16 @@ def _device_words(device: str) -> str:
 
         return f"CPU ({torch.get_num_threads()} threads)"
     return device
+
+
+def _finished_stages(run_dir: Path) -> list[str]:
+    try:
+        from distill.resume import stages_done
+        from distill.runs import read_manifest
+
+        return list(stages_done(read_manifest(run_dir)))
+    except Exception:  # an unreadable manifest: the resume itself says what is wrong
+        return []
 
 
 def _read_history(run_dir: Path) -> list[dict]:

@@ -14,6 +14,7 @@ from distill.config import PriorConfig
 
 MIN_STEPS = 1000  # optimiser steps a prior needs to get clearly past the unigram on real codes (asterisk-en)
 MIN_BATCH = 4
+FASTEST_TOKENS_PER_S = 5e6  # more than any device trains a prior at: beyond it the budget decides, unprobed
 SMALLER_SIZES = [(512, 6, 8), (256, 4, 4), (128, 2, 4)]  # (hidden, layers, heads), the tiers' sizes
 
 
@@ -61,3 +62,17 @@ def fit_prior_to_budget(config: PriorConfig, codebook_size: int, num_quantizers:
         "More time or a GPU lets it use the full size."
     )
     return config, note
+
+
+def expected_prior_seconds(config: PriorConfig, codebook_size: int, num_quantizers: int, train_tokens: int,
+                           probe_seconds: float = 0.3) -> float:
+    """How long the prior should train, before it starts: its planned steps at the speed a short probe
+    measures on this device, capped by its time budget (a small collection's prior ends long before it)."""
+    from distill.training.prior_train import estimate_training_seconds, plan_prior_training, speed_probe
+
+    plan = plan_prior_training(config, num_quantizers, max(1, train_tokens))
+    planned_tokens = plan.total_steps * config.batch_size * plan.seq_len
+    if config.time_budget_s and planned_tokens > FASTEST_TOKENS_PER_S * config.time_budget_s:
+        return float(config.time_budget_s)  # the budget ends it on any device: no probe needed
+    tokens_per_s = speed_probe(config, codebook_size, num_quantizers, config.device, seconds=probe_seconds)
+    return estimate_training_seconds(config, num_quantizers, max(1, train_tokens), tokens_per_s)

@@ -51,3 +51,36 @@ def progress_cb(progress):
             pass
 
     return cb
+
+
+def form_for_job(app: DistillApp, manifest: dict | None, entry: ScanEntry | None) -> tuple[dict[str, Any], dict | None]:
+    """The settings form's values ({FORM_KEYS key: value}) that a job was started with, from its manifest's
+    options, and the tier card they give on `entry` (None without it). ({}, None) when the manifest has none.
+
+    A reloaded page shows these rather than the defaults, so the next Start repeats what the user chose."""
+    opts = (manifest or {}).get("options")
+    if not isinstance(opts, dict):
+        return {}, None
+    try:
+        options = app.options(opts.get("preset") or "auto", opts.get("minutes"), opts.get("device") or "auto",
+                              opts.get("seed") or 0, opts.get("num_quantizers") or 3,
+                              opts.get("vqvae_overrides"), opts.get("prior_overrides"))
+    except (ValueError, TypeError):
+        return {}, None
+    values = {"preset": options.preset, "minutes": options.minutes, "device": options.device,
+              "levels": options.num_quantizers, "seed": options.seed}
+    vq, pr, card = (manifest or {}).get("vqvae_config"), (manifest or {}).get("prior_config"), None
+    if entry is not None:
+        try:
+            plan = app.plan(entry, options)
+            vq, pr, card = vars(plan.vqvae_config), vars(plan.prior_config), plan.tier_card
+        except Exception:  # the dataset shown is not the job's any more: the saved configs stand
+            pass
+    vq = {**(vq if isinstance(vq, dict) else {}), **options.vqvae_overrides}
+    pr = {**(pr if isinstance(pr, dict) else {}), **options.prior_overrides}
+    for key, cfg, attr in (("codebook", vq, "codebook_size"), ("hidden", pr, "hidden_size"),
+                           ("layers", pr, "num_layers"), ("heads", pr, "num_heads"), ("dropout", pr, "dropout"),
+                           ("lr", pr, "learning_rate")):
+        if cfg.get(attr) is not None:
+            values[key] = cfg[attr]
+    return values, card

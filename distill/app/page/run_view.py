@@ -23,8 +23,11 @@ LOSS_KINDS = {(Stage.VQVAE, Kind.STEP), (Stage.VQVAE, Kind.EVAL), (Stage.PRIOR, 
 ACTIVE_STATES = ("running", "stopping")
 
 # Every part of the run view, in the order they are drawn; a run without a folder has no codes or form.
-ALL_PARTS = ("picker", "buttons", "runs", "card", "vq", "prior", "health", "notes", "codes", "retrain")
+# "stop_msg" follows the worker's state; "msgs" (the resume and retrain answers) are cleared when the
+# state they answered has changed, so they are never part of a full redraw (which follows a click on them).
+ALL_PARTS = ("picker", "buttons", "runs", "card", "stop_msg", "vq", "prior", "health", "notes", "codes", "retrain")
 NO_RUN_PARTS = ALL_PARTS[:-2]
+EVERY_PART = (*ALL_PARTS, "msgs")
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def read_run_view(app: DistillApp, run_id: str | None, drawn: Drawn | None) -> t
 
     is_job = job_run == run_id and state != "idle"
     manifest = None
-    if not is_job:
+    if not (is_job and state in ACTIVE_STATES):  # a finished job's manifest holds its results (the verdict)
         try:
             manifest = app.manifest(run_dir)
         except Exception:
@@ -134,6 +137,8 @@ def parts_to_draw(drawn: Drawn | None, view: RunView, now: float) -> tuple[str, 
         "buttons": prev.running != view.running,
         "runs": prev.state != view.state,
         "card": prev.card != view.card,
+        "stop_msg": (prev.generation, prev.state) != (view.generation, view.state),
+        "msgs": (prev.generation, prev.state) != (view.generation, view.state),
         "vq": view.exists and due and tally.vq_points != drawn.vq_points,
         "prior": view.exists and due and tally.prior_points != drawn.prior_points,
         "health": view.exists and tally.levels_sig != prev_tally.levels_sig,
@@ -141,7 +146,7 @@ def parts_to_draw(drawn: Drawn | None, view: RunView, now: float) -> tuple[str, 
         "codes": view.exists and (tally.codes_ready != prev_tally.codes_ready or (prev.active and not view.active)),
         "retrain": False,  # the retrain form follows the run only when the page switches to it
     }
-    return tuple(p for p in ALL_PARTS if changed[p])
+    return tuple(p for p in EVERY_PART if changed[p])
 
 
 def next_drawn(drawn: Drawn | None, view: RunView, parts: tuple[str, ...], now: float) -> Drawn:

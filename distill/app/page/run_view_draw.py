@@ -12,6 +12,7 @@ import gradio as gr
 from distill.app import figures
 from distill.app.page.run_view import Drawn, RunSources, RunView, next_drawn, parts_to_draw, read_run_view
 from distill.app.service import DistillApp
+from distill.app.worker import STOPPING_MESSAGE
 from distill.app.views import notes_html, runs_rows, samples_rows
 
 NO_PROMPT = ("(none — start from scratch)", "")
@@ -43,6 +44,10 @@ def draw_parts(app: DistillApp, view: RunView, sources: RunSources, parts: tuple
         out["runs"] = runs_rows(app.runs())
     if "card" in parts:
         out["status"] = view.card
+    if "stop_msg" in parts:  # the stop button's answer lasts as long as the stopping does
+        out["stop_msg"] = STOPPING_MESSAGE if view.state == "stopping" else ""
+    if "msgs" in parts:
+        out.update(resume_msg="", retrain_msg="")
     if "vq" in parts:
         out["vq"] = figures.vqvae_loss_figure(events)
     if "prior" in parts:
@@ -126,6 +131,9 @@ class RunViewComponents:
     stop: gr.Button
     stop_ds: gr.Button
     runs: gr.Dataframe
+    stop_msg: gr.Markdown
+    resume_msg: gr.Markdown
+    retrain_msg: gr.Markdown
     r_hidden: gr.Dropdown
     r_layers: gr.Slider
     r_heads: gr.Dropdown

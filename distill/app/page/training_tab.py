@@ -40,7 +40,7 @@ def build_training_tab() -> TrainingTab:
         with gr.Row(equal_height=True):
             stop_btn = gr.Button("Stop training", variant="stop", elem_id="d-stop-btn", interactive=False,
                                  size="md", scale=0, min_width=170)
-            stop_msg = gr.Markdown("", elem_classes=["d-hint"])
+            stop_msg = gr.Markdown("", elem_classes=["d-hint"], elem_id="d-stop-msg")
         with gr.Row():
             vq_plot = gr.Plot(figures.vqvae_loss_figure([]), show_label=False, elem_id="d-vq-plot", format="png")
             prior_plot = gr.Plot(figures.prior_loss_figure([]), show_label=False, elem_id="d-prior-plot", format="png")
@@ -63,7 +63,7 @@ def build_training_tab() -> TrainingTab:
                 r_dropout = gr.Slider(0.0, 0.6, value=0.3, step=0.05, label="Dropout")
                 r_lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1)
             retrain_btn = gr.Button("Retrain the sequence model with these settings", elem_id="d-retrain-btn")
-            retrain_msg = gr.Markdown("")
+            retrain_msg = gr.Markdown("", elem_id="d-retrain-msg")
     return TrainingTab(status_card, stop_btn, stop_msg, vq_plot, prior_plot, health_plot, notes, resume_btn, resume_msg,
                        r_preset, r_minutes, r_hidden, r_layers, r_heads, r_dropout, r_lr, retrain_btn, retrain_msg)
 
