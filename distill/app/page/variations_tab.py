@@ -63,6 +63,7 @@ class VariationsTab:
     input_msg: gr.Markdown
     mode: gr.Radio
     keep_levels: gr.Slider
+    continue_box: gr.Row  # the continue mode's settings, shown in that mode
     at_seconds: gr.Number
     seconds: gr.Number
     count: gr.Slider
@@ -108,7 +109,7 @@ def build_variations_tab() -> VariationsTab:
                 mode = gr.Radio(MODES, value="shape", label="Make", elem_id="d-v-mode")
                 keep_levels = gr.Slider(1, 3, value=1, step=1, label="Coarse levels kept", elem_id="d-v-keep",
                                         info="Keep the shape: these levels stay the input's, the finer ones are new.")
-                with gr.Row():
+                with gr.Row(visible=False) as continue_box:
                     at_seconds = gr.Number(1.0, label="Continue from (s)", minimum=0, step=0.1, elem_id="d-v-at")
                     seconds = gr.Number(2.0, label="New material (s)", minimum=0.1, maximum=60, step=0.5,
                                         elem_id="d-v-seconds")
@@ -149,7 +150,7 @@ def build_variations_tab() -> VariationsTab:
         pick_box = gr.Textbox("", elem_id="d-v-pick", elem_classes=["d-hidden"], show_label=False, container=False)
         pick_btn = gr.Button("pick", elem_id="d-v-pick-btn", elem_classes=["d-hidden"])
     return VariationsTab(tab, source, file_pick, sample_pick, upload, input_audio, input_plot, input_msg, mode,
-                         keep_levels, at_seconds, seconds, count, seed, follow, vary_btn, msg, slots, result_ids,
+                         keep_levels, continue_box, at_seconds, seconds, count, seed, follow, vary_btn, msg, slots, result_ids,
                          downloads, pack_count, pack_seed, pack_btn, pack_msg, pack_grid, pack_zip, pick_box, pick_btn)
 
 
@@ -167,6 +168,7 @@ def wire_variations_tab(app: DistillApp, tab: VariationsTab, run_picker: gr.Drop
     tab.file_pick.input(bind(on_show_input, app, tab), **show)
     tab.sample_pick.input(bind(on_show_input, app, tab), **show)
     tab.upload.upload(bind(on_show_input, app, tab), **show)
+    tab.mode.input(bind(on_mode, tab), inputs=[tab.mode], outputs=[tab.keep_levels, tab.continue_box], **private)
     settings = [tab.mode, tab.keep_levels, tab.at_seconds, tab.seconds, tab.count, tab.seed, tab.follow]
     slot_outputs = [x for s in tab.slots for x in (s.group, s.audio, s.plot)]
     tab.vary_btn.click(bind(on_vary, app, tab), inputs=[run_picker, *tab.source_inputs, *settings],
@@ -210,6 +212,11 @@ def on_refresh(app: DistillApp, tab: VariationsTab, run_id, file_name, sample_id
         tab.keep_levels: gr.Slider(maximum=max(2, q - 1), info=f"Of this run's {q} levels: these stay the input's, "
                                                                "the finer ones are new."),
     }
+
+
+def on_mode(tab: VariationsTab, mode):
+    """Each mode shows only its own settings."""
+    return {tab.keep_levels: gr.Slider(visible=mode == "shape"), tab.continue_box: gr.Row(visible=mode == "continue")}
 
 
 def _input_ref(source, file_name, sample_id, upload) -> tuple[str, str]:
