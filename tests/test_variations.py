@@ -70,6 +70,21 @@ def test_batched_rows_give_the_codes_of_sequential_runs_with_the_same_seeds(back
     assert torch.equal(rows.tokens[1], one)
 
 
+def test_lookup_many_gives_each_context_the_counts_lookup_gives():
+    files = material(k=16, q=3, files=6, steps=30)
+    index = CodeRetrieval(files, 16, 3, RetrievalSettings(weight=0.9, max_context_steps=6))
+    rng = np.random.default_rng(2)
+    contexts = [([index.bos, *f[: t, 0].tolist()][-9:], f[t, :level].tolist())
+                for f in files for t in range(0, 30, 4) for level in range(3)]
+    contexts += [(rng.integers(0, 16, n).tolist(), rng.integers(0, 16, lv).tolist())
+                 for n, lv in zip(rng.integers(0, 9, 40), rng.integers(0, 3, 40))] + [([], [])]
+    found = index.lookup_many(contexts)
+    for (history, current), many in zip(contexts, found):
+        one = index.lookup(history, current)
+        assert (one is None and many is None) or np.array_equal(one, many)
+    assert sum(f is None for f in found) not in (0, len(found))  # both kinds were asked
+
+
 def test_forced_codes_are_taken_and_the_rest_sampled_as_one_row_would():
     model = tiny_prior()
     index = CodeRetrieval(material(), 16, 3, RetrievalSettings(weight=0.9, max_context_steps=4))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from distill.models.retrieval import RetrievalState
 from distill.models.stepping import BACKENDS, TorchStepper, default_backend
 
 
@@ -104,11 +105,15 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
         tokens = torch.from_numpy(toks[row, w0:n]).to(dev) if n > w0 else None
         return steps.prime_row(row, model.start_vector(resume), tokens).float().cpu().numpy()
 
+    def prime_all(w0: int, n: int, resume: bool) -> np.ndarray:
+        # every row's window [start, stream[w0:n]] in one pass (rows that share their window bounds)
+        tokens = torch.from_numpy(toks[:, w0:n]).to(dev) if n > w0 else None
+        return steps.prime_all(model.start_vector(resume), tokens).float().cpu().numpy()
+
     w0 = np.zeros(b, np.int64)
     if p_len > s - 1:  # a long prompt: start from its last part, on a level-0 token
         w0[:] = -(-(p_len - keep) // q) * q
-    first_resume = bool(w0[0] > 0 or (p_len > 0 and not prompt_starts_clip))
-    logits = np.stack([prime(r, int(w0[r]), p_len, first_resume) for r in range(b)])
+    logits = prime_all(int(w0[0]), p_len, resume=bool(w0[0] > 0 or (p_len > 0 and not prompt_starts_clip)))
     clip_start = np.zeros(b, np.int64)
     recalls = None
     if retrieval is not None and retrieval.settings.weight > 0:
@@ -120,6 +125,8 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
     n, end = p_len, p_len + n_tokens
     while True:
         if clip_ends and n % q == 0:
+            if recalls is not None:
+                RetrievalState.prefetch([recalls[r] for r in range(b) if n - clip_start[r] >= q])
             for r in range(b):
                 if n - clip_start[r] < q:
                     continue
@@ -142,11 +149,17 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
         if n == end:
             break
         pos = n - w0
-        for r in np.flatnonzero(pos >= s):  # window full: slide this row
-            # its new window is primed up to the last token, which then steps with the other rows
-            w0[r] = -(-(n - keep) // q) * q
-            prime(int(r), int(w0[r]), n - 1, resume=True)
-            pos[r] = n - w0[r]
+        full = np.flatnonzero(pos >= s)
+        if len(full):  # window full: slide these rows
+            # each new window is primed up to the last token, which then steps with the other rows
+            new_w0 = -(-(n - keep) // q) * q
+            w0[full] = new_w0
+            if len(full) == b:  # all rows at once (their clips began together)
+                prime_all(new_w0, n - 1, resume=True)
+            else:
+                for r in full:
+                    prime(int(r), new_w0, n - 1, resume=True)
+            pos[full] = n - new_w0
         logits = step_all(toks[:, n - 1], pos)
     return BatchResult(torch.from_numpy(toks[:, p_len:].copy()).to(dev), starts)
 
@@ -176,6 +189,7 @@ def pick_rows(logits: np.ndarray, recalls, gens, greedy: bool, temperature: floa
         dtype = torch.float32
     else:
         probs = _softmax(lg)
+        RetrievalState.prefetch([recalls[r] for r in todo])  # every row's lookup in one go
         for i, r in enumerate(todo):
             probs[i] = recalls[r].mix(probs[i])
         if greedy:

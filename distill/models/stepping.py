@@ -90,6 +90,19 @@ class TorchStepper:
         self._row_final[b] = one._final[0]
         return logits
 
+    def prime_all(self, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """`prime` for every row at once, one window each: tokens LongTensor[B, t] (or None) -> logits [B, K]."""
+        b = self.batch
+        x = first.view(1, 1, -1).expand(b, 1, -1)
+        if tokens is not None:
+            x = torch.cat([x, self.model.token_emb(tokens)], dim=1)
+        x = x + self.pe[: x.shape[1]]
+        for blk, cache in zip(self.model.blocks, self.caches):
+            x = blk.step(x, cache, 0)
+        final = self.model.ln_f(x[:, -1])
+        self._row_final = list(final)
+        return self.model.head(final)
+
     def step_rows(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Every row's next input token (LongTensor[B]) at its window position (LongTensor[B], each
         >= 1) -> logits [B, K] (`Block.step_rows`)."""
