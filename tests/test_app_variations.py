@@ -121,3 +121,23 @@ def test_bad_inputs_are_answered_in_words_and_nothing_else_is_lost(client, app_s
     assert out["ok"] and "only its first 30 s are used" in out["message"], out
     ok = client.predict("finished", "file", "b/clip_00.wav", "shape", 1, api_name="/vary")
     assert ok["ok"]  # the app goes on working
+
+
+def test_an_upload_over_the_per_file_limit_is_refused_in_words(tmp_path):
+    from distill.app.service import DistillApp, upload_root
+    from distill.app.uploads import UploadLimits
+
+    saved_copy(tmp_path, "finished")
+    app = DistillApp(tmp_path / "workspace", limits=UploadLimits(max_file_bytes=20_000))
+    folder = upload_root() / f"distill-test-{tmp_path.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        big = tone(folder / "big.wav", 1.0, SR)  # 48 KB
+        with pytest.raises(ValueError, match="big.wav' is 47 KB; the limit per file is 20 KB"):
+            app.vary("finished", "upload", str(big))
+        small = tone(folder / "small.wav", 0.3, SR)
+        assert len(app.vary("finished", "upload", str(small))["results"]) == 1
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
