@@ -70,7 +70,11 @@ def test_variations_tab(server, browser, tmp_path):
     wait_until(lambda: page.locator("#d-v-upload").is_visible(), 20, "the upload box")
     page.wait_for_selector("#d-v-upload input[type=file]", state="attached", timeout=10_000)
     page.set_input_files("#d-v-upload input[type=file]", str(mine))
-    wait_until(lambda: "my hit.wav" in text(page, "#d-v-input-msg"), 60, "the uploaded input")
+    try:
+        wait_until(lambda: "my hit.wav" in text(page, "#d-v-input-msg"), 60, "the uploaded input")
+    except AssertionError:
+        shot(page, "v0-upload-failed")
+        raise
     wait_until(lambda: len(img_src(page, "d-v-input-plot")) > 5000, 20, "the input's code plot")
 
     # 2. one variation: keep the shape

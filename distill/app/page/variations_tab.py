@@ -163,7 +163,10 @@ def wire_variations_tab(app: DistillApp, tab: VariationsTab, run_picker: gr.Drop
                    **private)
     run_picker.change(bind(on_refresh, app, tab), inputs=[run_picker, tab.file_pick, tab.sample_pick],
                       outputs=refresh, **private)
-    show = {"inputs": [run_picker, *tab.source_inputs], "outputs": tab.input_outputs, **private}
+    # Everything that changes the input runs in one queue, in the order it was asked: an upload's
+    # preview must not be overwritten by the source choice made just before it.
+    one_at_a_time = {"concurrency_id": "d-v-input", "concurrency_limit": 1}
+    show = {"inputs": [run_picker, *tab.source_inputs], "outputs": tab.input_outputs, **private, **one_at_a_time}
     tab.source.input(bind(on_show_input, app, tab), **show)
     tab.file_pick.input(bind(on_show_input, app, tab), **show)
     tab.sample_pick.input(bind(on_show_input, app, tab), **show)
@@ -176,15 +179,15 @@ def wire_variations_tab(app: DistillApp, tab: VariationsTab, run_picker: gr.Drop
                        api_name="vary_ui", api_visibility="undocumented")
     for i, slot in enumerate(tab.slots):
         slot.vary_btn.click(bind(on_vary_result, app, tab, i), inputs=[run_picker, tab.result_ids],
-                            outputs=tab.input_outputs, **private)
+                            outputs=tab.input_outputs, **private, **one_at_a_time)
     tab.pack_btn.click(bind(on_pack, app, tab), inputs=[run_picker, tab.pack_count, tab.pack_seed, tab.follow],
                        outputs=[tab.pack_msg, tab.pack_grid, tab.pack_zip, tab.sample_pick],
                        api_name="pack_ui", api_visibility="undocumented")
     tab.pick_btn.click(bind(on_pick_sample, app, tab), inputs=[run_picker, tab.pick_box], outputs=tab.input_outputs,
-                       **private)
+                       **private, **one_at_a_time)
     for button, player in vary_sources:
         button.click(bind(on_vary_player, app, tab, tabs), inputs=[run_picker, player], outputs=[tabs, *tab.input_outputs],
-                     **private)
+                     **private, **one_at_a_time)
 
 
 # --- handlers --------------------------------------------------------------------------------------
