@@ -85,7 +85,7 @@ def make_one_shots(run, settings: PackSettings, backend: str | None = None, prog
     """N one-shots (settings.count) from batched passes of ROWS_PER_PASS rows, seeds seed, seed+1, ..."""
     from distill.generate import codes_to_audio
     from distill.models.batch_sampling import sample_rows
-    from distill.variations import _generators, _retrieval, steps_per_second
+    from distill.variations import generators, retrieval_for, steps_per_second
 
     count = int(settings.count)
     if not 1 <= count <= MAX_PACK:
@@ -100,7 +100,7 @@ def make_one_shots(run, settings: PackSettings, backend: str | None = None, prog
     sr = run.audio_config.sample_rate
     # each row runs long enough for a few clips of the longest length kept
     row_steps = max(4, math.ceil(min(3 * hi, 3 * MAX_CLIP_SECONDS) * sps))
-    retrieval = _retrieval(run, settings.follow)
+    retrieval = retrieval_for(run, settings.follow)
     shots: list[OneShot] = []
     kept_stats: list[np.ndarray] = []
     dropped: dict[str, int] = {}
@@ -113,7 +113,7 @@ def make_one_shots(run, settings: PackSettings, backend: str | None = None, prog
         seeds = list(range(seed, seed + ROWS_PER_PASS))
         seed += ROWS_PER_PASS
         passes += 1
-        out = sample_rows(run.prior, row_steps * q, _generators(seeds), settings.temperature, settings.top_k,
+        out = sample_rows(run.prior, row_steps * q, generators(seeds), settings.temperature, settings.top_k,
                           settings.top_p, clip_ends=True, retrieval=retrieval, backend=backend)
         for row, starts, row_seed in zip(out.tokens.cpu().numpy(), out.clip_starts, seeds):
             bounds = [0, *starts]  # a clip has ended where the next began; the row's last clip has not

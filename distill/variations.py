@@ -97,8 +97,8 @@ def keep_shape(run, codes: np.ndarray, keep_levels: int, seeds: list[int], tempe
     t, q = codes.shape
     forced = codes.copy()
     forced[:, keep_levels:] = -1  # -1: sampled
-    out = sample_rows(run.prior, t * q, _generators(seeds), temperature, top_k, top_p, forced=forced.reshape(-1),
-                      clip_ends=False, retrieval=_retrieval(run, follow), backend=backend)
+    out = sample_rows(run.prior, t * q, generators(seeds), temperature, top_k, top_p, forced=forced.reshape(-1),
+                      clip_ends=False, retrieval=retrieval_for(run, follow), backend=backend)
     return [row.reshape(t, q).cpu().numpy() for row in out.tokens]
 
 
@@ -113,17 +113,19 @@ def continue_from(run, codes: np.ndarray, at_step: int, new_steps: int, seeds: l
     kept = codes[:at_step]
     context = run.prior.seq_len // q
     tail = kept[-max(1, context // 2):]
-    out = sample_rows(run.prior, new_steps * q, _generators(seeds), temperature, top_k, top_p,
+    out = sample_rows(run.prior, new_steps * q, generators(seeds), temperature, top_k, top_p,
                       prompt=torch.as_tensor(tail.reshape(-1), dtype=torch.long), clip_ends=False,
-                      prompt_starts_clip=len(tail) == len(kept), retrieval=_retrieval(run, follow), backend=backend)
+                      prompt_starts_clip=len(tail) == len(kept), retrieval=retrieval_for(run, follow), backend=backend)
     return [np.concatenate([kept, row.reshape(new_steps, q).cpu().numpy()]) for row in out.tokens]
 
 
-def _generators(seeds: list[int]) -> list[torch.Generator]:
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One generator per row, each seeded as a one-row run with that seed would be."""
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def _retrieval(run, follow: float):
+def retrieval_for(run, follow: float):
+    """The run's training codes indexed for sampling at this `follow` weight (None at 0: the model alone)."""
     from distill.models.retrieval import RetrievalSettings
 
     return run.retrieval_index(RetrievalSettings(weight=float(follow))) if follow > 0 else None

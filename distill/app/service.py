@@ -394,7 +394,7 @@ class DistillApp:
 
     # --- variations and one-shot packs -------------------------------------------------------------
 
-    def _loaded_run(self, run_id: str):
+    def loaded_run(self, run_id: str):
         """The run's models (cached), for a run whose prior is trained; ValueError in words otherwise."""
         from distill.generate import RunCache
 
@@ -432,6 +432,13 @@ class DistillApp:
             return load_input(run, "upload", str(path), shown)
         return load_input(run, kind, ref, name)
 
+    def variation_source(self, run_id: str, kind: str, ref: str, name: str | None = None):
+        """(run folder, InputSound): the input a page shows before varying it (encoded one at a time,
+        like generation, since an upload runs through the codec)."""
+        with self._gen_lock:
+            run_dir, run = self.loaded_run(run_id)
+            return run_dir, self.variation_input(run, kind, ref, name)
+
     def input_audio(self, run_dir: Path, source):
         """What plays beside a variation's input: the file itself where it can be served."""
         if source.kind == "file":
@@ -459,7 +466,7 @@ class DistillApp:
         if not -2**63 <= settings.seed < 2**63 - 64:
             raise ValueError("The seed must be a whole number below 9.2 × 10¹⁸.")
         with self._gen_lock:
-            run_dir, run = self._loaded_run(run_id)
+            run_dir, run = self.loaded_run(run_id)
             source = self.variation_input(run, kind, ref, name)
             t0 = time.perf_counter()
             results = save_variations(run, source, settings, vary_codes(run, source.codes, settings))
@@ -480,7 +487,7 @@ class DistillApp:
         if not -2**63 <= settings.seed < 2**63 - 1024:
             raise ValueError("The seed must be a whole number below 9.2 × 10¹⁸.")
         with self._gen_lock:
-            run_dir, run = self._loaded_run(run_id)
+            run_dir, run = self.loaded_run(run_id)
             t0 = time.perf_counter()
             result = make_one_shots(run, settings)
             saved = save_pack(run_dir, run_dir.name, result, settings)

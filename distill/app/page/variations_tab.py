@@ -239,8 +239,7 @@ def _show(app: DistillApp, tab: VariationsTab, run_id, source, file_name, sample
         return {**visible, tab.input_msg: "Choose the sound to vary.", tab.input_audio: None,
                 tab.input_plot: figures.code_sequence_figure(None)}
     try:
-        run_dir, run = app._loaded_run(run_id)
-        src = app.variation_input(run, kind, ref)
+        run_dir, src = app.variation_source(run_id, kind, ref)
     except ValueError as exc:
         return {**visible, tab.input_msg: f"**⚠ {exc}**", tab.input_audio: None,
                 tab.input_plot: figures.code_sequence_figure(None)}
