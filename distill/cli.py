@@ -1,4 +1,5 @@
-"""`python -m distill …`: the library's command line (scan, train, resume, generate, encode, decode, evaluate).
+"""`python -m distill …`: the library's command line (scan, train, resume, generate, vary, pack, encode, decode,
+evaluate, export, import).
 
 Progress goes to stderr; `--json` puts a machine-readable summary on stdout.
 """
@@ -166,6 +167,55 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_vary(args) -> int:
+    import soundfile as sf
+
+    from distill.generate import codes_to_audio, load_run
+    from distill.sound_input import load_input
+    from distill.variations import VariationSettings, save_variations, vary_codes
+
+    run = load_run(args.run_dir)
+    kind, ref = ("file", args.file) if args.file else ("sample", args.sample) if args.sample else ("upload", args.audio)
+    source = load_input(run, kind, ref)
+    if source.note:
+        _err(source.note)
+    settings = VariationSettings(mode=args.mode, keep_levels=args.keep_levels, at_seconds=args.at, seconds=args.seconds,
+                                 count=args.count, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                                 top_p=args.top_p, follow=args.follow)
+    results = vary_codes(run, source.codes, settings)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(source.name).stem or "input"
+    for i, codes in enumerate(results):
+        path = out / f"{stem}-{args.mode}-s{args.seed + i}.wav"
+        sf.write(path, codes_to_audio(run, codes), run.audio_config.sample_rate)
+        _err(f"wrote {path} ({len(codes)} code steps)")
+    if args.keep:
+        save_variations(run, source, settings, results)
+    return 0
+
+
+def cmd_pack(args) -> int:
+    import shutil
+
+    from distill.generate import load_run
+    from distill.packs import PackSettings, make_one_shots, save_pack
+
+    run = load_run(args.run_dir)
+    settings = PackSettings(count=args.count, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, follow=args.follow)
+    result = make_one_shots(run, settings, progress=lambda done, n: _err(f"{done}/{n} one-shots"))
+    saved = save_pack(args.run_dir, Path(args.run_dir).resolve().name, result, settings)
+    if args.out:
+        shutil.copyfile(saved["zip"], args.out)
+    _err(result.summary(settings.count))
+    _err(f"saved {len(saved['samples'])} one-shots in {Path(args.run_dir) / 'samples'}; zip: {args.out or saved['zip']}")
+    if args.json:
+        _print_json({"pack": saved["pack"], "zip": args.out or saved["zip"], "message": result.summary(settings.count),
+                     "samples": [{"path": s["path"], "seconds": s["seconds"], "seed": s["seed"]} for s in saved["samples"]]})
+    return 0
+
+
 def cmd_encode(args) -> int:
     import numpy as np
     import torch
@@ -289,6 +339,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--codes-out", default=None)
     g.add_argument("--keep", action="store_true", help="also keep the sample in the run's samples/ folder")
     g.set_defaults(func=cmd_generate)
+
+    def sampling_args(parser) -> None:
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--temperature", type=float, default=SAMPLING_DEFAULTS["temperature"])
+        parser.add_argument("--top-k", type=int, default=SAMPLING_DEFAULTS["top_k"])
+        parser.add_argument("--top-p", type=float, default=SAMPLING_DEFAULTS["top_p"])
+        parser.add_argument("--follow", type=float, default=SAMPLING_DEFAULTS["retrieval"], metavar="0..1",
+                            help="how closely each next moment follows your own files (0: the model alone)")
+
+    va = sub.add_parser("vary", help="variations of a sound: keep its shape with new detail, or continue it")
+    va.add_argument("run_dir")
+    src = va.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="one of the run's training files (its relative path)")
+    src.add_argument("--sample", help="one of the run's saved samples (its id)")
+    src.add_argument("--audio", help="any audio file (encoded by the run's codec)")
+    va.add_argument("--mode", choices=["shape", "continue"], default="shape",
+                    help="shape: keep the coarse levels, new detail; continue: new material from --at")
+    va.add_argument("--keep-levels", type=int, default=1, help="shape: how many coarse levels to keep")
+    va.add_argument("--at", type=float, default=1.0, help="continue: the point (seconds) the new material starts")
+    va.add_argument("--seconds", type=float, default=2.0, help="continue: how much new material")
+    va.add_argument("--count", type=int, default=1, help="variations, sampled together in one batched pass")
+    sampling_args(va)
+    va.add_argument("--out-dir", required=True)
+    va.add_argument("--keep", action="store_true", help="also keep them in the run's samples/ folder")
+    va.set_defaults(func=cmd_vary)
+
+    pk = sub.add_parser("pack", help="make N new one-shots, saved in the run's samples/ and zipped")
+    pk.add_argument("run_dir")
+    pk.add_argument("--count", type=int, default=8)
+    sampling_args(pk)
+    pk.add_argument("--out", default=None, help="also copy the zip here")
+    pk.add_argument("--json", action="store_true")
+    pk.set_defaults(func=cmd_pack)
 
     e = sub.add_parser("encode", help="turn an audio file into codes (.npy)")
     e.add_argument("run_dir")

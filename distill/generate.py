@@ -121,7 +121,9 @@ def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top
     return unflatten_codes(flat, vq.num_quantizers)[0].cpu().numpy()
 
 
-def codes_to_audio(run: LoadedRun, codes: np.ndarray) -> np.ndarray:
+def codes_to_audio(run: LoadedRun, codes: np.ndarray, normalise: bool = True) -> np.ndarray:
+    """Codes [T', Q] -> waveform float32, peak-normalised to 0.9 (normalise=False: as decoded, so a
+    caller can tell a near-silent result from a sound)."""
     from distill.audio.griffinlim import mel_to_audio
 
     audio, vq, _ = run_configs(run.manifest)
@@ -129,6 +131,8 @@ def codes_to_audio(run: LoadedRun, codes: np.ndarray) -> np.ndarray:
         mel = run.vqvae.decode(torch.as_tensor(codes, dtype=torch.long)[None])
         wave = mel_to_audio(mel[0], audio)
     wave = wave.cpu().numpy().astype(np.float32)
+    if not normalise:
+        return wave
     peak = float(np.abs(wave).max()) if wave.size else 0.0
     return wave * (0.9 / peak) if peak > 0 else wave
 

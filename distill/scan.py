@@ -294,6 +294,20 @@ def scan_dataset(
     return ScanReport(root=str(base), audio_config=cfg, entries=entries, cache_hits=hits)
 
 
+def judge_file(path: str | os.PathLike, audio_config: AudioConfig) -> FileEntry:
+    """One file by the scan's own rules and reasons (no hashing, no feature cache): `used`, with its
+    log-mel frames, or `skipped` with the reason the scan would give."""
+    _, candidates, skipped = collect_files([Path(path)])
+    if skipped:
+        return skipped[0]
+    entry = candidates[0]
+    meta, mel = _decode_and_featurise(entry, audio_config)
+    entry.status, entry.reason = meta.get("status", "skipped"), meta.get("reason", "")
+    entry.seconds, entry.sample_rate = float(meta.get("seconds", 0.0)), int(meta.get("sample_rate", 0))
+    entry.channels, entry.truncated, entry.mel = int(meta.get("channels", 0)), bool(meta.get("truncated", False)), mel
+    return entry
+
+
 def _decode_and_featurise(entry: FileEntry, cfg: AudioConfig) -> tuple[dict, torch.Tensor | None]:
     try:
         audio = decode_file(Path(entry.abs_path), cfg)

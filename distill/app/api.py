@@ -1,5 +1,5 @@
 """The JSON API for scripts and `gradio_client`: scan, ingest (uploads), start, status, stop, list_runs,
-retrain, generate, codes. Each is a plain typed function registered with `gr.api` on the page's Blocks.
+retrain, generate, codes, vary, pack. Each is a plain typed function registered with `gr.api` on the page's Blocks.
 """
 from __future__ import annotations
 
@@ -152,6 +152,36 @@ def register_api(app: DistillApp) -> None:
                 "histogram_generated": gen_counts.tolist() if gen_counts is not None else None,
                 "levels_train": stats(train_counts), "levels_generated": stats(gen_counts)}
 
+    def vary(run_id: str = "", source: str = "file", ref: str = "", mode: str = "shape", keep_levels: int = 1,
+             at_seconds: float = 1.0, seconds: float = 2.0, count: int = 1, seed: int = 0, follow: float = 0.9) -> dict:
+        """Variations of one sound, saved in the run's samples/. `source`: "file" (ref: a training file's
+        name), "sample" (ref: a saved sample's id, e.g. an earlier variation: "vary this") or "upload"
+        (ref: the server path /gradio_api/upload returned). `mode`: "shape" keeps the input's first
+        `keep_levels` levels and samples the rest; "continue" keeps everything before `at_seconds` and
+        continues for `seconds`. Variation i uses seed + i."""
+        if not run_id:
+            run_id = next((r["id"] for r in app.runs() if r.get("has_prior")), "")
+        try:
+            out = app.vary(run_id, source, ref, None, mode, keep_levels, at_seconds, seconds, count, seed, follow)
+        except (ValueError, RuntimeError) as exc:
+            return {"ok": False, "message": str(exc), "samples": []}
+        src = out["input"]
+        return api_safe({"ok": True, "run_id": run_id, "message": src.note or f"{len(out['results'])} variation(s) saved",
+                         "input": {**src.describe(), "codes_shape": list(src.codes.shape)},
+                         "samples": [_sample_json(s) for s in out["results"]]})
+
+    def pack(run_id: str = "", count: int = 8, seed: int = 0, follow: float = 0.9) -> dict:
+        """Make `count` new one-shots (clips the model ends, trimmed to their sound, near-copies and
+        clips shorter than your shortest file left out), saved as samples; "zip": all of them in one file."""
+        if not run_id:
+            run_id = next((r["id"] for r in app.runs() if r.get("has_prior")), "")
+        try:
+            out = app.make_pack(run_id, count, seed, follow)
+        except (ValueError, RuntimeError) as exc:
+            return {"ok": False, "message": str(exc), "samples": [], "zip": ""}
+        return api_safe({"ok": True, "run_id": run_id, "message": out["message"], "pack": out["pack"], "zip": out["zip"],
+                         "samples": [_sample_json(s) for s in out["samples"]]})
+
     gr.api(scan, api_name="scan")
     gr.api(ingest, api_name="ingest")
     gr.api(start, api_name="start", concurrency_limit=None)
@@ -162,3 +192,9 @@ def register_api(app: DistillApp) -> None:
     gr.api(resume, api_name="resume", concurrency_limit=None)
     gr.api(generate, api_name="generate")
     gr.api(codes, api_name="codes", concurrency_limit=None)
+    gr.api(vary, api_name="vary")
+    gr.api(pack, api_name="pack")
+
+
+def _sample_json(s: dict) -> dict:
+    return {k: v for k, v in s.items() if k != "codes"} | {"codes_shape": list(s["codes"].shape)}

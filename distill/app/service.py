@@ -394,6 +394,108 @@ class DistillApp:
         return out
 
 
+    # --- variations and one-shot packs -------------------------------------------------------------
+
+    def loaded_run(self, run_id: str):
+        """The run's models (cached), for a run whose prior is trained; ValueError in words otherwise."""
+        from distill.generate import RunCache
+
+        run_dir = self.run_dir(run_id)
+        if run_dir is None:
+            raise ValueError("Choose a run first.")
+        if not (run_dir / "prior.safetensors").is_file():
+            raise ValueError("This run's sequence model is not trained yet: wait for training to finish, or open a finished run.")
+        if self._run_cache is None:
+            self._run_cache = RunCache(2)
+        return run_dir, self._run_cache.get(run_dir)
+
+    def variation_input(self, run, kind: str, ref: str, name: str | None = None):
+        """The sound a variation starts from (distill/sound_input.py). An uploaded file is read only
+        from Gradio's upload folder: a client may send any path."""
+        from distill.sound_input import InputError, load_input
+
+        ref = str(ref or "").strip()
+        if not ref:
+            raise InputError("Choose the sound to vary first: a training file, a saved sample, or a file of your own.")
+        if kind == "upload":
+            from distill.app.uploads import _human, _inside
+
+            path = Path(ref)
+            shown = name or path.name
+            if not _inside(path, upload_root()):
+                raise InputError(f"'{shown[:200]}' did not come through the upload; refusing to read it.")
+            try:
+                size = path.stat().st_size
+            except OSError:
+                raise InputError(f"'{shown[:200]}' could not be read after upload; upload it again.") from None
+            if size > self.limits.max_file_bytes:
+                raise InputError(f"'{shown[:200]}' is {_human(size)}; the limit per file is "
+                                 f"{_human(self.limits.max_file_bytes)}.")
+            return load_input(run, "upload", str(path), shown)
+        return load_input(run, kind, ref, name)
+
+    def variation_source(self, run_id: str, kind: str, ref: str, name: str | None = None):
+        """(run folder, InputSound): the input a page shows before varying it (encoded one at a time,
+        like generation, since an upload runs through the codec)."""
+        with self._gen_lock:
+            run_dir, run = self.loaded_run(run_id)
+            return run_dir, self.variation_input(run, kind, ref, name)
+
+    def input_audio(self, run_dir: Path, source):
+        """What plays beside a variation's input: the file itself where it can be served."""
+        if source.kind == "file":
+            return self.file_audio(run_dir, source.ref)
+        if source.kind == "sample":
+            return next((s["path"] for s in self.samples(run_dir) if s.get("id") == source.ref), None)
+        return source.ref
+
+    def vary(self, run_id: str, kind: str, ref: str, name: str | None = None, mode: str = "shape",
+             keep_levels: int = 1, at_seconds: float = 1.0, seconds: float = 2.0, count: int = 1, seed: int = 0,
+             follow: float | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> dict:
+        """Variations of one sound, saved as samples -> {"input": InputSound, "results": [saved sample]}.
+        Raises ValueError (InputError, VariationError) with a message for people."""
+        from distill.config import SAMPLING_DEFAULTS
+        from distill.variations import VariationSettings, save_variations, vary_codes
+
+        try:
+            settings = VariationSettings(
+                mode=str(mode or "shape"), keep_levels=int(keep_levels or 0), at_seconds=float(at_seconds or 0),
+                seconds=float(seconds or 0), count=int(count or 0), seed=int(seed or 0),
+                follow=SAMPLING_DEFAULTS["retrieval"] if follow is None else float(follow),
+                temperature=float(temperature), top_k=int(top_k or 0), top_p=float(top_p))
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("Every setting must be a number.") from None
+        if not -2**63 <= settings.seed < 2**63 - 64:
+            raise ValueError("The seed must be a whole number below 9.2 × 10¹⁸.")
+        with self._gen_lock:
+            run_dir, run = self.loaded_run(run_id)
+            source = self.variation_input(run, kind, ref, name)
+            t0 = time.perf_counter()
+            results = save_variations(run, source, settings, vary_codes(run, source.codes, settings))
+        return {"input": source, "results": results, "elapsed_s": round(time.perf_counter() - t0, 2)}
+
+    def make_pack(self, run_id: str, count: int = 8, seed: int = 0, follow: float | None = None,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> dict:
+        """N new one-shots saved as samples, and their zip -> {"pack", "samples", "zip", "message"}."""
+        from distill.config import SAMPLING_DEFAULTS
+        from distill.packs import PackSettings, make_one_shots, save_pack
+
+        try:
+            settings = PackSettings(count=int(count or 0), seed=int(seed or 0),
+                                    follow=SAMPLING_DEFAULTS["retrieval"] if follow is None else float(follow),
+                                    temperature=float(temperature), top_k=int(top_k or 0), top_p=float(top_p))
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("Every setting must be a number.") from None
+        if not -2**63 <= settings.seed < 2**63 - 1024:
+            raise ValueError("The seed must be a whole number below 9.2 × 10¹⁸.")
+        with self._gen_lock:
+            run_dir, run = self.loaded_run(run_id)
+            t0 = time.perf_counter()
+            result = make_one_shots(run, settings)
+            saved = save_pack(run_dir, run_dir.name, result, settings)
+        return {**saved, "message": result.summary(settings.count), "elapsed_s": round(time.perf_counter() - t0, 2)}
+
+
 def _used_files(manifest: dict) -> set[str]:
     used = (manifest.get("files") or {}).get("used") if isinstance(manifest.get("files"), dict) else None
     return {e["path"] for e in used if isinstance(e, dict) and isinstance(e.get("path"), str)} if isinstance(used, list) else set()

@@ -22,6 +22,8 @@ from distill.app.page.generate_tab import build_generate_tab, wire_generate_tab
 from distill.app.page.run_view_draw import RunViewComponents, refresh_run_view
 from distill.app.page.runs_tab import build_runs_tab, wire_runs_tab
 from distill.app.page.training_tab import build_training_tab, wire_training_tab
+from distill.app.page.variations_tab import CSS as VARIATIONS_CSS
+from distill.app.page.variations_tab import build_variations_tab, wire_variations_tab
 from distill.app.service import DistillApp
 from distill.app.views import CSS, esc, tier_card_html
 
@@ -38,7 +40,7 @@ def launch_kwargs(app: DistillApp) -> dict:
     theme = gr.themes.Default(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate",
                               radius_size="md", text_size="md")
     return {
-        "theme": theme, "css": CSS, "allowed_paths": [str(app.workspace)], "share": False,
+        "theme": theme, "css": CSS + VARIATIONS_CSS, "allowed_paths": [str(app.workspace)], "share": False,
         "max_file_size": app.limits.max_file_bytes, "footer_links": ["api"], "show_error": True,
         "run_history": False,
     }
@@ -65,6 +67,7 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
             training = build_training_tab()
             codes = build_codes_tab()
             generate = build_generate_tab()
+            variations = build_variations_tab()
             runs = build_runs_tab(app)
 
         timer = gr.Timer(1.0)
@@ -83,6 +86,7 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
         wire_codes_tab(app, codes, run_picker, view_state)
         wire_generate_tab(app, generate, run_picker, codes.hist_plot)
         wire_runs_tab(app, runs, tabs, run_view)
+        wire_variations_tab(app, variations, run_picker, tabs, [(s.vary_btn, s.audio) for s in generate.slots])
 
         view_outputs = run_view.outputs()
         timer.tick(bind(on_tick, app, run_view), inputs=[run_picker, view_state], outputs=view_outputs,

@@ -28,9 +28,12 @@ INV_SQRT2 = 1.0 / math.sqrt(2.0)
 class CpuStepper:
     """The `TorchStepper` interface (prime, step, end_logit) with one-token steps in NumPy: folded
     float32 weights (see `_folded_weights`) and key/value caches [layers, heads, seq_len, head_dim]
-    that a TorchStepper shares (as tensor views), so window passes fill it through `Block.step`."""
+    that a TorchStepper shares (as tensor views), so window passes fill it through `Block.step`.
+    With batch=B it holds B rows (caches [layers, B, heads, seq_len, head_dim]): `step_rows` steps
+    them all in one pass of [B, H] products, `prime_row` and `end_logit_row` serve one row; the
+    one-row methods then use row 0."""
 
-    def __init__(self, model):
+    def __init__(self, model, batch: int = 1):
         from scipy.special import erf  # here, not at import: it costs ~0.2 s and only sampling needs it
 
         self.erf = erf
@@ -40,9 +43,13 @@ class CpuStepper:
         self.layers, self.head, self.end, self.tok, self.pe = _folded_weights(model)
         self._final = None  # the last NumPy step's centred final state and its 1/std, for end_logit
         n = model.seq_len
-        kv = np.zeros((model.num_layers, 2, 1, self.nh, n, self.hd), np.float32)
+        kv = np.zeros((model.num_layers, 2, batch, self.nh, n, self.hd), np.float32)
         self.k, self.v = kv[:, 0, 0], kv[:, 1, 0]  # [layers, heads, seq_len, head_dim] views
+        self.kb, self.vb = kv[:, 0], kv[:, 1]  # [layers, B, heads, seq_len, head_dim] views
         self.window = TorchStepper(model, [KVCache(torch.from_numpy(layer)) for layer in kv])
+        self._rows = np.arange(batch)
+        self._final_rows = None  # the last step_rows' centred final states [B, H] and 1/std [B]
+        self._primed = np.zeros(batch, bool)  # rows whose last position came from their own prime
 
     def prime(self, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
         """As `TorchStepper.prime` (in torch, fast for many positions; its keys/values land here)."""
@@ -86,6 +93,82 @@ class CpuStepper:
         out += self.head[1]
         self._final = (xc, rstd)
         return out
+
+    # --- B rows ------------------------------------------------------------------------------
+
+    def prime_row(self, b: int, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """`prime` for row b alone (in torch, into row b's caches) -> logits [K]."""
+        self._primed[b] = True
+        return self.window.prime_row(b, first, tokens)
+
+    def prime_all(self, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """`prime` for every row at once (tokens LongTensor[B, t] or None) -> logits [B, K]."""
+        self._primed[:] = True
+        return self.window.prime_all(first, tokens)
+
+    def step_rows(self, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Every row's next input token (int [B]) at its window position (int [B], each >= 1) ->
+        logits float32 [B, K]. The same maths as `_step`, as [B, H] products; a row attends to its
+        own positions 0..pos[b] only (rows whose clips began later stand at earlier positions)."""
+        nh, hd, n_inv = self.nh, self.hd, self.n_inv
+        hh, b = nh * hd, len(tokens)
+        rows = self._rows
+        x = self.tok[tokens] + self.pe[pos]  # [B, H]
+        p_len = int(pos.max()) + 1
+        bias, at = None, p_len - 1  # at: the one position every row stands at (None: they differ)
+        if int(pos.min()) != p_len - 1:  # positions past a row's own are masked out
+            bias = np.where(np.arange(p_len)[None, :] > pos[:, None], -np.inf, 0.0).astype(np.float32)[:, None, None]
+            at = None
+
+        def rstd(xc):
+            return 1.0 / np.sqrt(np.einsum("ij,ij->i", xc, xc) * n_inv + LN_EPS)
+
+        for li, (wqkv, bqkv, wp, bp, wfc, bfc, wout, bout) in enumerate(self.layers):
+            xc = x - x.sum(-1, keepdims=True) * n_inv
+            qkv = xc @ wqkv
+            qkv *= rstd(xc)[:, None]
+            qkv += bqkv
+            kb, vb = self.kb[li], self.vb[li]
+            if at is not None:  # plain slicing: several times cheaper than indexing by arrays
+                kb[:, :, at] = qkv[:, hh : 2 * hh].reshape(b, nh, hd)
+                vb[:, :, at] = qkv[:, 2 * hh :].reshape(b, nh, hd)
+            else:
+                kb[rows, :, pos] = qkv[:, hh : 2 * hh].reshape(b, nh, hd)  # [B, heads, head_dim] at each row's pos
+                vb[rows, :, pos] = qkv[:, 2 * hh :].reshape(b, nh, hd)
+            q = np.ascontiguousarray(qkv[:, :hh]).reshape(b, nh, 1, hd)  # a strided q takes matmul's slow loop
+            s = np.matmul(q, kb[:, :, :p_len].transpose(0, 1, 3, 2))  # [B, nh, 1, P], pre-scaled
+            if bias is not None:
+                s += bias
+            s -= s.max(axis=-1, keepdims=True)
+            np.exp(s, out=s)
+            a = np.matmul(s, vb[:, :, :p_len])  # [B, nh, 1, hd], not yet normalised
+            a /= s.sum(axis=-1, keepdims=True)
+            x = x + a.reshape(b, hh) @ wp + bp
+            xc = x - x.sum(-1, keepdims=True) * n_inv
+            z = xc @ wfc
+            z *= rstd(xc)[:, None]
+            z += bfc
+            e = self.erf(z)
+            e += 1.0
+            e *= z
+            x = x + e @ wout + bout
+        xc = x - x.sum(-1, keepdims=True) * n_inv
+        r = rstd(xc)
+        out = xc @ self.head[0]
+        out *= r[:, None]
+        out += self.head[1]
+        self._final_rows = (xc, r)
+        self._primed[:] = False
+        return out
+
+    def end_logit_row(self, b: int) -> float:
+        """Row b's clip-end logit after its last position (stepped with the others or primed alone)."""
+        if self.end is None:
+            raise ValueError("this model has no clip-end head")
+        if self._primed[b] or self._final_rows is None:
+            return self.window.end_logit_row(b)
+        xc, r = self._final_rows
+        return float(xc[b] @ self.end[0]) * float(r[b]) + self.end[1]
 
     def end_logit(self) -> float:
         """The clip-end logit after the last position stepped (models with an end head): computed

@@ -131,6 +131,20 @@ class Block(nn.Module):
             a = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1])
         return self._finish(x, a, False)
 
+    def step_rows(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
+        """`step` for B rows at once, one token each: x [B, 1, H], row b at window position pos[b]
+        (LongTensor[B], each >= 1) -> [B, 1, H]. Rows may stand at different positions (their clips
+        began at different times): each attends to its own cached positions 0..pos[b] only."""
+        b = x.shape[0]
+        qkv = self._qkv(x)  # [3, B, heads, 1, D]
+        rows = torch.arange(b, device=x.device)
+        cache.kv[:, rows, :, pos] = qkv[1:, :, :, 0].transpose(0, 1)  # the indexed view is [B, 2, heads, D]
+        p = int(pos.max()) + 1
+        kv = cache.kv[:, :, :, :p]
+        mask = (torch.arange(p, device=x.device)[None, :] <= pos[:, None]).view(b, 1, 1, p)
+        a = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1], attn_mask=mask)
+        return self._finish(x, a, False)
+
 
 class CodePrior(nn.Module):
     """Autoregressive prior over flattened codes. See the module docstring for the exact contract."""

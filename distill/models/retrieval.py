@@ -126,6 +126,41 @@ class CodeRetrieval:
                 hi_m = mid - 1
         return None if best is None else np.bincount(best, minlength=self.k + 2)
 
+    def lookup_many(self, contexts: list[tuple[list[int], list[int]]]) -> list[np.ndarray | None]:
+        """`lookup` for several (history, current) contexts at once, the same counts for each: their
+        binary searches run side by side, one table search per (level, context length) they share
+        instead of one per context (batched sampling: every row stands at the same level)."""
+        (pw1, pw2), hashes = self._pw, []
+        for history, current in contexts:  # each context's hashes, m = 0, 1, ..., as in `lookup`
+            level, h1, h2 = len(current), 0, 0
+            for j, v in enumerate(reversed(current)):
+                h1, h2 = (h1 + (v + 1) * pw1[j]) % _P1, (h2 + (v + 1) * pw2[j]) % _P2
+            row = [(h1 << 32) | h2]
+            for m in range(1, min(self.settings.max_context_steps, len(history)) + 1):
+                v = history[-m]
+                h1, h2 = (h1 + (v + 1) * pw1[level + m - 1]) % _P1, (h2 + (v + 1) * pw2[level + m - 1]) % _P2
+                row.append((h1 << 32) | h2)
+            hashes.append(row)
+        lo, hi = [0] * len(contexts), [len(h) - 1 for h in hashes]
+        best: list = [None] * len(contexts)
+        while True:
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i in range(len(contexts)):
+                if lo[i] <= hi[i]:
+                    groups.setdefault((len(contexts[i][1]), (lo[i] + hi[i]) // 2), []).append(i)
+            if not groups:
+                break
+            for (level, mid), rows in groups.items():
+                keys, nxt = self.tables[(level, mid)]
+                wanted = np.array([hashes[i][mid] for i in rows], dtype=np.uint64)
+                left, right = np.searchsorted(keys, wanted, "left"), np.searchsorted(keys, wanted, "right")
+                for i, a, b in zip(rows, left.tolist(), right.tolist()):
+                    if b - a >= self.settings.min_count:
+                        best[i], lo[i] = nxt[a:b], mid + 1
+                    else:
+                        hi[i] = mid - 1
+        return [None if x is None else np.bincount(x, minlength=self.k + 2) for x in best]
+
 
 class RetrievalState:
     """The current clip's coarse path; mixes the retrieved distribution into the model's."""
@@ -144,6 +179,16 @@ class RetrievalState:
             self.current = []
             if len(self.history) > 2 * self.index.settings.max_context_steps + 2:
                 del self.history[: -self.index.settings.max_context_steps - 1]
+
+    @staticmethod
+    def prefetch(states: list["RetrievalState"]) -> None:
+        """Look up the next code's counts of several states (over one index) in one `lookup_many`;
+        their next `mix` and `material_end` use them (batched sampling)."""
+        todo = [st for st in states if st._cached[0] != st.pushed]
+        if todo:
+            found = todo[0].index.lookup_many([(st.history, st.current) for st in todo])
+            for st, counts in zip(todo, found):
+                st._cached = (st.pushed, counts)
 
     def _counts(self):
         if self._cached[0] != self.pushed:

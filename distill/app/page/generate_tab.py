@@ -20,6 +20,7 @@ class Slot:
     group: gr.Column
     audio: gr.Audio
     plot: gr.Plot
+    vary_btn: gr.Button  # makes this sample the Variations tab's input (wired there)
 
 
 @dataclass
@@ -90,7 +91,8 @@ def build_generate_tab() -> GenerateTab:
                                          buttons=["download"], elem_id=f"d-gen-audio-{i}")
                         plot = gr.Plot(figures.code_sequence_figure(None), show_label=False, format="png",
                                        elem_id=f"d-gen-plot-{i}")
-                    slots.append(Slot(group, audio, plot))
+                        vary_btn = gr.Button("Vary this", size="sm", elem_id=f"d-gen-vary-{i}")
+                    slots.append(Slot(group, audio, plot, vary_btn))
                 downloads = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="d-downloads")
         gr.Markdown("### Saved samples")
         samples_table = gr.Dataframe(headers=["Created", "Sample", "Seconds", "Temperature", "Top-k", "Top-p",

@@ -1,0 +1,107 @@
+"""Several variations at once: one batched sampling pass (B rows in one KV cache) against the same
+variations made one after another, side by side in one run.
+
+    /work/main/.venv/bin/python bench/bench_variations.py              # tier-1 sizes, ~1 minute on 2 cores
+    /work/main/.venv/bin/python bench/bench_variations.py --size quick --seconds 5
+
+The prior has the sizes a run trains at (auto tier 1: 128 wide, 2 layers, 4 heads, a 144-step window,
+64 codes x 3 levels; or the quick preset), with the clip-end head and retrieval over 16 synthetic
+files of 300 steps, at the page's defaults (follow 0.9). Both ways use the same sampler
+(distill/models/batch_sampling.py) and one CPU thread; "sequential" is N one-row passes, which give
+the same codes seed for seed (checked here, and in tests/test_variations.py). Two variation kinds:
+keep the shape of an input of --seconds (level 0 kept, levels 1-2 sampled), and continue an input
+for --seconds (here the sequential side is CodePrior.generate, the default sampling path).
+Repeats alternate the two ways so machine noise hits both alike; medians are reported.
+Target: batched >= 2x faster than sequential for N = 4.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distill.models.batch_sampling import sample_rows  # noqa: E402
+from distill.models.prior import CodePrior  # noqa: E402
+from distill.models.retrieval import CodeRetrieval, RetrievalSettings  # noqa: E402
+
+K, Q = 64, 3
+SIZES = {"tier1": (128, 2, 4, 144), "quick": (64, 2, 4, 48)}  # hidden, layers, heads, context steps
+STEPS_PER_SECOND = 24_000 / 256 / 4
+
+
+def material(files: int = 16, steps: int = 300, seed: int = 0) -> list[np.ndarray]:
+    # codes with some order: level 0 holds a value for a few steps, finer levels vary
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(files):
+        level0 = np.repeat(rng.integers(0, 24, steps // 4 + 1), 4)[:steps]
+        out.append(np.stack([level0, (level0 * 5 + rng.integers(0, 6, steps)) % K, rng.integers(0, K, steps)], 1))
+    return out
+
+
+def gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", choices=sorted(SIZES), default="tier1")
+    ap.add_argument("--n", type=int, default=4, help="variations at once")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of the input kept in shape / continued")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    hidden, layers, heads, context = SIZES[args.size]
+    torch.manual_seed(0)
+    model = CodePrior(K, context * Q, Q, hidden, layers, heads, 0.0, learn_ends=True).eval()
+    files = material()
+    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.9))
+    steps = int(args.seconds * STEPS_PER_SECOND)
+    src = np.concatenate(files)[:steps]
+    forced = src.copy()
+    forced[:, 1:] = -1
+    forced = forced.reshape(-1)
+    prompt = torch.as_tensor(src[-context // 2:].reshape(-1))
+    seeds = list(range(args.n))
+
+    def shape_batched():
+        return list(sample_rows(model, forced.size, gens(seeds), forced=forced, clip_ends=False, retrieval=index).tokens)
+
+    def shape_sequential():
+        return [sample_rows(model, forced.size, gens([s]), forced=forced, clip_ends=False, retrieval=index).tokens[0]
+                for s in seeds]
+
+    def cont_batched():
+        return list(sample_rows(model, steps * Q, gens(seeds), prompt=prompt, clip_ends=False, retrieval=index).tokens)
+
+    def cont_sequential():
+        return [model.generate(steps * Q, prompt=prompt[None], generator=gens([s])[0], clip_ends=False,
+                               retrieval=index)[0] for s in seeds]
+
+    print(f"prior {args.size}: {hidden} wide, {layers} layers, {heads} heads, window {context} steps; K={K}, Q={Q}; "
+          f"retrieval follow 0.9; N={args.n}; {args.seconds:g} s = {steps} steps; 1 thread")
+    for name, batched, sequential in (("keep the shape", shape_batched, shape_sequential),
+                                      ("continue", cont_batched, cont_sequential)):
+        same = all(torch.equal(a, b) for a, b in zip(batched(), sequential()))  # also warms both up
+        tb, ts = [], []
+        for r in range(args.repeats):
+            for fn, into in ((batched, tb), (sequential, ts)) if r % 2 == 0 else ((sequential, ts), (batched, tb)):
+                t0 = time.perf_counter()
+                fn()
+                into.append(time.perf_counter() - t0)
+        b, s = statistics.median(tb), statistics.median(ts)
+        print(f"{name:15s} batched {b:6.2f} s   {args.n} sequential {s:6.2f} s   ratio {s / b:4.2f}x   "
+              f"same codes: {'yes' if same else 'NO'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
