@@ -392,7 +392,7 @@ def test_concurrent_clients_while_training(server, finished_run, record_property
     assert (server.ws / "runs" / run_id / "prior.safetensors").is_file()
     samples = list((server.ws / "runs" / finished_run / "samples").glob("*.json"))
     assert len(samples) == samples_before + counts["generate"] and len(set(generated)) == counts["generate"]
-    assert counts["generate"] >= 4 and counts["status"] >= CLIENTS * 5 and while_training[0] >= CLIENTS * 2
+    assert counts["generate"] >= 4 and counts["status"] >= CLIENTS * 5 and while_training[0] >= CLIENTS
     latencies.sort()
     p95_ms = round(1000 * latencies[int(0.95 * (len(latencies) - 1))])
     record_property("concurrency", json.dumps({
