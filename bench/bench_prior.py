@@ -1,7 +1,7 @@
 """CodePrior speed, ours vs the seed's design (bench/baseline_prior.py), side by side in one run.
 
-    /work/venv/bin/python bench/bench_prior.py                 # all tiers, ~2-3 minutes on 2 cores
-    /work/venv/bin/python bench/bench_prior.py --tiers 2 --threads 1
+    python bench/bench_prior.py                 # all tiers, ~2-3 minutes on 2 cores
+    python bench/bench_prior.py --tiers 2 --threads 1
 
 Training: tokens/s of full optimiser steps (forward, backward, clip, AdamW) at each tier's model
 sizes, codebook 64/128/256, Q = 3, windows of 432 tokens, the tier's batch size capped by --max-batch

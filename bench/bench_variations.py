@@ -1,8 +1,8 @@
 """Several variations at once: one batched sampling pass (B rows in one KV cache) against the same
 variations made one after another, side by side in one run.
 
-    /work/main/.venv/bin/python bench/bench_variations.py              # tier-1 sizes, ~1 minute on 2 cores
-    /work/main/.venv/bin/python bench/bench_variations.py --size quick --seconds 5
+    python bench/bench_variations.py              # tier-1 sizes, ~1 minute on 2 cores
+    python bench/bench_variations.py --size quick --seconds 5
 
 The prior has the sizes a run trains at (auto tier 1: 128 wide, 2 layers, 4 heads, a 144-step window,
 64 codes x 3 levels; or the quick preset), with the clip-end head and retrieval over 16 synthetic

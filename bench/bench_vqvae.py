@@ -1,8 +1,8 @@
 """Benchmark the RVQ-VAE codec on real audio (issue 3 targets).
 
-    /work/venv/bin/python bench/bench_vqvae.py --dataset freedesktop --minutes 5
-    /work/venv/bin/python bench/bench_vqvae.py --dataset asterisk-en --minutes 5
-    /work/venv/bin/python bench/bench_vqvae.py --dataset freedesktop --gl-sweep   # vocoder only
+    python bench/bench_vqvae.py --dataset freedesktop --minutes 5
+    python bench/bench_vqvae.py --dataset asterisk-en --minutes 5
+    python bench/bench_vqvae.py --dataset freedesktop --gl-sweep   # vocoder only
 
 Default tier settings for the file count, split by file (the tier's val_fraction, seed 0). Prints:
   held-out mel_l1, the mean-frame baseline and their ratio                  (target ratio <= 0.25)
