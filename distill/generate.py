@@ -122,11 +122,15 @@ def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top
 
 
 def codes_to_audio(run: LoadedRun, codes: np.ndarray) -> np.ndarray:
+    return decode_codes(run.vqvae, run_configs(run.manifest)[0], codes)
+
+
+def decode_codes(vqvae: torch.nn.Module, audio, codes: np.ndarray) -> np.ndarray:
+    """[T', Q] codes -> the sound model's decoder -> log-mel -> Griffin-Lim -> float32 audio peaking at 0.9."""
     from distill.audio.griffinlim import mel_to_audio
 
-    audio, vq, _ = run_configs(run.manifest)
     with torch.inference_mode():
-        mel = run.vqvae.decode(torch.as_tensor(codes, dtype=torch.long)[None])
+        mel = vqvae.decode(torch.as_tensor(codes, dtype=torch.long)[None])
         wave = mel_to_audio(mel[0], audio)
     wave = wave.cpu().numpy().astype(np.float32)
     peak = float(np.abs(wave).max()) if wave.size else 0.0

@@ -27,6 +27,33 @@ class DatasetError(ValueError):
     """The dataset as a whole cannot be used (missing folder, nothing usable); message for people."""
 
 
+ACCEPTED_FORMATS = "WAV, FLAC, Ogg Vorbis, MP3 and AIFF"
+
+
+def accepted_formats() -> str:
+    """The formats a scan reads, in words and extensions (for messages about a folder with none)."""
+    return f"{ACCEPTED_FORMATS} ({', '.join(sorted(AUDIO_EXTENSIONS))})"
+
+
+def nothing_usable_message(report: "ScanReport") -> str:
+    """Why a scan found nothing to train on, in words that fit what the folder holds: no files at all,
+    files but none of them audio, or audio files that were all skipped (then their reasons help)."""
+    files = [e for e in report.skipped if not e.path.endswith("/")]
+    hidden = [e for e in files if e.reason.startswith("hidden file")]
+    visible = [e for e in files if e not in hidden]
+    not_audio = [e for e in visible if e.reason.startswith("not an audio file")]
+    if not visible:
+        what = "no files at all" if not hidden else f"only {len(hidden)} hidden file{'s' if len(hidden) != 1 else ''}"
+        return f"This folder holds no audio files ({what}). Distill reads {accepted_formats()}."
+    if len(not_audio) == len(visible):
+        n = len(visible)
+        return (f"None of the {n} file{'s' if n != 1 else ''} in this folder is an audio file. "
+                f"Distill reads {accepted_formats()}.")
+    n = len(visible) - len(not_audio)
+    return (f"None of the {n} audio file{'s' if n != 1 else ''} in this folder could be used: "
+            "the file list below gives each one's reason.")
+
+
 @dataclass
 class FileEntry:
     path: str  # relative to the scan root, with '/' separators (subfolders kept)

@@ -79,7 +79,7 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
         wire_dataset_tab(app, dataset, tabs, run_view)
         wire_training_tab(app, training, run_picker, view_state)
         wire_codes_tab(app, codes, run_picker, view_state)
-        wire_generate_tab(app, generate, run_picker, codes.hist_plot)
+        wire_generate_tab(app, generate, run_picker, codes.hist_plot, tabs, view_state)
         wire_runs_tab(app, runs, tabs, run_view)
 
         view_outputs = run_view.outputs()
