@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.app.dataset_reuse import find_upload, remember_upload, upload_fingerprint
 from distill.app.uploads import UploadError, UploadLimits, ingest_files, new_dataset_dir
 from distill.app.views import fmt_duration
 from distill.app.worker import Worker
@@ -111,6 +112,13 @@ class DistillApp:
             items.append((f["path"], f["rel"]))
         tops = {it[1].replace("\\", "/").split("/")[0] for it in items}
         label = next(iter(tops)) if len(tops) == 1 and len(items) > 1 else "upload"
+        fingerprint = upload_fingerprint(items, upload_root())
+        earlier = find_upload(self.workspace, fingerprint) if fingerprint else None
+        if earlier is not None:  # the same files again: scan the copy made last time
+            folder, mark = earlier
+            note = (f"The same {len(mark.files)} file(s) as an earlier upload: using the copy already in the workspace "
+                    f"(`{folder.name}`), nothing copied again.")
+            return self.scan(_dataset_root(folder), label=mark.label, note=note, progress=progress)
         folder = new_dataset_dir(self.workspace, label)
         try:
             result = ingest_files(items, folder, self.limits, allowed_roots=[upload_root()])
@@ -120,14 +128,9 @@ class DistillApp:
         except OSError as exc:  # a disk or file-system problem: said in words, nothing half-copied left behind
             shutil.rmtree(folder, ignore_errors=True)
             raise UploadError(f"The upload could not be copied into the workspace ({exc.strerror or exc}).") from None
-        # A dropped folder (or a zip of one) lands as <dataset>/<folder>/...: scan from inside it.
-        root = folder
-        for _ in range(4):
-            children = [p for p in root.iterdir() if not p.name.startswith(".")]
-            if len(children) != 1 or not children[0].is_dir() or children[0].is_symlink():
-                break
-            root = children[0]
-        return self.scan(root, label=label, note=result.summary(), progress=progress)
+        if fingerprint:
+            remember_upload(self.workspace, folder, fingerprint, result.files, label)
+        return self.scan(_dataset_root(folder), label=label, note=result.summary(), progress=progress)
 
     def demo_dataset(self, progress=None) -> ScanEntry:
         from distill.scan import DatasetError
@@ -228,6 +231,23 @@ class DistillApp:
                 r["status"] = "interrupted"  # the app stopped while it trained; finished stages are kept
             out.append(r)
         return out
+
+    def rename(self, run_id: str | None, label) -> dict:
+        """Give a run its own name (kept in its manifest). {"ok", "message", "label"}."""
+        from distill.runs import UnsafeFileError, rename_run
+
+        run_dir = self.run_dir(run_id)
+        if run_dir is None:
+            return {"ok": False, "message": NO_RUN_MESSAGE, "label": ""}
+        if self.worker.active_run_dir() == run_dir:  # the worker rewrites this manifest as it trains
+            return {"ok": False, "message": "This run is training: rename it once it has finished (or been stopped).",
+                    "label": ""}
+        try:
+            kept = rename_run(run_dir, label)
+        except (UnsafeFileError, OSError) as exc:
+            return {"ok": False, "message": f"The run could not be renamed: {exc}", "label": ""}
+        return {"ok": True, "label": kept,
+                "message": f"Renamed to “{kept}”." if kept else "Its own name removed: it is named after its dataset again."}
 
     def run_dir(self, run_id: str | None) -> Path | None:
         if not run_id:
@@ -412,6 +432,17 @@ class DistillApp:
                 out.append({**saved, "seconds": round(len(wave) / sr, 3), "sample_rate": sr, "seed": s,
                             "codes": codes, "elapsed_s": round(time.perf_counter() - t0, 2)})
         return out
+
+
+def _dataset_root(folder: Path) -> Path:
+    """A dropped folder (or a zip of one) lands as <dataset>/<folder>/...: scan from inside it."""
+    root = folder
+    for _ in range(4):
+        children = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(children) != 1 or not children[0].is_dir() or children[0].is_symlink():
+            break
+        root = children[0]
+    return root
 
 
 def _used_files(manifest: dict) -> set[str]:

@@ -258,7 +258,8 @@ def summary_md(entry) -> str:
 
 def runs_rows(runs: list[dict]) -> list[list]:
     yes = lambda b: "✓" if b else "—"  # noqa: E731
-    return [[r["id"], r.get("created") or "", r.get("status", ""), r.get("tier") or "", r.get("files_used", ""),
+    return [[r["id"], r.get("title") or "", r.get("created") or "", r.get("status", ""), r.get("tier") or "",
+             r.get("files_used", ""),
              yes(r.get("has_vqvae")), yes(r.get("has_prior")), str(r.get("source") or r.get("problem") or "")]
             for r in runs]
 
