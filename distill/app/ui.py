@@ -17,7 +17,7 @@ from distill.app.api import register_api
 from distill.app.page.bind import bind
 from distill.app.page.codes_tab import build_codes_tab, wire_codes_tab
 from distill.app.page.dataset_tab import DatasetTab, build_dataset_tab, scan_view, wire_dataset_tab
-from distill.app.page.generate_tab import build_generate_tab, wire_generate_tab
+from distill.app.page.generate_tab import build_generate_tab, follow_run_switches, wire_generate_tab
 from distill.app.page.run_view_draw import RunViewComponents, refresh_run_view
 from distill.app.page.runs_tab import build_runs_tab, wire_runs_tab
 from distill.app.page.training_tab import build_training_tab, wire_training_tab
@@ -76,11 +76,12 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
             runs=runs.runs_table, r_hidden=training.r_hidden, r_layers=training.r_layers, r_heads=training.r_heads,
             r_dropout=training.r_dropout, r_lr=training.r_lr)
 
-        wire_dataset_tab(app, dataset, tabs, run_view)
+        started = wire_dataset_tab(app, dataset, tabs, run_view)
         wire_training_tab(app, training, run_picker, view_state)
         wire_codes_tab(app, codes, run_picker, view_state)
         wire_generate_tab(app, generate, run_picker, codes.hist_plot, tabs, view_state)
-        wire_runs_tab(app, runs, tabs, run_view)
+        opened = wire_runs_tab(app, runs, tabs, run_view)
+        follow_run_switches(generate, run_picker, started, opened)
 
         view_outputs = run_view.outputs()
         timer.tick(bind(on_tick, app, run_view), inputs=[run_picker, view_state], outputs=view_outputs,
@@ -115,6 +116,7 @@ def on_load(app: DistillApp, dataset: DatasetTab, run_view: RunViewComponents):
     runs = app.runs()
     run_id = active.name if active is not None else (runs[0]["id"] if runs else None)
     shown = scan_view(app, dataset, entry, f"Last dataset: **{esc(entry.label)}**") if entry else {}
+    shown.pop(dataset.dropzone, None)  # a fresh page's drop zone says nothing yet; an update would redraw it mid-drop
     return {**shown, **run_view.updates(refresh_run_view(app, run_id, None, force=True))}
 
 

@@ -124,7 +124,8 @@ def build_dataset_tab(app: DistillApp, js: str) -> DatasetTab:
                       report_table)
 
 
-def wire_dataset_tab(app: DistillApp, tab: DatasetTab, tabs: gr.Tabs, run_view: RunViewComponents) -> None:
+def wire_dataset_tab(app: DistillApp, tab: DatasetTab, tabs: gr.Tabs, run_view: RunViewComponents):
+    """Returns the start event, after which other tabs follow the run it shows."""
     scan_opts = {"outputs": tab.scan_outputs, "show_progress_on": [tab.tier_card]}
     tab.dropzone.files_ready(bind(on_files_ready, app, tab), inputs=[tab.dropzone],
                              outputs=tab.scan_outputs, api_visibility="private",
@@ -149,11 +150,12 @@ def wire_dataset_tab(app: DistillApp, tab: DatasetTab, tabs: gr.Tabs, run_view: 
     tab.next_btn.click(bind(on_page, app, tab, +1), **paging)
     tab.report_filter.input(bind(on_page, app, tab, None), **paging)
 
-    tab.start_btn.click(bind(on_start, app, tab, tabs, run_view), inputs=[tab.scan_state, *tab.settings],
+    started = tab.start_btn.click(bind(on_start, app, tab, tabs, run_view), inputs=[tab.scan_state, *tab.settings],
                         outputs=[tab.start_msg, tabs, run_view.picker, run_view.state, run_view.stop],
                         api_name="start_ui", api_visibility="undocumented", concurrency_limit=None)
     tab.stop_btn.click(bind(on_stop, app, tab.start_msg), outputs=[tab.start_msg], api_visibility="private",
                        concurrency_limit=None)
+    return started
 
 
 # --- handlers ------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class GenerateTab:
     samples_table: gr.Dataframe
     saved_audio: gr.Audio
     saved_plot: gr.Plot
+    shown_run: gr.State  # the run what this tab shows belongs to: another run picked clears it
 
     @property
     def inputs(self) -> list:
@@ -63,11 +64,12 @@ class GenerateTab:
         """What belongs to the run shown: cleared when another run is picked."""
         return [self.gen_msg, self.resume_btn, self.check_msg, *[s.audio for s in self.slots],
                 *[s.group for s in self.slots], *[s.plot for s in self.slots], self.downloads, self.saved_audio,
-                self.saved_plot]
+                self.saved_plot, self.shown_run]
 
 
 def build_generate_tab() -> GenerateTab:
     with gr.Tab("4 · Generate", id="generate", elem_id="tab-generate"):
+        shown_run = gr.State(None)
         with gr.Row():
             with gr.Column(scale=2, min_width=280):
                 # No minimum/maximum here: Gradio would refuse an out-of-range value by turning every output
@@ -118,30 +120,41 @@ def build_generate_tab() -> GenerateTab:
                                      max_height=300, elem_id="d-samples")
         with gr.Row():
             saved_audio = gr.Audio(label="Selected sample", type="filepath", interactive=False,
-                                   buttons=["download"], scale=2)
+                                   buttons=["download"], scale=2, elem_id="d-saved-audio")
             saved_plot = gr.Plot(figures.empty_figure("Click a saved sample above to play it and see its codes",
                                                       height=1.8), show_label=False, format="png", scale=3)
     return GenerateTab(seconds, temperature, top_k, top_p, seed, variations, fmt, prompt, clips, follow, check_msg,
-                       gen_btn, gen_msg, resume_btn, slots, downloads, samples_table, saved_audio, saved_plot)
+                       gen_btn, gen_msg, resume_btn, slots, downloads, samples_table, saved_audio, saved_plot,
+                       shown_run)
 
 
 def wire_generate_tab(app: DistillApp, tab: GenerateTab, run_picker: gr.Dropdown, hist_plot: gr.Plot, tabs: gr.Tabs,
                       view_state: gr.State) -> None:
     """`hist_plot` is the codes tab's histogram: new samples join its generated counts."""
     tab.gen_btn.click(bind(on_generate, app, tab, hist_plot), inputs=[run_picker, *tab.inputs],
-                      outputs=[*tab.outputs, hist_plot, tab.check_msg, tab.resume_btn], api_name="generate_ui",
+                      outputs=[*tab.outputs, hist_plot, tab.check_msg, tab.resume_btn, tab.shown_run],
+                      api_name="generate_ui",
                       api_visibility="undocumented", show_progress_on=[tab.gen_msg])
     tab.samples_table.select(bind(on_sample_select, app, tab), inputs=[run_picker], api_visibility="private",
-                             outputs=[tab.saved_audio, tab.saved_plot])
+                             outputs=[tab.saved_audio, tab.saved_plot, tab.shown_run])
     checked = [tab.seconds, tab.temperature, tab.top_k, tab.top_p, tab.seed, tab.follow]
     for comp in (tab.seconds, tab.top_k, tab.seed):
         comp.input(bind(on_check, tab), inputs=checked, outputs=[tab.check_msg], api_visibility="private",
                    show_progress="hidden", trigger_mode="always_last", queue=False)
-    # Another run shown: what this tab shows of the previous run goes (its samples, a selected sample).
-    run_picker.change(bind(on_run_changed, tab), outputs=tab.shown_for_run, api_visibility="private",
-                      show_progress="hidden", queue=False)
+    # Another run picked: what this tab shows of the previous run goes (its samples, a selected sample).
+    # On .input, not .change: the poll redraws the picker (same run, new labels) while a sample is made.
+    run_picker.input(bind(on_run_changed, tab), inputs=[run_picker, tab.shown_run], outputs=tab.shown_for_run,
+                     api_visibility="private", show_progress="hidden", queue=False)
     tab.resume_btn.click(bind(on_resume, app, tab, tabs, view_state), inputs=[run_picker],
                          outputs=[tab.gen_msg, tab.resume_btn, tabs, view_state], api_visibility="private")
+
+
+def follow_run_switches(tab: GenerateTab, run_picker: gr.Dropdown, *events) -> None:
+    """After each event that shows another run (a start, a run opened from the list), this tab's
+    leftovers of the previous run go."""
+    for event in events:
+        event.then(bind(on_run_changed, tab), inputs=[run_picker, tab.shown_run], outputs=tab.shown_for_run,
+                   api_visibility="private", show_progress="hidden")
 
 
 def on_check(tab: GenerateTab, seconds, temperature, top_k, top_p, seed, follow):
@@ -150,8 +163,10 @@ def on_check(tab: GenerateTab, seconds, temperature, top_k, top_p, seed, follow)
     return {tab.check_msg: f"**⚠ {problems[0].message}**" if problems else ""}
 
 
-def on_run_changed(tab: GenerateTab):
-    out = {tab.gen_msg: "", tab.resume_btn: gr.Button(visible=False), tab.check_msg: "", tab.downloads: None,
+def on_run_changed(tab: GenerateTab, run_id, shown):
+    if (run_id or None) == (shown or None):  # the picker redrawn (new choices), same run: nothing is stale
+        return {tab.shown_run: shown}
+    out = {tab.shown_run: run_id or None, tab.gen_msg: "", tab.resume_btn: gr.Button(visible=False), tab.check_msg: "", tab.downloads: None,
            tab.saved_audio: None,
            tab.saved_plot: figures.empty_figure("Click a saved sample above to play it and see its codes", height=1.8)}
     for i, slot in enumerate(tab.slots):
@@ -190,12 +205,14 @@ def on_generate(app: DistillApp, tab: GenerateTab, hist_plot: gr.Plot, run_id, s
         return {tab.check_msg: f"**⚠ {problems[0].message}**"}
     stopped = _not_trained(app, run_id)
     if stopped:
-        return {tab.check_msg: "", tab.gen_msg: stopped["message"], tab.resume_btn: gr.Button(visible=True)}
+        return {tab.check_msg: "", tab.gen_msg: stopped["message"], tab.resume_btn: gr.Button(visible=True),
+                tab.shown_run: run_id}
     try:
         samples = app.generate(run_id, seconds, temperature, top_k, top_p, seed, variations, fmt, prompt or None,
                                clips, follow)
     except (ValueError, RuntimeError) as exc:
-        return {tab.check_msg: "", tab.gen_msg: f"**⚠ {exc}**", tab.resume_btn: gr.Button(visible=False)}
+        return {tab.check_msg: "", tab.gen_msg: f"**⚠ {exc}**", tab.resume_btn: gr.Button(visible=False),
+                tab.shown_run: run_id or None}
     run_dir = app.run_dir(run_id)
     sps, k = app.code_rate(run_dir)
     out = {}
@@ -212,7 +229,7 @@ def on_generate(app: DistillApp, tab: GenerateTab, hist_plot: gr.Plot, run_id, s
     took = sum(s["elapsed_s"] for s in samples)
     train_counts, gen_counts = app.histograms(run_dir)
     out.update({
-        tab.check_msg: "", tab.resume_btn: gr.Button(visible=False),
+        tab.check_msg: "", tab.resume_btn: gr.Button(visible=False), tab.shown_run: run_id,
         tab.gen_msg: f"✓ {len(samples)} sample{'s' if len(samples) != 1 else ''} saved in the run's `samples/` ({took:.1f} s).",
         tab.downloads: [s["path"] for s in samples], tab.samples_table: samples_rows(app.samples(run_dir)),
         hist_plot: figures.histogram_figure(train_counts, gen_counts),
@@ -231,6 +248,6 @@ def on_sample_select(app: DistillApp, tab: GenerateTab, run_id, evt: gr.SelectDa
         if s.get("id") == sid:
             sps, k = app.code_rate(run_dir)
             codes = app.sample_codes(run_dir).get(sid)
-            return {tab.saved_audio: s["path"],
+            return {tab.saved_audio: s["path"], tab.shown_run: run_id,
                     tab.saved_plot: figures.code_sequence_figure(codes, k, sps, title=f"Codes of {sid}")}
     return {}

@@ -39,14 +39,16 @@ def build_runs_tab(app: DistillApp) -> RunsTab:
     return RunsTab(runs_table, refresh_btn, label_box, rename_btn, rename_msg)
 
 
-def wire_runs_tab(app: DistillApp, tab: RunsTab, tabs: gr.Tabs, run_view: RunViewComponents) -> None:
-    tab.runs_table.select(bind(on_run_select, app, tabs, run_view), inputs=[run_view.state],
+def wire_runs_tab(app: DistillApp, tab: RunsTab, tabs: gr.Tabs, run_view: RunViewComponents):
+    """Returns the run-clicked event, after which other tabs follow the run it shows."""
+    opened = tab.runs_table.select(bind(on_run_select, app, tabs, run_view), inputs=[run_view.state],
                           outputs=[*run_view.outputs(), tabs], api_visibility="private")
     tab.refresh_btn.click(bind(on_refresh, app, tab), outputs=[tab.runs_table], api_visibility="private")
     rename = {"inputs": [run_view.picker, tab.label_box],
               "outputs": [tab.rename_msg, tab.runs_table, run_view.picker], "api_visibility": "private"}
     tab.rename_btn.click(bind(on_rename, app, tab, run_view), **rename)
     tab.label_box.submit(bind(on_rename, app, tab, run_view), **rename)
+    return opened
 
 
 def on_run_select(app: DistillApp, tabs: gr.Tabs, run_view: RunViewComponents, drawn, evt: gr.SelectData):
