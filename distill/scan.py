@@ -47,8 +47,8 @@ def nothing_usable_message(report: "ScanReport") -> str:
         return f"This folder holds no audio files ({what}). Distill reads {accepted_formats()}."
     if len(not_audio) == len(visible):
         n = len(visible)
-        return (f"None of the {n} file{'s' if n != 1 else ''} in this folder is an audio file. "
-                f"Distill reads {accepted_formats()}.")
+        what = "The one file in this folder is not" if n == 1 else f"None of the {n} files in this folder is"
+        return f"{what} an audio file. Distill reads {accepted_formats()}."
     n = len(visible) - len(not_audio)
     return (f"None of the {n} audio file{'s' if n != 1 else ''} in this folder could be used: "
             "the file list below gives each one's reason.")
