@@ -44,14 +44,15 @@ def nothing_usable_message(report: "ScanReport") -> str:
     not_audio = [e for e in visible if e.reason.startswith("not an audio file")]
     if not visible:
         what = "no files at all" if not hidden else f"only {len(hidden)} hidden file{'s' if len(hidden) != 1 else ''}"
-        return f"This folder holds no audio files ({what}). Distill reads {accepted_formats()}."
+        return f"No usable audio files: this folder holds no audio files ({what}). Distill reads {accepted_formats()}."
     if len(not_audio) == len(visible):
         n = len(visible)
-        what = "The one file in this folder is not" if n == 1 else f"None of the {n} files in this folder is"
-        return f"{what} an audio file. Distill reads {accepted_formats()}."
+        what = "the one file in this folder is not" if n == 1 else f"none of the {n} files in this folder is"
+        return f"No usable audio files: {what} an audio file. Distill reads {accepted_formats()}."
     n = len(visible) - len(not_audio)
-    return (f"None of the {n} audio file{'s' if n != 1 else ''} in this folder could be used: "
-            "the file list below gives each one's reason.")
+    what = "the one audio file" if n == 1 else f"none of the {n} audio files"
+    return (f"No usable audio files: {what} in this folder could {'not ' if n == 1 else ''}be used; "
+            "the file list gives each one's reason.")
 
 
 @dataclass
