@@ -45,7 +45,7 @@ def wire_runs_tab(app: DistillApp, tab: RunsTab, tabs: gr.Tabs, run_view: RunVie
                           outputs=[*run_view.outputs(), tabs], api_visibility="private")
     tab.refresh_btn.click(bind(on_refresh, app, tab), outputs=[tab.runs_table], api_visibility="private")
     rename = {"inputs": [run_view.picker, tab.label_box],
-              "outputs": [tab.rename_msg, tab.runs_table, run_view.picker], "api_visibility": "private"}
+              "outputs": [tab.rename_msg, tab.runs_table, run_view.picker, run_view.state], "api_visibility": "private"}
     tab.rename_btn.click(bind(on_rename, app, tab, run_view), **rename)
     tab.label_box.submit(bind(on_rename, app, tab, run_view), **rename)
     return opened
@@ -71,4 +71,5 @@ def on_rename(app: DistillApp, tab: RunsTab, run_view: RunViewComponents, run_id
     if not res["ok"]:
         return {tab.rename_msg: f"**⚠ {res['message']}**"}
     return {tab.rename_msg: f"✓ {esc(res['message'])}", tab.runs_table: runs_rows(app.runs()),
-            run_view.picker: run_choices(app, run_id)}
+            run_view.picker: run_choices(app, run_id),
+            run_view.state: None}  # the next poll redraws all, so a poll already on its way cannot undo the name
