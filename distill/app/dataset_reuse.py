@@ -2,8 +2,8 @@
 
 An upload's fingerprint is a hash of its file list: each file's relative path and the hash of its
 bytes, in order of path. Each upload copied into the workspace leaves a small record,
-`datasets/.uploads/<fingerprint>.json` (outside the dataset folder, so no scan lists it), naming its
-folder and what it holds; a later upload with the same fingerprint reuses that folder, as long as every
+`cache/uploads/<fingerprint>.json` (outside the datasets, so no scan or listing takes it for one), naming
+its folder and what it holds (a lost record only means the next such upload is copied again); a later upload with the same fingerprint reuses that folder, as long as every
 file it copied is still there at its size."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Iterable
 
 from distill.storage import atomic_write_json, file_sha256, parse_json
 
-RECORDS = ".uploads"  # under <workspace>/datasets/; hidden, so it is never taken for a dataset
+RECORDS = ("cache", "uploads")  # under <workspace>
 
 
 @dataclass
@@ -42,7 +42,7 @@ def upload_fingerprint(items: Iterable[tuple[str | os.PathLike, str]], inside: P
 
 
 def _record(workspace: Path, fingerprint: str) -> Path:
-    return Path(workspace) / "datasets" / RECORDS / f"{fingerprint}.json"
+    return Path(workspace).joinpath(*RECORDS) / f"{fingerprint}.json"
 
 
 def remember_upload(workspace: Path, folder: Path, fingerprint: str, files: list[str], label: str) -> None:
