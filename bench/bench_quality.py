@@ -44,7 +44,7 @@ def main() -> None:
     from distill.pipeline import TrainOptions, run_pipeline
     from distill.runs import read_manifest
 
-    fetch = REPO.parent / "shared" / "datasets" / "fetch.sh"
+    fetch = REPO / "scripts" / "fetch_datasets.sh"
     folder = Path(subprocess.run(["bash", str(fetch), args.dataset], capture_output=True, text=True, check=True).stdout.split()[-1])
     run_dir = REPO / "bench" / "out" / "runs" / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = TrainOptions(seed=args.seed, vqvae_overrides={"time_budget_s": args.vq_minutes * 60},

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 def dataset_folder(name: str) -> Path:
     if name == "demo":
         return REPO / "assets" / "demo"
-    fetch = REPO.parent / "shared" / "datasets" / "fetch.sh"
+    fetch = REPO / "scripts" / "fetch_datasets.sh"
     return Path(subprocess.run(["bash", str(fetch), name], capture_output=True, text=True, check=True).stdout.split()[-1])
 
 

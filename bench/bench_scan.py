@@ -41,7 +41,7 @@ def main() -> None:
     if args.one_pass:
         print(json.dumps(one_pass(*args.one_pass)))
         return
-    fetch = REPO.parent / "shared" / "datasets" / "fetch.sh"
+    fetch = REPO / "scripts" / "fetch_datasets.sh"
     folder = subprocess.run(["bash", str(fetch), args.dataset], capture_output=True, text=True, check=True).stdout.split()[-1]
     with tempfile.TemporaryDirectory() as cache:
         rows = {}

@@ -39,7 +39,7 @@ OUT = ROOT / "bench" / "out"
 
 
 def dataset_folder(name: str) -> str:
-    script = ROOT.parent / "shared" / "datasets" / "fetch.sh"
+    script = ROOT / "scripts" / "fetch_datasets.sh"
     return subprocess.run(["bash", str(script), name], check=True, capture_output=True, text=True).stdout.strip()
 
 

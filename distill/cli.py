@@ -25,7 +25,7 @@ def _err(msg: str) -> None:
 
 def cmd_scan(args) -> int:
     from distill.pipeline import TrainOptions, plan_training
-    from distill.scan import scan_dataset
+    from distill.scan import nothing_usable_message, scan_dataset
 
     options = TrainOptions(preset=args.preset, num_quantizers=args.levels)
     report = scan_dataset(args.data_dir, cache_dir=args.cache_dir)
@@ -36,7 +36,7 @@ def cmd_scan(args) -> int:
                     vqvae_config=plan.tier_card["settings"]["vqvae"])
     else:
         data.update(tier=None, prior_config=None, vqvae_config=None,
-                    error="No usable audio files: there is nothing to train on.")
+                    error=nothing_usable_message(report))
     if args.json:
         _print_json(data)
     else:

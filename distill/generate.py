@@ -122,13 +122,16 @@ def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top
 
 
 def codes_to_audio(run: LoadedRun, codes: np.ndarray, normalise: bool = True) -> np.ndarray:
-    """Codes [T', Q] -> waveform float32, peak-normalised to 0.9 (normalise=False: as decoded, so a
-    caller can tell a near-silent result from a sound)."""
+    return decode_codes(run.vqvae, run_configs(run.manifest)[0], codes, normalise)
+
+
+def decode_codes(vqvae: torch.nn.Module, audio, codes: np.ndarray, normalise: bool = True) -> np.ndarray:
+    """[T', Q] codes -> the sound model's decoder -> log-mel -> Griffin-Lim -> float32 audio peaking at 0.9
+    (normalise=False: as decoded, so a caller can tell a near-silent result from a sound)."""
     from distill.audio.griffinlim import mel_to_audio
 
-    audio, vq, _ = run_configs(run.manifest)
     with torch.inference_mode():
-        mel = run.vqvae.decode(torch.as_tensor(codes, dtype=torch.long)[None])
+        mel = vqvae.decode(torch.as_tensor(codes, dtype=torch.long)[None])
         wave = mel_to_audio(mel[0], audio)
     wave = wave.cpu().numpy().astype(np.float32)
     if not normalise:

@@ -13,7 +13,7 @@ from distill.config import (
     get_adaptive_vqvae_config,
 )
 from distill.events import Stage
-from distill.scan import DatasetError, ScanReport
+from distill.scan import DatasetError, ScanReport, nothing_usable_message
 from distill.tiers import TierCard, describe_tier
 
 PRESETS = ("auto", "quick")
@@ -94,7 +94,7 @@ def plan_training(report: ScanReport, options: TrainOptions) -> TrainingPlan:
     """Configs and the tier card for a scanned dataset."""
     used = report.used
     if not used:
-        raise DatasetError("No usable audio files: there is nothing to train on. Check the skipped files' reasons.")
+        raise DatasetError(nothing_usable_message(report))
     vq, prior = preset_configs(len(used), options)
     card: TierCard = describe_tier(
         [e.seconds for e in used], report.audio_config, vq, prior,

@@ -208,7 +208,8 @@ def continuous_history(events: list[dict]) -> list[dict]:
 # --- what the page shows of a manifest ---------------------------------------------------------------
 
 RUN_STATUSES = ("running", "interrupted", "stopped", "failed", "done")
-_TEXT_LIMITS = {"created": 40, "message": 4000, "source": 4096, "id": 120, "imported_from": 300}
+_TEXT_LIMITS = {"created": 40, "message": 4000, "source": 4096, "id": 120, "imported_from": 300, "label": 300}
+MAX_LABEL = 80  # characters of a run's own name
 
 
 def _manifest_problems(m: dict) -> list[str]:
@@ -270,6 +271,55 @@ def run_summary(m: dict) -> dict:
             "files_used": len(used), "stage_seconds": seconds}
 
 
+def clean_label(text) -> str:
+    """A person's name for a run, made safe to keep and show: no control characters, one space between
+    words, at most MAX_LABEL characters ("" clears it)."""
+    if not isinstance(text, str):
+        return ""
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return " ".join(text.split())[:MAX_LABEL].strip()
+
+
+def rename_run(run_dir: str | os.PathLike, label) -> str:
+    """Store a run's own name in its manifest (written atomically); returns the name kept."""
+    kept = clean_label(label)
+    update_manifest(run_dir, label=kept or None)
+    return kept
+
+
+def _dataset_name(source: str | None) -> str:
+    """How a person knows the collection: its folder's name (an upload's copy is named after what was dropped)."""
+    if not source:
+        return "?"
+    return Path(source).name or source
+
+
+def _options_words(m: dict) -> tuple[str, str]:
+    """(preset in words, the training budget in minutes in words) from a manifest's options and configs."""
+    opts = m.get("options") if isinstance(m.get("options"), dict) else {}
+    preset = {"quick": "quick look", "auto": "auto"}.get(opts.get("preset"), "")
+    minutes = opts.get("minutes")
+    if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or not math.isfinite(minutes):
+        budgets = [(m.get(k) or {}).get("time_budget_s") if isinstance(m.get(k), dict) else None
+                   for k in ("vqvae_config", "prior_config")]
+        secs = sum(b for b in budgets if isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b))
+        minutes = secs / 60 if secs else None  # the preset's budgets, as the tier card adds them up
+    if minutes is None:
+        return preset, ""
+    return preset, f"{minutes:.2g} min" if minutes < 10 else f"{minutes:.0f} min"
+
+
+def run_title(m: dict) -> str:
+    """A run named so a person can tell it from the others: its own label (when given) or the dataset's
+    name, then when it was made, its preset and its minutes."""
+    label = clean_label(m.get("label"))
+    created = _text(m.get("created"), _TEXT_LIMITS["created"]) or ""
+    when = created[5:16] if len(created) >= 16 else created  # "MM-DD HH:MM"
+    preset, minutes = _options_words(m)
+    name = label or _dataset_name(_text(m.get("source"), _TEXT_LIMITS["source"]))
+    return " · ".join(b for b in (name, when, preset, minutes) if b)
+
+
 def list_runs(workspace: str | os.PathLike) -> list[dict]:
     """Every readable run, newest first. Unreadable folders are listed with their problem, not hidden."""
     root = runs_root(workspace)
@@ -290,7 +340,7 @@ def list_runs(workspace: str | os.PathLike) -> list[dict]:
             "id": d.name, "path": str(d), "created": shown["created"], "status": shown["status"],
             "tier": shown["tier"], "files_used": shown["files_used"],
             "has_vqvae": (d / "vqvae.safetensors").is_file(), "has_prior": (d / "prior.safetensors").is_file(),
-            "source": shown["source"],
+            "source": shown["source"], "title": run_title(m), "label": clean_label(m.get("label")),
             # can `distill.pipeline.resume_run` continue it (`can_resume` gives the details)
             "resumable": shown["status"] in ("interrupted", "stopped", "failed") and bool(shown["source"]),
         })

@@ -27,6 +27,34 @@ class DatasetError(ValueError):
     """The dataset as a whole cannot be used (missing folder, nothing usable); message for people."""
 
 
+ACCEPTED_FORMATS = "WAV, FLAC, Ogg Vorbis, MP3 and AIFF"
+
+
+def accepted_formats() -> str:
+    """The formats a scan reads, in words and extensions (for messages about a folder with none)."""
+    return f"{ACCEPTED_FORMATS} ({', '.join(sorted(AUDIO_EXTENSIONS))})"
+
+
+def nothing_usable_message(report: "ScanReport") -> str:
+    """Why a scan found nothing to train on, in words that fit what the folder holds: no files at all,
+    files but none of them audio, or audio files that were all skipped (then their reasons help)."""
+    files = [e for e in report.skipped if not e.path.endswith("/")]
+    hidden = [e for e in files if e.reason.startswith("hidden file")]
+    visible = [e for e in files if e not in hidden]
+    not_audio = [e for e in visible if e.reason.startswith("not an audio file")]
+    if not visible:
+        what = "no files at all" if not hidden else f"only {len(hidden)} hidden file{'s' if len(hidden) != 1 else ''}"
+        return f"No usable audio files: this folder holds no audio files ({what}). Distill reads {accepted_formats()}."
+    if len(not_audio) == len(visible):
+        n = len(visible)
+        what = "the one file in this folder is not" if n == 1 else f"none of the {n} files in this folder is"
+        return f"No usable audio files: {what} an audio file. Distill reads {accepted_formats()}."
+    n = len(visible) - len(not_audio)
+    what = "the one audio file" if n == 1 else f"none of the {n} audio files"
+    return (f"No usable audio files: {what} in this folder could {'not ' if n == 1 else ''}be used; "
+            "the file list gives each one's reason.")
+
+
 @dataclass
 class FileEntry:
     path: str  # relative to the scan root, with '/' separators (subfolders kept)

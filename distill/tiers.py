@@ -20,6 +20,7 @@ class TierCard:
     settings: dict
     warnings: list[str] = field(default_factory=list)
     code_tokens: int = 0
+    training_windows: int = 0  # the prior's context windows the training files fill (training_windows)
     eta_s: float | None = None
     device: str = ""
 
@@ -45,6 +46,20 @@ def _fmt_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def training_windows(tokens: int, audio: AudioConfig, vq: VQVAEConfig, prior: PriorConfig) -> tuple[int, float]:
+    """(windows, seconds per window): how many of the prior's context windows the files that train fill
+    (the held-out share checks, it does not train), and how long one window sounds. The card and the
+    warnings give this one number."""
+    context = max(prior.seq_len(vq.num_quantizers), 1)
+    train_tokens = tokens * (1.0 - prior.val_fraction)
+    window_s = prior.context_steps * vq.downsample / audio.frames_per_second
+    return max(1, math.ceil(train_tokens / context)) if tokens else 0, window_s
+
+
+TIER_BOUNDS = {1: "20 or fewer files", 2: "21 to 100 files", 3: "more than 100 files"}
+THIN_WINDOWS = 20  # fewer training windows than this: the prior will memorise early
+
+
 def describe_tier(
     file_seconds: list[float],
     audio: AudioConfig,
@@ -57,16 +72,22 @@ def describe_tier(
     tier = tier_for(n)
     total = sum(min(s, audio.max_seconds) for s in file_seconds)
     tokens = code_token_count(file_seconds, audio, vq)
-    bounds = {1: "20 or fewer files", 2: "21 to 100 files", 3: "more than 100 files"}[tier]
+    windows, window_s = training_windows(tokens, audio, vq, prior)
     code_rate = audio.frames_per_second / vq.downsample
+    tier_word = TIER_NAMES[tier].split(" (")[0].lower()
+    files = f"{n} usable file{'s' if n != 1 else ''}"
+    # Honest about the rule: the tier follows the file count alone (the seed's table), not the minutes.
     reasons = [
-        f"{n} usable file{'s' if n != 1 else ''} → the {TIER_NAMES[tier].split(' (')[0].lower()} tier ({bounds}): "
-        f"model size grows with the amount of material, so a small collection gets a small model that is slower to memorise it.",
-        f"{_fmt_seconds(total)} of audio in all → about {tokens:,} code tokens "
-        f"({code_rate:.1f} code steps per second × {vq.num_quantizers} levels) for the prior to learn from.",
-        f"Codebook of {vq.codebook_size} codes per level, {vq.num_quantizers} residual levels; prior of "
-        f"{prior.num_layers} layers × {prior.hidden_size} wide, dropout {prior.dropout}; "
-        f"{round(prior.val_fraction * 100)}% of files held out to check it learns rather than memorises.",
+        f"Tier chosen by file count: {files} → the {tier_word} tier ({TIER_BOUNDS[tier]}). The size follows "
+        "how many files there are, not how long they are: many short files get a bigger model than a few long ones.",
+        f"What that means for these files: {_fmt_seconds(total)} of audio in all, about {tokens:,} moments of sound "
+        f"to learn from (code tokens: {code_rate:.1f} code steps per second × {vq.num_quantizers} levels), which "
+        f"fill {windows:,} training window{'s' if windows != 1 else ''} of {window_s:.1f} s (this preset's context) once "
+        f"{round(prior.val_fraction * 100)}% of the files are held out to check it learns rather than memorises.",
+        f"Codebook of {vq.codebook_size} codes per level, {vq.num_quantizers} residual levels; sequence model of "
+        f"{prior.num_layers} layers × {prior.hidden_size} wide, dropout {prior.dropout}. Before it trains, a "
+        "one-second speed test may make it smaller to fit the time budget on this machine; the Training tab "
+        "then says what changed.",
     ]
     warnings: list[str] = []
     if n == 0:
@@ -81,12 +102,12 @@ def describe_tier(
             f"The files are very short (average {total / n:.2f} s): each gives only a few code steps, so the prior "
             "sees little context. Longer recordings teach it more."
         )
-    context_tokens = prior.seq_len(vq.num_quantizers)
-    if n and tokens < 20 * context_tokens:
+    if n and windows < THIN_WINDOWS:
         warnings.append(
-            f"Only about {tokens:,} code tokens in all (≈ {tokens / max(context_tokens, 1):.0f} training windows): "
-            "thin for this model size. Expect it to start memorising early; Distill keeps the best version "
-            "before that happens."
+            f"{_fmt_seconds(total)} of audio fills only {windows:,} training window{'s' if windows != 1 else ''}: "
+            f"thin for a sequence model of {prior.num_layers} layers × {prior.hidden_size}. "
+            "Expect it to start memorising early; Distill keeps the best version before that happens. More or "
+            "longer recordings help most."
         )
     if skipped_count:
         warnings.append(f"{skipped_count} file{'s were' if skipped_count != 1 else ' was'} skipped — see the reasons in the file list.")
@@ -96,4 +117,5 @@ def describe_tier(
             f"{_fmt_seconds(audio.max_seconds)}: only the start of each is used."
         )
     settings = {"audio": asdict(audio), "vqvae": asdict(vq), "prior": asdict(prior)}
-    return TierCard(tier=tier, name=TIER_NAMES[tier], reasons=reasons, settings=settings, warnings=warnings, code_tokens=tokens)
+    return TierCard(tier=tier, name=TIER_NAMES[tier], reasons=reasons, settings=settings, warnings=warnings,
+                    code_tokens=tokens, training_windows=windows)

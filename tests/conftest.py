@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic audio folders, the real collections from ../shared/datasets/fetch.sh, and the
+"""Shared fixtures: synthetic audio folders, the real collections from scripts/fetch_datasets.sh, and the
 app launched in a subprocess on a free port (`start_app`, `app_process`, `Server`)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FETCH = Path(os.environ.get("DISTILL_FETCH", REPO.parent / "shared" / "datasets" / "fetch.sh"))
+FETCH = Path(os.environ.get("DISTILL_FETCH", REPO / "scripts" / "fetch_datasets.sh"))
 
 # Tiny test models gain nothing from a second thread, and two busy processes (the test and an app
 # subprocess) each spinning two OpenMP threads on 2 cores run many times slower. Children inherit this.
@@ -64,9 +64,9 @@ def cache_dir(tmp_path) -> Path:
 
 def fetch_dataset(name: str) -> Path:
     """A real collection. Missing tools or network make the test fail (never skip)."""
-    assert FETCH.is_file(), f"{FETCH} is missing: real-audio tests need ../shared/datasets/fetch.sh"
+    assert FETCH.is_file(), f"{FETCH} is missing: real-audio tests need scripts/fetch_datasets.sh"
     out = subprocess.run(["bash", str(FETCH), name], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, f"fetch.sh {name} failed: {out.stderr[-2000:]}"
+    assert out.returncode == 0, f"fetch_datasets.sh {name} failed: {out.stderr[-2000:]}"
     return Path(out.stdout.strip().splitlines()[-1])
 
 

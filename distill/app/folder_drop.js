@@ -160,7 +160,8 @@
   watch("value", () => {
     try {
       const v = JSON.parse(props.value || "{}");
-      if (v && typeof v.result === "string") setStatus(v.result, v.ok ? "done" : "error");
+      // An empty result clears the line: a new dataset came another way, so the last drop's verdict is stale.
+      if (v && typeof v.result === "string") setStatus(v.result, v.result && (v.ok ? "done" : "error"));
     } catch (e) { /* the value is our own upload list until the server answers */ }
   });
   // Lets tests (and power users) feed a list of {file, rel} directly.

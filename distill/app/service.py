@@ -8,7 +8,6 @@ and the JSON API (api.py) only call it.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.app.dataset_reuse import find_upload, remember_upload, upload_fingerprint
 from distill.app.uploads import UploadError, UploadLimits, ingest_files, new_dataset_dir
 from distill.app.views import fmt_duration
 from distill.app.worker import Worker
@@ -27,6 +27,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / "assets" / "demo"
 MAX_VARIATIONS = 4
 PREVIEW_SECONDS = 120.0  # audio preview of a file outside the workspace is cut to this
+# Where a person without a run is sent: every "no run" dead end says the same, and where to go.
+NO_RUN_MESSAGE = ("No run to use yet: train one first. On the 1 · Dataset tab, drop a folder (or use the demo), "
+                  "then press Start training; a quick look takes about a minute.")
+NOT_TRAINED_MESSAGE = "This run's sequence model is not trained yet: wait for training to finish, or open a finished run."
 
 
 @dataclass
@@ -108,6 +112,13 @@ class DistillApp:
             items.append((f["path"], f["rel"]))
         tops = {it[1].replace("\\", "/").split("/")[0] for it in items}
         label = next(iter(tops)) if len(tops) == 1 and len(items) > 1 else "upload"
+        fingerprint = upload_fingerprint(items, upload_root())
+        earlier = find_upload(self.workspace, fingerprint) if fingerprint else None
+        if earlier is not None:  # the same files again: scan the copy made last time
+            folder, mark = earlier
+            note = (f"The same {len(mark.files)} file(s) as an earlier upload: using the copy already in the workspace "
+                    f"(`{folder.name}`), nothing copied again.")
+            return self.scan(_dataset_root(folder), label=mark.label, note=note, progress=progress)
         folder = new_dataset_dir(self.workspace, label)
         try:
             result = ingest_files(items, folder, self.limits, allowed_roots=[upload_root()])
@@ -117,14 +128,9 @@ class DistillApp:
         except OSError as exc:  # a disk or file-system problem: said in words, nothing half-copied left behind
             shutil.rmtree(folder, ignore_errors=True)
             raise UploadError(f"The upload could not be copied into the workspace ({exc.strerror or exc}).") from None
-        # A dropped folder (or a zip of one) lands as <dataset>/<folder>/...: scan from inside it.
-        root = folder
-        for _ in range(4):
-            children = [p for p in root.iterdir() if not p.name.startswith(".")]
-            if len(children) != 1 or not children[0].is_dir() or children[0].is_symlink():
-                break
-            root = children[0]
-        return self.scan(root, label=label, note=result.summary(), progress=progress)
+        if fingerprint:
+            remember_upload(self.workspace, folder, fingerprint, result.files, label)
+        return self.scan(_dataset_root(folder), label=label, note=result.summary(), progress=progress)
 
     def demo_dataset(self, progress=None) -> ScanEntry:
         from distill.scan import DatasetError
@@ -191,7 +197,7 @@ class DistillApp:
     def retrain(self, run_id: str, options) -> dict:
         run_dir = self.run_dir(run_id)
         if run_dir is None:
-            return {"ok": False, "message": "Choose a run first.", "run_id": ""}
+            return {"ok": False, "message": NO_RUN_MESSAGE, "run_id": ""}
         if not (run_dir / "codes.safetensors").is_file():
             return {"ok": False, "message": "This run has no codes yet, so there is nothing to retrain the sequence model on.",
                     "run_id": run_id}
@@ -202,7 +208,7 @@ class DistillApp:
 
         run_dir = self.run_dir(run_id)
         if run_dir is None:
-            return {"ok": False, "message": "Choose a run first.", "run_id": ""}
+            return {"ok": False, "message": NO_RUN_MESSAGE, "run_id": ""}
         if self.worker.is_running():
             return {"ok": False, "message": "A training run is going; wait for it or stop it first.", "run_id": run_id}
         check = can_resume(run_dir)
@@ -225,6 +231,23 @@ class DistillApp:
                 r["status"] = "interrupted"  # the app stopped while it trained; finished stages are kept
             out.append(r)
         return out
+
+    def rename(self, run_id: str | None, label) -> dict:
+        """Give a run its own name (kept in its manifest). {"ok", "message", "label"}."""
+        from distill.runs import UnsafeFileError, rename_run
+
+        run_dir = self.run_dir(run_id)
+        if run_dir is None:
+            return {"ok": False, "message": NO_RUN_MESSAGE, "label": ""}
+        if self.worker.active_run_dir() == run_dir:  # the worker rewrites this manifest as it trains
+            return {"ok": False, "message": "This run is training: rename it once it has finished (or been stopped).",
+                    "label": ""}
+        try:
+            kept = rename_run(run_dir, label)
+        except (UnsafeFileError, OSError) as exc:
+            return {"ok": False, "message": f"The run could not be renamed: {exc}", "label": ""}
+        return {"ok": True, "label": kept,
+                "message": f"Renamed to “{kept}”." if kept else "Its own name removed: it is named after its dataset again."}
 
     def run_dir(self, run_id: str | None) -> Path | None:
         if not run_id:
@@ -345,35 +368,54 @@ class DistillApp:
         except Exception:
             return None
 
+    def reconstruction(self, run_dir: Path, name: str):
+        """The training file heard through its codes, as (sample_rate, wave) for a player; None when the run
+        has no codes or sound model yet, or `name` is not one of its files. Decoded once per file and model."""
+        from distill.reconstruct import reconstruct_file
+
+        if not isinstance(name, str) or name not in self.codes(run_dir):
+            return None
+        vq_path = run_dir / "vqvae.safetensors"
+
+        def load():
+            from distill.runs import load_vqvae
+
+            return load_vqvae(run_dir)
+
+        try:
+            vqvae = self._cached(("vqvae", str(run_dir)), vq_path, load)
+            if vqvae is None:
+                return None
+            rec = self._cached(("recon", str(run_dir), name), vq_path,
+                               lambda: reconstruct_file(run_dir, name, vqvae=vqvae))
+        except Exception:  # a damaged or foreign run: no player rather than a broken tab
+            return None
+        return rec.sample_rate, rec.wave
+
     # --- generation -------------------------------------------------------------------------------
 
     def generate(self, run_id: str, seconds: float = 4.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, variations: int = 1, fmt: str = "wav", prompt_file: str | None = None,
                  clip_ends: bool = True, follow: float | None = None) -> list[dict]:
         """Generate and save `variations` samples (seeds seed, seed+1, ...). Raises ValueError for people."""
+        from distill.config import SAMPLING_DEFAULTS
         from distill.generate import RunCache, generate_audio, save_sample
+        from distill.sampling_check import sampling_problems
 
         run_dir = self.run_dir(run_id)
         if run_dir is None:
-            raise ValueError("Choose a run first.")
+            raise ValueError(NO_RUN_MESSAGE)
         if not (run_dir / "prior.safetensors").is_file():
-            raise ValueError("This run's sequence model is not trained yet: wait for training to finish, or open a finished run.")
+            raise ValueError(NOT_TRAINED_MESSAGE)
         fmt = (fmt or "wav").lower()
         if fmt not in ("wav", "flac"):
             raise ValueError("Format must be WAV or FLAC.")
         variations = max(1, min(MAX_VARIATIONS, int(variations or 1)))
-        seconds = float(seconds or 0)
-        if not 0 < seconds <= 600:
-            raise ValueError("Duration must be between 0.1 s and 10 minutes.")
-        if not math.isfinite(float(temperature)) or not math.isfinite(float(top_p)):
-            raise ValueError("Temperature and top-p must be numbers.")
-        from distill.config import SAMPLING_DEFAULTS
-
-        follow = SAMPLING_DEFAULTS["retrieval"] if follow is None else float(follow)
-        if not 0 <= follow <= 1:
-            raise ValueError("'Follow your material' must be between 0 and 1.")
-        if not -2**63 <= int(seed or 0) < 2**63 - MAX_VARIATIONS:
-            raise ValueError("The seed must be a whole number below 9.2 × 10¹⁸.")
+        follow = SAMPLING_DEFAULTS["retrieval"] if follow is None else follow
+        problems = sampling_problems(seconds, temperature, top_k, top_p, seed, follow)
+        if problems:
+            raise ValueError(problems[0].message)
+        seconds, follow = float(seconds), float(follow)
         prompt = prompt_file or None
         out = []
         with self._gen_lock:
@@ -494,6 +536,17 @@ class DistillApp:
             result = make_one_shots(run, settings)
             saved = save_pack(run_dir, run_dir.name, result, settings)
         return {**saved, "message": result.summary(settings.count), "elapsed_s": round(time.perf_counter() - t0, 2)}
+
+
+def _dataset_root(folder: Path) -> Path:
+    """A dropped folder (or a zip of one) lands as <dataset>/<folder>/...: scan from inside it."""
+    root = folder
+    for _ in range(4):
+        children = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(children) != 1 or not children[0].is_dir() or children[0].is_symlink():
+            break
+        root = children[0]
+    return root
 
 
 def _used_files(manifest: dict) -> set[str]:

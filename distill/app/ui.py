@@ -18,7 +18,7 @@ from distill.app.page.bind import bind
 from distill.app.page.codes_tab import build_codes_tab, wire_codes_tab
 from distill.app.page.dataset_tab import DatasetTab, build_dataset_tab, scan_view, wire_dataset_tab
 from distill.app.page.forms import FORM_KEYS, form_for_job
-from distill.app.page.generate_tab import build_generate_tab, wire_generate_tab
+from distill.app.page.generate_tab import build_generate_tab, follow_run_switches, wire_generate_tab
 from distill.app.page.run_view_draw import RunViewComponents, refresh_run_view
 from distill.app.page.runs_tab import build_runs_tab, wire_runs_tab
 from distill.app.page.training_tab import build_training_tab, wire_training_tab
@@ -81,11 +81,12 @@ def build_ui(workspace: str | Path, app: DistillApp | None = None) -> gr.Blocks:
             retrain_msg=training.retrain_msg, r_hidden=training.r_hidden, r_layers=training.r_layers, r_heads=training.r_heads,
             r_dropout=training.r_dropout, r_lr=training.r_lr)
 
-        wire_dataset_tab(app, dataset, tabs, run_view)
+        started = wire_dataset_tab(app, dataset, tabs, run_view)
         wire_training_tab(app, training, run_picker, view_state)
         wire_codes_tab(app, codes, run_picker, view_state)
-        wire_generate_tab(app, generate, run_picker, codes.hist_plot)
-        wire_runs_tab(app, runs, tabs, run_view)
+        wire_generate_tab(app, generate, run_picker, codes.hist_plot, tabs, view_state)
+        opened = wire_runs_tab(app, runs, tabs, run_view)
+        follow_run_switches(generate, run_picker, started, opened)
         wire_variations_tab(app, variations, run_picker, tabs, [(s.vary_btn, s.audio) for s in generate.slots])
 
         view_outputs = run_view.outputs()
@@ -127,6 +128,7 @@ def on_load(app: DistillApp, dataset: DatasetTab, tabs: gr.Tabs, run_view: RunVi
     if running is not None:
         shown.update(job_form(app, dataset, running, entry))
         shown[tabs] = gr.Tabs(selected="train")
+    shown.pop(dataset.dropzone, None)  # a fresh page's drop zone says nothing yet; an update would redraw it mid-drop
     return {**shown, **run_view.updates(refresh_run_view(app, run_id, None, force=True))}
 
 

@@ -62,9 +62,15 @@ def _num(x: Any, fmt: str = "{:.3g}") -> str:
 # --- cards ------------------------------------------------------------------------------------------
 
 
-def tier_card_html(card: dict | None, edited: list[str] | None = None, error: str | None = None) -> str:
+DATASET_ERROR_TITLE = "Nothing to train on yet."
+SETTINGS_ERROR_TITLE = "These settings cannot be used."
+
+
+def tier_card_html(card: dict | None, edited: list[str] | None = None, error: str | None = None,
+                   title: str = DATASET_ERROR_TITLE) -> str:
+    """The tier card; `error` replaces it, headed by `title` (a dataset problem or a settings problem)."""
     if error:
-        return render('<div class="d-card d-empty d-error"><b>Nothing to train on yet.</b><br>{error}</div>', error=error)
+        return render('<div class="d-card d-empty d-error"><b>{title}</b><br>{error}</div>', title=title, error=error)
     if not card:
         return ('<div class="d-card d-empty"><b>No dataset yet.</b><br>Drop a folder of sounds on the left, '
                 'type a path, or try the demo. The tier Distill picks for it will appear here.</div>')
@@ -314,7 +320,8 @@ def summary_md(entry) -> str:
 
 def runs_rows(runs: list[dict]) -> list[list]:
     yes = lambda b: "✓" if b else "—"  # noqa: E731
-    return [[r["id"], r.get("created") or "", r.get("status", ""), r.get("tier") or "", r.get("files_used", ""),
+    return [[r["id"], r.get("title") or "", r.get("created") or "", r.get("status", ""), r.get("tier") or "",
+             r.get("files_used", ""),
              yes(r.get("has_vqvae")), yes(r.get("has_prior")), str(r.get("source") or r.get("problem") or "")]
             for r in runs]
 

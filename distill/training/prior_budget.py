@@ -52,7 +52,8 @@ def fit_prior_to_budget(config: PriorConfig, codebook_size: int, num_quantizers:
     if config == original:
         return config, None
     note = (
-        f"To learn well in the {config.time_budget_s / 60:.0f}-minute budget on this device, the sequence model "
+        f"Fitted to the time budget (the tier card's sequence model changed): to learn well in the "
+        f"{config.time_budget_s / 60:.0f}-minute budget on this device, the sequence model "
         f"trains with batch {config.batch_size}"
         + (f" and a {config.num_layers}-layer × {config.hidden_size} size" if config.hidden_size != original.hidden_size else "")
         + f" instead of batch {original.batch_size}"

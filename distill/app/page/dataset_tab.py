@@ -9,11 +9,12 @@ import gradio as gr
 
 from distill.app.page.bind import bind
 from distill.app.page.forms import DEVICE_CHOICES, PRESET_CHOICES, options_from_form, progress_cb
+from distill.app.page.help import HELP
 from distill.app.page.run_view_draw import RunViewComponents, run_choices
 from distill.app.page.training_tab import on_stop
 from distill.app.service import DistillApp, ScanEntry
 from distill.app.uploads import UploadError
-from distill.app.views import DROPZONE_TEMPLATE, page_rows, summary_md, tier_card_html
+from distill.app.views import DROPZONE_TEMPLATE, SETTINGS_ERROR_TITLE, esc, page_rows, summary_md, tier_card_html
 
 
 @dataclass
@@ -56,10 +57,12 @@ class DatasetTab:
 
     @property
     def scan_outputs(self) -> list:
-        """What a scan updates (see `scan_view`)."""
+        """What a scan updates (see `scan_view`): every message of the dataset panel, so none outlives the
+        dataset it was about."""
         return [self.scan_state, self.page_state, self.tier_card, self.ingest_msg, self.report_summary,
                 self.report_table, self.page_label, self.preset, self.levels, self.codebook, self.hidden, self.layers,
-                self.heads, self.dropout, self.lr, self.report_box, self.minutes]
+                self.heads, self.dropout, self.lr, self.report_box, self.minutes, self.start_msg, self.report_filter,
+                self.dropzone]
 
 
 def build_dataset_tab(app: DistillApp, js: str) -> DatasetTab:
@@ -83,20 +86,22 @@ def build_dataset_tab(app: DistillApp, js: str) -> DatasetTab:
                 with gr.Accordion("Settings — change them before training if you like", open=False,
                                   elem_id="d-settings"):
                     with gr.Row():
-                        preset = gr.Radio(PRESET_CHOICES, value="auto", label="Preset", scale=3)
-                        device = gr.Dropdown(DEVICE_CHOICES, value="auto", label="Device", scale=2)
+                        preset = gr.Radio(PRESET_CHOICES, value="auto", label="Preset", scale=3, info=HELP["preset"])
+                        device = gr.Dropdown(DEVICE_CHOICES, value="auto", label="Device", scale=2, info=HELP["device"])
                         minutes = gr.Number(None, label="Time budget, minutes (empty = preset's)", maximum=240, step=0.5,
-                                            scale=2, elem_id="d-minutes")
+                                            scale=2, elem_id="d-minutes", info=HELP["minutes"])
                     with gr.Row():
-                        levels = gr.Slider(2, 4, value=3, step=1, label="Codebook levels (VQ-VAE)")
-                        codebook = gr.Dropdown([16, 32, 64, 128, 256, 512], value=64, label="Codes per level")
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                        levels = gr.Slider(2, 4, value=3, step=1, label="Codebook levels (VQ-VAE)", info=HELP["levels"])
+                        codebook = gr.Dropdown([16, 32, 64, 128, 256, 512], value=64, label="Codes per level",
+                                               info=HELP["codebook"])
+                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, info=HELP["seed"])
                     with gr.Row():
-                        hidden = gr.Dropdown([32, 64, 128, 256, 384, 512], value=128, label="Prior width")
-                        layers = gr.Slider(1, 8, value=2, step=1, label="Prior layers")
-                        heads = gr.Dropdown([1, 2, 4, 8], value=4, label="Attention heads")
-                        dropout = gr.Slider(0.0, 0.6, value=0.3, step=0.05, label="Dropout")
-                        lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1, step=1e-4)
+                        hidden = gr.Dropdown([32, 64, 128, 256, 384, 512], value=128, label="Prior width",
+                                             info=HELP["hidden"])
+                        layers = gr.Slider(1, 8, value=2, step=1, label="Prior layers", info=HELP["layers"])
+                        heads = gr.Dropdown([1, 2, 4, 8], value=4, label="Attention heads", info=HELP["heads"])
+                        dropout = gr.Slider(0.0, 0.6, value=0.3, step=0.05, label="Dropout", info=HELP["dropout"])
+                        lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1, step=1e-4, info=HELP["lr"])
                 with gr.Row():
                     start_btn = gr.Button("Start training", variant="primary", elem_id="d-start-btn", scale=3)
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="d-stop-btn-ds", scale=1, interactive=False)
@@ -119,10 +124,11 @@ def build_dataset_tab(app: DistillApp, js: str) -> DatasetTab:
                       report_table)
 
 
-def wire_dataset_tab(app: DistillApp, tab: DatasetTab, tabs: gr.Tabs, run_view: RunViewComponents) -> None:
+def wire_dataset_tab(app: DistillApp, tab: DatasetTab, tabs: gr.Tabs, run_view: RunViewComponents):
+    """Returns the start event, after which other tabs follow the run it shows."""
     scan_opts = {"outputs": tab.scan_outputs, "show_progress_on": [tab.tier_card]}
     tab.dropzone.files_ready(bind(on_files_ready, app, tab), inputs=[tab.dropzone],
-                             outputs=[*tab.scan_outputs, tab.dropzone], api_visibility="private",
+                             outputs=tab.scan_outputs, api_visibility="private",
                              show_progress_on=[tab.tier_card])
     tab.scan_btn.click(bind(on_scan_path, app, tab), inputs=[tab.path_box], api_name="scan_ui",
                        api_visibility="undocumented", **scan_opts)
@@ -144,23 +150,27 @@ def wire_dataset_tab(app: DistillApp, tab: DatasetTab, tabs: gr.Tabs, run_view: 
     tab.next_btn.click(bind(on_page, app, tab, +1), **paging)
     tab.report_filter.input(bind(on_page, app, tab, None), **paging)
 
-    tab.start_btn.click(bind(on_start, app, tab, tabs, run_view), inputs=[tab.scan_state, *tab.settings],
+    started = tab.start_btn.click(bind(on_start, app, tab, tabs, run_view), inputs=[tab.scan_state, *tab.settings],
                         outputs=[tab.start_msg, tabs, run_view.picker, run_view.state, run_view.stop],
                         api_name="start_ui", api_visibility="undocumented", concurrency_limit=None)
     tab.stop_btn.click(bind(on_stop, app, tab.start_msg), outputs=[tab.start_msg], api_visibility="private",
                        concurrency_limit=None)
+    return started
 
 
 # --- handlers ------------------------------------------------------------------------------------------
 
 
-def scan_view(app: DistillApp, tab: DatasetTab, entry: ScanEntry, message: str) -> dict:
+def scan_view(app: DistillApp, tab: DatasetTab, entry: ScanEntry, message: str, dropped: bool = False) -> dict:
     """Everything the dataset panel shows for a fresh scan: a new dataset starts from its tier's settings,
-    so the form (time budget included) is reset to the plan's."""
+    so the form (time budget included) is reset to the plan's, and the previous dataset's messages (the
+    start message, the drop zone's verdict, the report's filter) go with it. `dropped`: the scan came
+    from the drop zone, whose status line then gives the verdict."""
     from distill.scan import DatasetError
 
     options = app.options()
     out = {tab.tier_card: tier_card_html(None)}
+    used = len(entry.report.used)
     try:
         plan = app.plan(entry, options)
         vq, pr = plan.vqvae_config, plan.prior_config
@@ -170,11 +180,19 @@ def scan_view(app: DistillApp, tab: DatasetTab, entry: ScanEntry, message: str) 
                     tab.lr: pr.learning_rate})
     except DatasetError as exc:
         out[tab.tier_card] = tier_card_html(None, error=str(exc))
+    if not used:  # the card says why; the line on the left must not say "✓"
+        message = f"**⚠ Nothing to train on in `{esc(entry.label)}`** — see why on the right."
+    verdict = ""
+    if dropped:
+        verdict = (f"Ready: {used} usable file{'s' if used != 1 else ''}. See the tier card." if used
+                   else "Nothing usable arrived: see the card on the right.")
     page = {"page": 0, "filter": "all"}
     rows, label = page_rows(entry, page)
     out.update({tab.scan_state: entry.id, tab.page_state: page, tab.ingest_msg: message,
                 tab.report_summary: summary_md(entry), tab.report_table: rows, tab.page_label: label,
-                tab.report_box: gr.Column(visible=True), tab.minutes: None})
+                tab.report_box: gr.Column(visible=bool(entry.report.entries)), tab.minutes: None,
+                tab.start_msg: "", tab.report_filter: "all",
+                tab.dropzone: json.dumps({"result": verdict, "ok": bool(used)})})
     return out
 
 
@@ -185,9 +203,7 @@ def on_files_ready(app: DistillApp, tab: DatasetTab, payload, progress=gr.Progre
         entry = app.ingest_upload(payload, progress=progress_cb(progress))
     except (UploadError, DatasetError) as exc:
         return {tab.ingest_msg: f"**⚠ {exc}**", tab.dropzone: json.dumps({"result": str(exc), "ok": False})}
-    used = len(entry.report.used)
-    verdict = f"Ready: {used} usable file{'s' if used != 1 else ''}. See the tier card."
-    return {**scan_view(app, tab, entry, f"✓ {entry.note}"), tab.dropzone: json.dumps({"result": verdict, "ok": True})}
+    return scan_view(app, tab, entry, f"✓ {entry.note}", dropped=True)
 
 
 def on_scan_path(app: DistillApp, tab: DatasetTab, path, progress=gr.Progress()):
@@ -217,11 +233,11 @@ def on_settings(app: DistillApp, tab: DatasetTab, scan_id, *values):
         return {}
     options, edited, err = options_from_form(app, entry, values)
     if err:
-        return {tab.tier_card: tier_card_html(None, error=err)}
+        return {tab.tier_card: tier_card_html(None, error=err, title=SETTINGS_ERROR_TITLE)}
     try:
         plan = app.plan(entry, options)
     except Exception as exc:  # a bad combination: say so on the card
-        return {tab.tier_card: tier_card_html(None, error=str(exc))}
+        return {tab.tier_card: tier_card_html(None, error=str(exc), title=SETTINGS_ERROR_TITLE)}
     return {tab.tier_card: tier_card_html(plan.tier_card, edited=edited)}
 
 
@@ -234,7 +250,7 @@ def on_preset(app: DistillApp, tab: DatasetTab, scan_id, preset_v, minutes_v, de
     try:
         plan = app.plan(entry, options)
     except Exception as exc:
-        return {tab.tier_card: tier_card_html(None, error=str(exc))}
+        return {tab.tier_card: tier_card_html(None, error=str(exc), title=SETTINGS_ERROR_TITLE)}
     vq, pr = plan.vqvae_config, plan.prior_config
     return {tab.tier_card: tier_card_html(plan.tier_card), tab.codebook: vq.codebook_size, tab.hidden: pr.hidden_size,
             tab.layers: pr.num_layers, tab.heads: pr.num_heads, tab.dropout: pr.dropout, tab.lr: pr.learning_rate}
@@ -254,6 +270,9 @@ def on_page(app: DistillApp, tab: DatasetTab, delta: int | None, scan_id, page, 
 
 def on_start(app: DistillApp, tab: DatasetTab, tabs: gr.Tabs, run_view: RunViewComponents, scan_id, *values):
     entry = app.get_scan(scan_id)
+    if entry is None and scan_id:  # the page shows a dataset the app no longer holds
+        return {tab.start_msg: "**⚠ The app no longer holds this dataset's scan** (it was restarted, or other "
+                               "tabs scanned more folders since): scan the folder again, then start."}
     if entry is None:
         return {tab.start_msg: "**Choose a dataset first** — drop a folder, type a path or use the demo."}
     options, _, err = options_from_form(app, entry, values)

@@ -103,9 +103,7 @@ def run_choices(app: DistillApp, run_id: str | None) -> gr.Dropdown:
     """The run picker: every run with its status, `run_id` selected when it is one of them."""
     choices = []
     for r in app.runs():
-        bits = [r["id"], r.get("status", "")]
-        if r.get("files_used"):
-            bits.append(f"{r['files_used']} files")
+        bits = [r.get("title") or r["id"], r.get("status", "")]  # the title names it for a person (runs.run_title)
         choices.append((" · ".join(b for b in bits if b), r["id"]))
     ids = {c[1] for c in choices}
     return gr.Dropdown(choices=choices, value=run_id if run_id in ids else None)
