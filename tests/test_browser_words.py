@@ -319,7 +319,7 @@ def test_every_control_has_help_and_no_bare_jargon(app, browser, kit):  # noqa: 
     config = httpx.get(f"{app.url}config", timeout=30).json()
     controls = {"dropdown", "slider", "number", "radio", "checkbox", "textbox"}
     missing = []
-    for tab in ("tab-dataset", "tab-generate", "tab-codes", "tab-runs"):
+    for tab in ("tab-dataset", "tab-train", "tab-generate", "tab-codes", "tab-variations", "tab-runs"):
         for c in _tab_components(config, tab):
             p = c.get("props", {})
             # a control without a label explains itself (the typed path's placeholder, the report's filter)

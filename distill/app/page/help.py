@@ -48,6 +48,25 @@ HELP = {
     "reconstruction": "Your file, and the same file turned into codes and back into sound by the sound "
                       "model. How close they are tells how much of your sound the codes keep: what is lost "
                       "here is lost in every generated sound too.",
+    # training tab
+    "vq_plot": "The sound model learning to turn your audio into codes and back: lower is closer to your "
+               "files; the green line is files it does not train on, and when it flattens, more minutes add little.",
+    "prior_plot": "The sequence model learning which code comes next, and how surprised the model is by "
+                  "sounds it did not train on (validation perplexity: about how many codes it still hesitates "
+                  "between). Lower is better; when the green line turns up, it has started to memorise.",
+    "health_plot": "How many of each level's sound snippets are in regular use: most of them in use means "
+                   "the codes describe your material finely; many never used means a smaller model would do.",
+    "retrain_minutes": "How long the new sequence model may train; empty keeps the preset's time.",
+    # variations tab
+    "v_source": "What to make variations of: one of your training files, a sound generated earlier, or any "
+                "audio file of your own.",
+    "v_mode": "Keep the shape: the broad outline stays, the detail is new. Continue from here: everything "
+              "before the point stays, and the model carries on from it.",
+    "v_at": "Where the new material begins, in seconds from the start of the input.",
+    "v_seconds": "How much new material follows that point.",
+    "v_seed": "The roll of the dice: the same seed gives the same variations again.",
+    "follow": "How closely each next moment follows your own files: high keeps the character of your "
+              "material, 0 lets the sequence model alone decide.",
 }
 
 # A jargon word may appear on the page only with one of these plain phrases beside it.

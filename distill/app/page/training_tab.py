@@ -8,6 +8,7 @@ import gradio as gr
 from distill.app import figures
 from distill.app.page.bind import bind
 from distill.app.page.forms import PRESET_CHOICES
+from distill.app.page.help import HELP
 from distill.app.service import DistillApp
 from distill.app.views import notes_html, status_card_html
 
@@ -45,9 +46,13 @@ def build_training_tab() -> TrainingTab:
             vq_plot = gr.Plot(figures.vqvae_loss_figure([]), show_label=False, elem_id="d-vq-plot", format="png")
             prior_plot = gr.Plot(figures.prior_loss_figure([]), show_label=False, elem_id="d-prior-plot", format="png")
         with gr.Row():
+            gr.Markdown(HELP["vq_plot"], elem_classes=["d-hint"])
+            gr.Markdown(HELP["prior_plot"], elem_classes=["d-hint"])
+        with gr.Row():
             health_plot = gr.Plot(figures.health_figure([]), show_label=False, elem_id="d-health-plot",
                                   format="png", scale=3)
             notes = gr.HTML(notes_html([], []), elem_id="d-notes", scale=2)
+        gr.Markdown(HELP["health_plot"], elem_classes=["d-hint"])
         with gr.Row():
             resume_btn = gr.Button("Resume this run from its last checkpoint", elem_id="d-resume-btn",
                                    size="sm", scale=1)
@@ -55,13 +60,15 @@ def build_training_tab() -> TrainingTab:
         with gr.Accordion("Retrain the sequence model with other settings (keeps the sound model and its codes)",
                           open=False, elem_id="d-retrain"):
             with gr.Row():
-                r_preset = gr.Radio(PRESET_CHOICES, value="auto", label="Preset", scale=2)
-                r_minutes = gr.Number(None, label="Minutes (empty = preset's)", maximum=240)
-                r_hidden = gr.Dropdown([32, 64, 128, 256, 384, 512], value=128, label="Width", allow_custom_value=True)
-                r_layers = gr.Slider(1, 8, value=2, step=1, label="Layers")
-                r_heads = gr.Dropdown([1, 2, 4, 8], value=4, label="Heads", allow_custom_value=True)
-                r_dropout = gr.Slider(0.0, 0.6, value=0.3, step=0.05, label="Dropout")
-                r_lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1)
+                r_preset = gr.Radio(PRESET_CHOICES, value="auto", label="Preset", scale=2, info=HELP["preset"])
+                r_minutes = gr.Number(None, label="Minutes (empty = preset's)", maximum=240,
+                                      info=HELP["retrain_minutes"])
+                r_hidden = gr.Dropdown([32, 64, 128, 256, 384, 512], value=128, label="Width", allow_custom_value=True,
+                                       info=HELP["hidden"])
+                r_layers = gr.Slider(1, 8, value=2, step=1, label="Layers", info=HELP["layers"])
+                r_heads = gr.Dropdown([1, 2, 4, 8], value=4, label="Heads", allow_custom_value=True, info=HELP["heads"])
+                r_dropout = gr.Slider(0.0, 0.6, value=0.3, step=0.05, label="Dropout", info=HELP["dropout"])
+                r_lr = gr.Number(3e-4, label="Learning rate", minimum=1e-6, maximum=1e-1, info=HELP["lr"])
             retrain_btn = gr.Button("Retrain the sequence model with these settings", elem_id="d-retrain-btn")
             retrain_msg = gr.Markdown("", elem_id="d-retrain-msg")
     return TrainingTab(status_card, stop_btn, stop_msg, vq_plot, prior_plot, health_plot, notes, resume_btn, resume_msg,

@@ -12,6 +12,7 @@ import gradio as gr
 
 from distill.app import figures
 from distill.app.page.bind import bind
+from distill.app.page.help import HELP
 from distill.app.service import DistillApp
 from distill.config import SAMPLING_DEFAULTS
 
@@ -99,26 +100,31 @@ def build_variations_tab() -> VariationsTab:
         result_ids = gr.State([])
         with gr.Row():
             with gr.Column(scale=2, min_width=280):
-                source = gr.Radio(SOURCES, value="file", label="Start from", elem_id="d-v-source")
+                source = gr.Radio(SOURCES, value="file", label="Start from", elem_id="d-v-source",
+                                  info=HELP["v_source"])
                 file_pick = gr.Dropdown([], value=None, label="Training file", allow_custom_value=True,
-                                        elem_id="d-v-file")
+                                        elem_id="d-v-file", info="One of the files this run learned from.")
                 sample_pick = gr.Dropdown([], value=None, label="Saved sample", allow_custom_value=True,
-                                          visible=False, elem_id="d-v-sample")
+                                          visible=False, elem_id="d-v-sample",
+                                          info="A sound generated earlier from this run (newest first).")
                 upload = gr.File(label="Any audio file (encoded by this run's codec)", type="filepath",
                                  file_count="single", visible=False, elem_id="d-v-upload")
-                mode = gr.Radio(MODES, value="shape", label="Make", elem_id="d-v-mode")
+                mode = gr.Radio(MODES, value="shape", label="Make", elem_id="d-v-mode", info=HELP["v_mode"])
                 keep_levels = gr.Slider(1, 3, value=1, step=1, label="Coarse levels kept", elem_id="d-v-keep",
                                         info="Keep the shape: these levels stay the input's, the finer ones are new.")
                 with gr.Row(visible=False) as continue_box:
-                    at_seconds = gr.Number(1.0, label="Continue from (s)", minimum=0, step=0.1, elem_id="d-v-at")
+                    at_seconds = gr.Number(1.0, label="Continue from (s)", minimum=0, step=0.1, elem_id="d-v-at",
+                                           info=HELP["v_at"])
                     seconds = gr.Number(2.0, label="New material (s)", minimum=0.1, maximum=60, step=0.5,
-                                        elem_id="d-v-seconds")
+                                        elem_id="d-v-seconds", info=HELP["v_seconds"])
                 with gr.Row():
                     count = gr.Slider(1, MAX_SLOTS, value=2, step=1, label="Variations", elem_id="d-v-count",
                                       info="Sampled together in one pass.")
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="d-v-seed")
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="d-v-seed",
+                                     info=HELP["v_seed"])
                 follow = gr.Slider(0.0, 1.0, value=SAMPLING_DEFAULTS["retrieval"], step=0.05,
-                                   label="Follow your material", elem_id="d-v-follow")
+                                   label="Follow your material", elem_id="d-v-follow",
+                                   info=HELP["follow"])
                 vary_btn = gr.Button("Make variations", variant="primary", elem_id="d-v-btn")
                 msg = gr.Markdown("", elem_id="d-v-msg")
             with gr.Column(scale=5):
@@ -140,8 +146,10 @@ def build_variations_tab() -> VariationsTab:
                 downloads = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="d-v-downloads")
         gr.Markdown("### Sample pack: new one-shots")
         with gr.Row(equal_height=True):
-            pack_count = gr.Number(8, label="How many", precision=0, minimum=1, maximum=32, elem_id="d-p-count")
-            pack_seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="d-p-seed")
+            pack_count = gr.Number(8, label="How many", precision=0, minimum=1, maximum=32, elem_id="d-p-count",
+                                   info="How many new one-shots to make (1 to 32).")
+            pack_seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="d-p-seed",
+                                  info=HELP["v_seed"])
             pack_btn = gr.Button("Make new one-shots", variant="primary", elem_id="d-p-btn")
         pack_msg = gr.Markdown("Each one ends where the model ends the sound, trimmed to its sound; repeats and "
                                "clips shorter than your shortest file are left out.", elem_id="d-p-msg")
