@@ -52,14 +52,15 @@ def img_src(page, elem_id: str) -> str:
     return loc.first.get_attribute("src") or "" if loc.count() else ""
 
 
-def wait_until(fn, timeout: float, what: str, every: float = 0.25):
+def wait_until(fn, timeout: float, what, every: float = 0.25):
+    """`fn()` until truthy; `what` names what was awaited (or is a callable saying what the page showed instead)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = fn()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
 
 
 FAKE_DROP_JS = """

@@ -4,7 +4,6 @@ download the zip. The app's workspace holds a copy of the small saved run, so no
 Screenshots go to test-artifacts/ (gitignored)."""
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 import zipfile
@@ -16,7 +15,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import app_process  # noqa: E402
-from test_browser import CHROMIUM_ARGS, img_src, shot, wait_until  # noqa: E402
+from test_browser import browser, img_src, shot, wait_until  # noqa: E402,F401  (browser: a fixture)
 from test_saved_runs import saved_copy  # noqa: E402
 
 from distill.runs import read_manifest, run_title  # noqa: E402
@@ -28,18 +27,6 @@ def server(tmp_path_factory):
     saved_copy(base, "finished")
     with app_process(base) as (url, ws, _):
         yield url, ws, base
-
-
-@pytest.fixture(scope="module")
-def browser():
-    exe = shutil.which("chromium")
-    assert exe, "chromium is not installed (apt-get install -y chromium): the browser test cannot run"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def text(page, sel: str) -> str:

@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers, under any import mode
 from conftest import TINY, app_process  # noqa: E402
 from test_app_e2e import synth_folder  # noqa: E402
-from test_browser import browser, shot  # noqa: E402,F401  (browser: a fixture)
+from test_browser import browser, shot, wait_until  # noqa: E402,F401  (browser: a fixture)
 
 JARGON_PLAIN = {  # a model word may appear only with a plain phrase beside it
     "perplexity": ("codes in regular use", "how surprised the model is"),
@@ -30,17 +30,6 @@ JARGON_PLAIN = {  # a model word may appear only with a plain phrase beside it
     "dead codes": ("never used", "unused"),
     "code tokens": ("moments of sound", "codes to learn from"),
 }
-
-
-def wait_until(fn, timeout: float, what, every: float = 0.25):
-    """test_browser's wait, with `what` possibly a callable that says what the page showed instead."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
 
 
 class App:
