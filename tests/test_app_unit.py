@@ -477,6 +477,12 @@ def test_run_view_redraws_only_what_changed_and_throttles_the_loss_plots():
                                                       "codes"}
     no_run = RunView("gone", 1, "idle", False, False, "<empty>")
     assert "codes" not in parts_to_draw(None, no_run, 0.0)
+    # a rename anywhere: the runs list and the picker follow at the next poll, even one that overtook the rename
+    idle = RunView("r", 1, "done", False, True, "<done>", more.tally)
+    renamed = RunView("r", 1, "done", False, True, "<done>", more.tally, names_revision=1)
+    shown = next_drawn(None, idle, ALL_PARTS, 200.0)
+    assert parts_to_draw(shown, idle, 201.0) == ()
+    assert set(parts_to_draw(shown, renamed, 201.0)) == {"picker", "runs"}
 
 
 def test_a_new_job_takes_over_the_run_view(tmp_path):
@@ -490,6 +496,7 @@ def test_a_new_job_takes_over_the_run_view(tmp_path):
 
     class FakeApp:
         worker = FakeWorker()
+        names_revision = 0
 
         def run_dir(self, run_id):
             return tmp_path / run_id if run_id in ("old", "new") else None

@@ -58,6 +58,9 @@ class DistillApp:
         self._file_cache: dict[tuple, tuple[tuple, Any]] = {}
         self._gen_lock = threading.Lock()  # one generation at a time: they share the CPU with training
         self._run_cache = None
+        # Moves whenever a run's name changes, so every open page redraws its runs list and picker
+        # (a poll answered just before a rename would otherwise leave the old name showing).
+        self.names_revision = 0
 
     # --- datasets ---------------------------------------------------------------------------------
 
@@ -246,6 +249,7 @@ class DistillApp:
             kept = rename_run(run_dir, label)
         except (UnsafeFileError, OSError) as exc:
             return {"ok": False, "message": f"The run could not be renamed: {exc}", "label": ""}
+        self.names_revision += 1
         return {"ok": True, "label": kept,
                 "message": f"Renamed to “{kept}”." if kept else "Its own name removed: it is named after its dataset again."}
 

@@ -72,6 +72,7 @@ class RunView:
     exists: bool  # the run has a folder
     card: str  # the status card's HTML
     tally: EventTally = field(default_factory=EventTally)
+    names_revision: int = 0  # the app's count of renames: the runs list and picker follow it
 
     @property
     def active(self) -> bool:
@@ -108,7 +109,8 @@ def read_run_view(app: DistillApp, run_id: str | None, drawn: Drawn | None) -> t
     if drawn is not None and (drawn.view.run_id != run_id or drawn.view.exists != (run_dir is not None)):
         drawn = None  # another run, or the run's folder came or went: everything is redrawn
     if run_dir is None:
-        return RunView(run_id, gen, state, running, False, status_card_html(snap, run_id)), RunSources(), drawn
+        return (RunView(run_id, gen, state, running, False, status_card_html(snap, run_id),
+                        names_revision=app.names_revision), RunSources(), drawn)
 
     is_job = job_run == run_id and state != "idle"
     manifest = None
@@ -122,7 +124,7 @@ def read_run_view(app: DistillApp, run_id: str | None, drawn: Drawn | None) -> t
     if tally.seen > len(events):  # the file was rewritten (retrain appends; this is a safety net)
         tally, drawn = EventTally(), None
     view = RunView(run_id, gen, state, running, True, status_card_html(snap if is_job else None, run_id, manifest),
-                   tally.advance(events[tally.seen:]))
+                   tally.advance(events[tally.seen:]), app.names_revision)
     return view, RunSources(run_dir, events, manifest), drawn
 
 
@@ -132,10 +134,11 @@ def parts_to_draw(drawn: Drawn | None, view: RunView, now: float) -> tuple[str, 
         return ALL_PARTS if view.exists else NO_RUN_PARTS
     prev, tally, prev_tally = drawn.view, view.tally, drawn.view.tally
     due = not view.running or now - drawn.plots_at >= REDRAW_EVERY_S
+    renamed = prev.names_revision != view.names_revision
     changed = {
-        "picker": (prev.generation, prev.state) != (view.generation, view.state),
+        "picker": renamed or (prev.generation, prev.state) != (view.generation, view.state),
         "buttons": prev.running != view.running,
-        "runs": prev.state != view.state,
+        "runs": renamed or prev.state != view.state,
         "card": prev.card != view.card,
         "stop_msg": (prev.generation, prev.state) != (view.generation, view.state),
         "msgs": (prev.generation, prev.state) != (view.generation, view.state),
