@@ -92,6 +92,9 @@ class PriorConfig:
     # of sound-length clips rather than one sound stretched on (README).
     learn_clip_ends: bool = True
     clip_end_weight: float = 0.3  # the clip-end loss's weight next to the code loss (README)
+    # Varied copies (gain, pitch, speed) of each training file the prior also learns from; -1: as many
+    # as the amount of training audio calls for (distill/training/prior_augment.py).
+    augment_copies: int = -1
     seed: int = 0
 
     def seq_len(self, num_quantizers: int) -> int:

@@ -193,7 +193,8 @@ def model_stages(ctx: RunContext, dataset) -> None:
     codes = codes_stage(ctx, vq_model, dataset)
     if ctx.stop.is_set():
         return
-    prior_model = prior_stage(ctx, codes, dataset.train_index, dataset.val_index)
+    prior_model = prior_stage(ctx, codes, dataset.train_index, dataset.val_index,
+                              varied=lambda: varied_training_codes(ctx, vq_model, dataset))
     analysis_stage(ctx, prior_model, codes, dataset.train_index, dataset.val_index)
 
 
@@ -207,6 +208,10 @@ def announce_prior_time(ctx: RunContext, dataset) -> None:
     tokens = sum(math.ceil(int(m.shape[-1]) / vq.downsample) for m in dataset.train_mels()) * vq.num_quantizers
     if not frames:
         return
+    from distill.training.prior_augment import copies_for
+
+    copies = prior.augment_copies if prior.augment_copies >= 0 else copies_for(frames / ctx.audio_config.frames_per_second)
+    tokens *= 1 + copies  # the varied copies are trained on too
     try:
         seconds = expected_prior_seconds(prior, vq.codebook_size, vq.num_quantizers, tokens)
     except Exception:  # an estimate only: training goes on without it
@@ -283,9 +288,19 @@ def code_health(codes: list, train_index: list[int], codebook_size: int) -> dict
     return {"train_levels": codebook_health(hist)}
 
 
-def prior_stage(ctx: RunContext, codes: list, train_index, val_index):
+def varied_training_codes(ctx: RunContext, vq_model, dataset) -> list:
+    """Codes of varied copies of the training files, which the prior learns from besides the files."""
+    from distill.training.prior_augment import augmented_codes
+
+    cfg = ctx.prior_config
+    return augmented_codes(vq_model, dataset.train_mels(), ctx.audio_config.frames_per_second,
+                           ctx.audio_config.log_floor, seed=cfg.seed,
+                           copies=None if cfg.augment_copies < 0 else cfg.augment_copies)
+
+
+def prior_stage(ctx: RunContext, codes: list, train_index, val_index, varied=None):
     """The sequence model: trained (or continued from its checkpoint), or loaded when it finished and
-    only the analysis is left."""
+    only the analysis is left. varied: () -> the codes of varied copies of the training files."""
     from distill.training.prior_train import train_prior
 
     run_dir, vq_cfg = ctx.run_dir, ctx.vqvae_config
@@ -307,7 +322,8 @@ def prior_stage(ctx: RunContext, codes: list, train_index, val_index):
             update_manifest(run_dir, **{key: asdict(ctx.prior_config)})
     prior_cfg = ctx.prior_config
     result = train_prior(codes, prior_cfg, vq_cfg.codebook_size, train_index, val_index, callbacks=[ctx.log],
-                         stop=ctx.stop, checkpoint=store, resume=ctx.resume)
+                         stop=ctx.stop, checkpoint=store, resume=ctx.resume,
+                         varied_codes=varied() if varied is not None else None)
     prior_hash = save_prior(run_dir, result.model, prior_cfg)
     ctx.stage_seconds[Stage.PRIOR] = ctx.log.end(t0, steps=result.steps, best_val_loss=result.best_val_loss)
     ctx.results[Stage.PRIOR] = {"best_val_loss": result.best_val_loss, "steps": result.steps,

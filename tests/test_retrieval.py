@@ -83,6 +83,38 @@ def test_material_ends_end_clips_where_the_end_head_only_says_maybe():
     assert len(lengths) >= 5 and (lengths == 5).all()
 
 
+def test_a_clip_inside_a_repeating_sound_ends_by_the_length_of_a_file_of_the_material():
+    # a long ringing (a cycle of 8 codes, 160 steps) beside two short sounds: inside the ringing every
+    # context recurs mid-file, so the material alone almost never ends a clip there
+    files = [pattern_file(160), pattern_file(8), pattern_file(8)]
+    model = untrained_prior(seq_len=1000, ends=True)  # no window slides: every window start is a clip start
+
+    def clip_lengths(factor: float) -> np.ndarray:
+        index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=1.0, max_context_steps=12, min_count=2,
+                                                             max_clip_factor=factor))
+        lengths = []
+        for seed in range(6):
+            _, _, starts = model.generate(480 * Q, generator=torch.Generator().manual_seed(seed), retrieval=index,
+                                          return_logits=True)
+            bounds = sorted(set(starts.tolist())) + [480 * Q]
+            lengths += (np.diff(bounds) // Q).tolist()[:-1]  # the last clip is cut by the sample's end
+        return np.array(lengths)
+
+    loose, capped = clip_lengths(0.0), clip_lengths(1.0)
+    assert capped.max() <= 160 < loose.max()  # no clip outlasts the longest file; without the cap one loops on
+    assert (capped == 8).any() and (capped == 160).any()  # the lengths the files have
+
+
+def test_a_clip_is_given_the_length_of_the_file_its_draw_picks():
+    index = CodeRetrieval([pattern_file(n) for n in (4, 10, 30)], K, Q, RetrievalSettings(max_clip_factor=0.5))
+    assert [index.start(draw=d).clip_cap for d in (0.0, 0.4, 0.99)] == [2, 5, 15]
+    assert index.start(begins_clip=False).clip_cap is None  # a clip that began mid-sound: its length is unknown
+    state = index.start(draw=0.0)
+    for tok in pattern_file(2).reshape(-1):
+        state.push(int(tok))
+    assert state.material_end() == 1.0
+
+
 def test_a_flat_model_gets_no_share_where_the_material_is_sure():
     files = [pattern_file(20), pattern_file(20, offset=3)]
     index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.9, max_context_steps=4, min_count=2))

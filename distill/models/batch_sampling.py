@@ -118,7 +118,7 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
     recalls = None
     if retrieval is not None and retrieval.settings.weight > 0:
         begins = p_len == 0 or (prompt_starts_clip and p_len <= retrieval.max_len)
-        recalls = [retrieval.start(begins_clip=begins) for _ in range(b)]
+        recalls = [retrieval.start(begins_clip=begins, draw=float(torch.rand(1, generator=g))) for g in gens]
         for r in recalls:
             for t in toks[0, max(0, p_len - retrieval.max_len) : p_len]:
                 r.push(int(t))
@@ -138,7 +138,7 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
                     logits[r] = prime(r, n, n, resume=False)
                     starts[r].append(n - p_len)
                     if recalls is not None:
-                        recalls[r] = retrieval.start(begins_clip=True)
+                        recalls[r] = retrieval.start(begins_clip=True, draw=float(torch.rand(1, generator=gens[r])))
         want = forced[:, n - p_len] if forced is not None else None
         tok = pick_rows(logits, recalls, gens, greedy, temperature, top_k, top_p, want)
         if recalls is not None:

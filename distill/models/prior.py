@@ -361,7 +361,8 @@ class CodePrior(nn.Module):
         recall = None
         if retrieval is not None and retrieval.settings.weight > 0:
             # the file-start symbol only where the whole clip so far is in the retrieval's history
-            recall = retrieval.start(begins_clip=p_len == 0 or (prompt_starts_clip and p_len <= retrieval.max_len))
+            recall = retrieval.start(begins_clip=p_len == 0 or (prompt_starts_clip and p_len <= retrieval.max_len),
+                                     draw=float(torch.rand(1, generator=generator, device=dev)))
             for t in toks[-retrieval.max_len:]:
                 recall.push(int(t))
         while True:
@@ -374,7 +375,7 @@ class CodePrior(nn.Module):
                     clip_start = w0 = n  # the clip has ended: the next begins afresh
                     logits = prime(w0, n, resume=False)
                     if recall is not None:
-                        recall = retrieval.start(begins_clip=True)
+                        recall = retrieval.start(begins_clip=True, draw=float(torch.rand(1, generator=generator, device=dev)))
             if return_logits:
                 logits_out[n - p_len] = logits
                 starts_out[n - p_len] = w0

@@ -45,6 +45,12 @@ class RetrievalSettings:
     weight: float = 0.9  # share of the retrieved distribution in the mix (0: the model alone)
     max_context_steps: int = 12  # longest level-0 history looked up, in time steps (~0.5 s)
     min_count: int = 2  # a context must occur this often in the material to be used
+    # A clip that begins afresh is given the length of a file drawn from the material, and ends by
+    # this many times that length at the latest (0: only where the material ends). Inside a sound that
+    # repeats itself (a ringing, a ticking) every context recurs mid-file and the material almost
+    # never ends after it, so without this a clip can loop there for far longer than the sounds of
+    # the collection do (README).
+    max_clip_factor: float = 1.0
 
 
 class CodeRetrieval:
@@ -57,6 +63,7 @@ class CodeRetrieval:
         files = [np.asarray(c, dtype=np.int64) for c in train_codes if len(c)]
         if not files:
             raise ValueError("no training codes to retrieve from")
+        self.file_steps = np.sort([len(c) for c in files])  # the lengths a fresh clip is given
         m_max = settings.max_context_steps
         # tables[(level, m)] = (sorted context hashes, the codes that followed, in the same order)
         self.tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -97,8 +104,14 @@ class CodeRetrieval:
     def _combine(h) -> np.ndarray:
         return (h[0] << np.uint64(32)) | h[1]
 
-    def start(self, begins_clip: bool = True) -> "RetrievalState":
-        return RetrievalState(self, [self.bos] if begins_clip else [])
+    def start(self, begins_clip: bool = True, draw: float = 0.5) -> "RetrievalState":
+        """The retrieval state of a new clip (begins_clip: at the file-start symbol); `draw` in [0, 1)
+        picks the file length it is given (the sampler draws it from its own random generator)."""
+        cap = None
+        if begins_clip and self.settings.max_clip_factor > 0:
+            length = int(self.file_steps[min(len(self.file_steps) - 1, int(draw * len(self.file_steps)))])
+            cap = max(1, round(self.settings.max_clip_factor * length))
+        return RetrievalState(self, [self.bos] if begins_clip else [], cap)
 
     def lookup(self, history: list[int], current: list[int]) -> np.ndarray | None:
         """Counts [K + 2] (codes, then file start, file end) of what followed the longest context found
@@ -165,9 +178,10 @@ class CodeRetrieval:
 class RetrievalState:
     """The current clip's coarse path; mixes the retrieved distribution into the model's."""
 
-    def __init__(self, index: CodeRetrieval, history: list[int]):
+    def __init__(self, index: CodeRetrieval, history: list[int], clip_cap: int | None = None):
         self.index, self.history, self.current = index, history, []
         self.pushed = 0
+        self.clip_cap = clip_cap  # time steps after which the clip has ended (None: only where the material ends)
         self._cached = (-1, None)  # (pushed, counts): one lookup serves the end check and the code
 
     def push(self, token: int) -> None:
@@ -198,7 +212,9 @@ class RetrievalState:
     def material_end(self) -> float | None:
         """Whether the clip has ended here (a step boundary): how often the material ended after the
         longest context it has seen (at worst, its end rate per step); None where retrieval found
-        nothing, and the end head decides."""
+        nothing, and the end head decides. A fresh clip as long as `clip_cap` steps has ended."""
+        if self.clip_cap is not None and not self.current and self.pushed // self.index.q >= self.clip_cap:
+            return 1.0
         counts = self._counts()
         return None if counts is None else float(counts[self.index.eos] / counts.sum())
 

@@ -360,9 +360,12 @@ def train_prior(
     stop=None,
     checkpoint: CheckpointStore | None = None,
     resume: bool = False,
+    varied_codes: list[torch.Tensor] | None = None,
 ) -> PriorTrainResult:
     """Train a CodePrior on `codes` (one LongTensor[T', Q] per file) and return the best-validation
     model. With no validation files, the training files stand in (nothing is held out then).
+    varied_codes: the codes of varied copies of the training files (distill/training/prior_augment.py),
+    trained on beside them; validation never sees them.
 
     checkpoint: where to save the training state (at every evaluation and when stopped); without
     resume its old checkpoints are removed first. resume: continue from its newest usable one."""
@@ -386,6 +389,12 @@ def train_prior(
     held_out = bool(val_flats)
     if not held_out:
         val_flats = train_flats
+    real_files = len(train_flats)
+    varied_flats = [_flatten_file(c) for c in (varied_codes or []) if c.numel()]
+    for f in varied_flats:
+        if int(f.min()) < 0 or int(f.max()) >= codebook_size:
+            raise ValueError(f"codes outside 0..{codebook_size - 1}")
+    train_flats = train_flats + varied_flats
 
     device = resolve_device(config.device)
     plan = plan_prior_training(config, q, sum(len(f) for f in train_flats))
@@ -409,7 +418,7 @@ def train_prior(
     emit(
         "info",
         message=f"Training the code model ({n_params / 1e6:.2f} M parameters) on {train_data.total} codes "
-        f"from {len(train_flats)} files; "
+        f"from {real_files} files" + (f" and {len(varied_flats)} varied copies of them" if varied_flats else "") + "; "
         + (f"checking on {val_data.total} codes from {len(val_flats)} held-back files." if held_out
            else "no files are held back, so memorisation cannot be measured."),
         params=n_params, train_tokens=train_data.total, val_tokens=val_data.total, seq_len=plan.seq_len,
