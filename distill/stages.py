@@ -210,8 +210,7 @@ def announce_prior_time(ctx: RunContext, dataset) -> None:
         return
     from distill.training.prior_augment import copies_for
 
-    copies = prior.augment_copies if prior.augment_copies >= 0 else copies_for(frames / ctx.audio_config.frames_per_second)
-    tokens *= 1 + copies  # the varied copies are trained on too
+    tokens *= 1 + copies_for(frames / ctx.audio_config.frames_per_second, prior.augment_copies)  # copies train too
     try:
         seconds = expected_prior_seconds(prior, vq.codebook_size, vq.num_quantizers, tokens)
     except Exception:  # an estimate only: training goes on without it
@@ -294,8 +293,7 @@ def varied_training_codes(ctx: RunContext, vq_model, dataset) -> list:
 
     cfg = ctx.prior_config
     return augmented_codes(vq_model, dataset.train_mels(), ctx.audio_config.frames_per_second,
-                           ctx.audio_config.log_floor, seed=cfg.seed,
-                           copies=None if cfg.augment_copies < 0 else cfg.augment_copies)
+                           ctx.audio_config.log_floor, seed=cfg.seed, copies=cfg.augment_copies)
 
 
 def prior_stage(ctx: RunContext, codes: list, train_index, val_index, varied=None):

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from distill.training.vqvae_train import AUG_GAIN, AUG_SHIFT, augment
+from distill.training.vqvae_train import augment
 
 COPIES_MAX = 6  # copies of each training file for collections of up to FULL_BELOW_S of audio
 FULL_BELOW_S = 60.0
@@ -23,8 +23,11 @@ NONE_ABOVE_S = 600.0  # from here on the collection has enough of its own (log s
 STRETCH = 0.1  # time stretched by up to ±10 % (the mel frames resampled; pitch is the shift's job)
 
 
-def copies_for(train_seconds: float) -> int:
-    """Varied copies of each training file the prior gets, from the amount of training audio."""
+def copies_for(train_seconds: float, requested: int = -1) -> int:
+    """Varied copies of each training file the prior gets: `requested` (PriorConfig.augment_copies)
+    when it is >= 0, else from the amount of training audio."""
+    if requested >= 0:
+        return requested
     if train_seconds <= FULL_BELOW_S:
         return COPIES_MAX
     if train_seconds >= NONE_ABOVE_S:
@@ -42,18 +45,17 @@ def varied_mels(mels: list[torch.Tensor], copies: int, floor: float, seed: int) 
             rate = 1.0 + (float(torch.rand(1, generator=gen)) * 2 - 1) * STRETCH
             frames = max(1, round(mel.shape[-1] * rate))
             stretched = F.interpolate(mel[None].float(), size=frames, mode="linear", align_corners=False)
-            out.append(augment(stretched, floor, gen, prob=1.0, gain=AUG_GAIN, shift=AUG_SHIFT)[0])
+            out.append(augment(stretched, floor, gen, prob=1.0)[0])
     return out
 
 
 def augmented_codes(vq_model, train_mels: list[torch.Tensor], frames_per_second: float, floor: float,
-                    seed: int, copies: int | None = None) -> list[torch.Tensor]:
+                    seed: int, copies: int = -1) -> list[torch.Tensor]:
     """The codes of varied copies of the training files, for the prior only ([] when the collection
-    is large enough). copies None: `copies_for` the training audio's length."""
+    is large enough). copies: as `copies_for`'s `requested`."""
     from distill.codes import extract_code_sequences
 
-    if copies is None:
-        copies = copies_for(sum(int(m.shape[-1]) for m in train_mels) / frames_per_second)
+    copies = copies_for(sum(int(m.shape[-1]) for m in train_mels) / frames_per_second, copies)
     if copies <= 0 or not train_mels:
         return []
     return extract_code_sequences(vq_model, varied_mels(train_mels, copies, floor, seed))
