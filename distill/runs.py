@@ -130,7 +130,8 @@ def _with_default(settings, key: str, value):
 
 
 def _migrated_prior_settings(settings):
-    return _with_default(settings, "learn_clip_ends", False)
+    # a run saved before a setting existed trained without it: its resume must match its checkpoint
+    return _with_default(_with_default(settings, "learn_clip_ends", False), "augment_copies", 0)
 
 
 def _inferred_stages(manifest: dict, results: dict) -> list[str]:

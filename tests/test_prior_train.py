@@ -149,7 +149,7 @@ def test_stop_flag_and_time_budget():
     assert res.stop_reason == "stopped" and res.steps == 4
     assert res.history  # a final evaluation still picks the kept weights
 
-    res = train_prior(codes, tiny_config(max_epochs=100_000, time_budget_s=0.7), K, [0, 1], [2])
+    res = train_prior(codes, tiny_config(max_epochs=100_000, time_budget_s=0.7, patience=10**9), K, [0, 1], [2])
     assert res.stop_reason == "time_budget" and res.seconds < 5.0
 
 

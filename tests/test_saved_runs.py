@@ -147,6 +147,7 @@ def test_migrate_fills_what_older_versions_left_out():
     assert m["version"] == 2 and "version" not in old  # a new dict; the one read is left alone
     assert m["vqvae_config"]["linear_path"] is False
     assert m["prior_config"]["learn_clip_ends"] is False and m["pending_prior_config"]["learn_clip_ends"] is False
+    assert m["prior_config"]["augment_copies"] == 0  # trained without varied copies, so it resumes without them
     assert m["results"]["vqvae"]["stop"] == "time_budget" and m["results"]["prior"]["stop"] == "early_stop"
     assert m["stages_done"] == ["vqvae", "codes"]
     assert migrate(m) == m

@@ -346,6 +346,7 @@ def _fingerprint(config: PriorConfig, codebook_size: int, q: int, held_out: bool
     settings["pack_files"] = False  # a retired setting, always off: checkpoints saved before it went carry it
     if not config.learn_clip_ends:  # so checkpoints saved before the setting existed still resume
         del settings["clip_end_weight"], settings["learn_clip_ends"]
+    del settings["augment_copies"]  # the copies' own sizes, below, say what it changed (older checkpoints lack it)
     return settings_fingerprint(settings, codebook_size, q, held_out, [len(f) for f in train_flats],
                                 [len(f) for f in val_flats])
 
