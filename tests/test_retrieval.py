@@ -183,3 +183,53 @@ def test_patch_distance_tells_sounds_from_their_frames_in_no_order():
     d_real = space.distance(patch_features(real, cfg), patch_features(other, cfg))
     d_shuffled = space.distance(patch_features(shuffled, cfg), patch_features(other, cfg))
     assert d_shuffled > 2 * d_real
+
+
+def held_file(runs: list[tuple[int, int]]) -> np.ndarray:
+    # level 0 holds each (code, steps) in turn; level 1 varies, as finer detail does inside a held sound
+    level0 = np.concatenate([[code] * steps for code, steps in runs])
+    return np.stack([level0, 8 + np.arange(len(level0)) % 4], axis=1)
+
+
+def test_a_held_code_goes_on_as_often_as_the_materials_holds_of_it_did():
+    files = [held_file([(1, 40), (2, 5)]), held_file([(1, 6), (2, 3)] * 10)]  # code 1: ten holds of 6 steps, one of 40
+    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.9, max_context_steps=4))
+    assert index.holds[1].tolist() == [6] * 10 + [40]
+
+    def after_hold(steps: int, settings=index) -> np.ndarray:
+        state = settings.start()
+        for t in range(steps):
+            state.push(1)
+            state.push(8 + t % 4)
+        assert state.hold == steps
+        return state._held(np.full(K, 1.0 / K))
+
+    uniform = np.full(K, 1.0 / K)
+    assert np.array_equal(after_hold(3), uniform)  # within the context the lookup sees: left to it
+    assert after_hold(5)[1] == 1.0  # every hold of 1 that reached 5 steps lasted a 6th
+    held = after_hold(6)
+    assert held[1] == pytest.approx(1 / 11) and held.sum() == pytest.approx(1.0)  # one in eleven went on
+    assert after_hold(20)[1] == 1.0 and after_hold(40)[1] == 0.0  # none held longer than 40
+    off = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.9, max_context_steps=4, hold_guard=False))
+    assert np.array_equal(after_hold(40, off), uniform)
+
+
+def test_with_the_hold_guard_generated_holds_last_as_the_materials_do():
+    files = [held_file([(1, 40), (2, 5)]), held_file([(1, 6), (2, 3)] * 10)]
+    model = untrained_prior(seq_len=32)
+
+    def holds_of_1(guard: bool) -> list[int]:
+        index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=1.0, max_context_steps=4, hold_guard=guard))
+        out = []
+        for seed in range(6):
+            codes = unflatten_codes(model.generate(200 * Q, generator=torch.Generator().manual_seed(seed),
+                                                   retrieval=index), Q)[0].numpy()[:, 0]
+            edges = np.flatnonzero(np.diff(codes)) + 1
+            starts, ends = np.concatenate([[0], edges]), np.concatenate([edges, [len(codes)]])
+            out += [int(e - s) for s, e in zip(starts, ends) if codes[s] == 1 and e < len(codes)]
+        return out
+
+    guarded, unguarded = holds_of_1(True), holds_of_1(False)
+    assert max(guarded) <= 40
+    longer = lambda holds: sum(h > 6 for h in holds) / len(holds)  # noqa: E731
+    assert longer(guarded) < 0.3 < longer(unguarded)  # the material: 1 hold in 11 is longer than 6 steps

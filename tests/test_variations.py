@@ -70,7 +70,26 @@ def test_batched_rows_give_the_codes_of_sequential_runs_with_the_same_seeds(back
     assert torch.equal(rows.tokens[1], one)
 
 
-def test_lookup_many_gives_each_context_the_counts_lookup_gives():
+def naive_lookup(files, k, history, current, max_m, min_count):
+    """What followed the longest context seen >= min_count times, by scanning every file step."""
+    level = len(current)
+    for m in range(min(max_m, len(history)), -1, -1):
+        followed = []
+        for c in files:
+            path = [k, *c[:, 0].tolist()]  # the file-start symbol, then step t-1's level-0 code at t
+            for t in range(len(c) + (1 if level == 0 else 0)):
+                if t + 1 - m < 0 or (m and path[t + 1 - m : t + 1] != list(history[-m:])):
+                    continue
+                if t < len(c) and c[t, :level].tolist() == list(current):
+                    followed.append(int(c[t, level]))
+                elif t == len(c):
+                    followed.append(k + 1)  # the file ends here
+        if len(followed) >= min_count:
+            return np.bincount(followed, minlength=k + 2)
+    return None
+
+
+def test_lookup_many_gives_each_context_what_a_scan_of_the_material_gives():
     files = material(k=16, q=3, files=6, steps=30)
     index = CodeRetrieval(files, 16, 3, RetrievalSettings(weight=0.9, max_context_steps=6))
     rng = np.random.default_rng(2)
@@ -80,8 +99,9 @@ def test_lookup_many_gives_each_context_the_counts_lookup_gives():
                  for n, lv in zip(rng.integers(0, 9, 40), rng.integers(0, 3, 40))] + [([], [])]
     found = index.lookup_many(contexts)
     for (history, current), many in zip(contexts, found):
-        one = index.lookup(history, current)
-        assert (one is None and many is None) or np.array_equal(one, many)
+        one, scanned = index.lookup(history, current), naive_lookup(files, 16, history, current, 6, 2)
+        assert (one is None and many is None and scanned is None) or (
+            np.array_equal(one, many) and np.array_equal(one, scanned)), (history, current)
     assert sum(f is None for f in found) not in (0, len(found))  # both kinds were asked
 
 

@@ -189,9 +189,9 @@ def pick_rows(logits: np.ndarray, recalls, gens, greedy: bool, temperature: floa
         dtype = torch.float32
     else:
         probs = _softmax(lg)
-        RetrievalState.prefetch([recalls[r] for r in todo])  # every row's lookup in one go
-        for i, r in enumerate(todo):
-            probs[i] = recalls[r].mix(probs[i])
+        rows = [recalls[r] for r in todo]
+        RetrievalState.prefetch(rows)  # every row's lookup in one go
+        probs = RetrievalState.mix_rows(rows, probs)
         if greedy:
             out[todo] = probs.argmax(-1)
             return out

@@ -27,7 +27,12 @@ clip begins the way files begin, and how often the material ended after the long
 seen decides whether the clip has ended. The end head is not mixed in there: trained for
 minutes it says "maybe" everywhere, and even a tenth of that is a ~5 % chance per step of cutting a
 sound short, so clips came out a fraction of the material's lengths (README).
-Contexts are matched by polynomial hashes, two 31-bit moduli (as in `distill.analysis`).
+A held sound (the same level-0 code step after step) looks the same to the lookup from its 13th step
+to its 130th, and the longest holds, having the most steps, decide what follows: music froze into
+drones. Past the context the lookup sees, a held code goes on as often as the material's holds of
+that code that reached the same length did (`hold_guard`).
+Contexts are matched by polynomial hashes, two 31-bit moduli (as in `distill.analysis`), kept to 58 bits
+beside the context length.
 """
 from __future__ import annotations
 
@@ -51,6 +56,11 @@ class RetrievalSettings:
     # never ends after it, so without this a clip can loop there for far longer than the sounds of
     # the collection do (README).
     max_clip_factor: float = 1.0
+    # A sound held (the same level-0 code, step after step) beyond the context the lookup sees goes on
+    # as often as the material's holds of that code of at least that length did: the context alone
+    # cannot tell a hold's 13th step from its 130th, and the long holds, with the most steps, decide
+    # what follows it, so music froze into drones for seconds (README).
+    hold_guard: bool = True
 
 
 class CodeRetrieval:
@@ -64,12 +74,15 @@ class CodeRetrieval:
         if not files:
             raise ValueError("no training codes to retrieve from")
         self.file_steps = np.sort([len(c) for c in files])  # the lengths a fresh clip is given
+        self.holds = _hold_lengths(files, codebook_size)  # code -> sorted lengths of its level-0 holds
         m_max = settings.max_context_steps
-        # tables[(level, m)] = (sorted context hashes, the codes that followed, in the same order)
-        self.tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        if not 0 <= m_max < 1 << (64 - _M_SHIFT):
+            raise ValueError(f"max_context_steps must lie in 0..{(1 << (64 - _M_SHIFT)) - 1}")
+        # tables[level] = (sorted keys, the codes that followed, in the same order); a key is the
+        # context's hash with its length m in the top bits (`_key`), so one search finds every m at once
+        self.tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for level in range(num_quantizers):
-            keys = {m: [] for m in range(m_max + 1)}
-            nexts = {m: [] for m in range(m_max + 1)}
+            keys, nexts = [], []
             for c in files:
                 t_len = len(c)
                 path = np.concatenate([[self.bos], c[:, 0]])  # path[t] is the level-0 code of step t-1
@@ -83,12 +96,11 @@ class CodeRetrieval:
                         ok = steps + 1 - m >= 0  # the history reaches back to the file start at most
                         steps, nxt, h = steps[ok], nxt[ok], [x[ok] for x in h]
                         h = self._extend(h, path[steps + 1 - m], level + m - 1)
-                    keys[m].append(self._combine(h))
-                    nexts[m].append(nxt)
-            for m in range(m_max + 1):
-                k_all, n_all = np.concatenate(keys[m]), np.concatenate(nexts[m]).astype(np.int32)
-                order = np.argsort(k_all, kind="stable")
-                self.tables[(level, m)] = (k_all[order], n_all[order])
+                    keys.append(((h[0] << np.uint64(32)) | h[1]) & np.uint64(_HASH_MASK) | np.uint64(m << _M_SHIFT))
+                    nexts.append(nxt)
+            k_all, n_all = np.concatenate(keys), np.concatenate(nexts).astype(np.int32)
+            order = np.argsort(k_all, kind="stable")
+            self.tables[level] = (k_all[order], n_all[order])
         self._pw = [[pow(b, i, p) for i in range(num_quantizers + m_max + 1)] for b, p in _MODS]
 
     @staticmethod
@@ -100,10 +112,6 @@ class CodeRetrieval:
             out.append((x + term % np.uint64(mod)) % np.uint64(mod))
         return out
 
-    @staticmethod
-    def _combine(h) -> np.ndarray:
-        return (h[0] << np.uint64(32)) | h[1]
-
     def start(self, begins_clip: bool = True, draw: float = 0.5) -> "RetrievalState":
         """The retrieval state of a new clip (begins_clip: at the file-start symbol); `draw` in [0, 1)
         picks the file length it is given (the sampler draws it from its own random generator)."""
@@ -113,66 +121,69 @@ class CodeRetrieval:
             cap = max(1, round(self.settings.max_clip_factor * length))
         return RetrievalState(self, [self.bos] if begins_clip else [], cap)
 
+    def _keys(self, history: list[int], current: list[int]) -> list[int]:
+        """The table keys of a context for m = 0, 1, ... (as many level-0 steps of history as it has,
+        up to max_context_steps)."""
+        level, (pw1, pw2), h1, h2 = len(current), self._pw, 0, 0
+        for j, v in enumerate(reversed(current)):
+            h1, h2 = (h1 + (v + 1) * pw1[j]) % _P1, (h2 + (v + 1) * pw2[j]) % _P2
+        keys = [_key(h1, h2, 0)]
+        for m in range(1, min(self.settings.max_context_steps, len(history)) + 1):
+            v = history[-m]
+            h1, h2 = (h1 + (v + 1) * pw1[level + m - 1]) % _P1, (h2 + (v + 1) * pw2[level + m - 1]) % _P2
+            keys.append(_key(h1, h2, m))
+        return keys
+
     def lookup(self, history: list[int], current: list[int]) -> np.ndarray | None:
         """Counts [K + 2] (codes, then file start, file end) of what followed the longest context found
         >= min_count times: `history` = the clip's previous level-0 codes (oldest first, from the
         file-start symbol where the clip began afresh), `current` = this step's codes so far (its
         length is the level asked about). None when not even the shortest context is found."""
-        level = len(current)
-        (pw1, pw2), h1, h2 = self._pw, 0, 0
-        for j, v in enumerate(reversed(current)):
-            h1, h2 = (h1 + (v + 1) * pw1[j]) % _P1, (h2 + (v + 1) * pw2[j]) % _P2
-        hashes = [(h1 << 32) | h2]
-        for m in range(1, min(self.settings.max_context_steps, len(history)) + 1):
-            v = history[-m]
-            h1, h2 = (h1 + (v + 1) * pw1[level + m - 1]) % _P1, (h2 + (v + 1) * pw2[level + m - 1]) % _P2
-            hashes.append((h1 << 32) | h2)
-        best, lo_m, hi_m = None, 0, len(hashes) - 1
-        while lo_m <= hi_m:  # counts only fall as the context grows: binary search the longest
-            mid = (lo_m + hi_m) // 2
-            keys, nxt = self.tables[(level, mid)]
-            key = np.uint64(hashes[mid])
-            lo, hi = int(np.searchsorted(keys, key, "left")), int(np.searchsorted(keys, key, "right"))
-            if hi - lo >= self.settings.min_count:
-                best, lo_m = nxt[lo:hi], mid + 1
-            else:
-                hi_m = mid - 1
-        return None if best is None else np.bincount(best, minlength=self.k + 2)
+        return self.lookup_many([(history, current)])[0]
 
     def lookup_many(self, contexts: list[tuple[list[int], list[int]]]) -> list[np.ndarray | None]:
-        """`lookup` for several (history, current) contexts at once, the same counts for each: their
-        binary searches run side by side, one table search per (level, context length) they share
-        instead of one per context (batched sampling: every row stands at the same level)."""
-        (pw1, pw2), hashes = self._pw, []
-        for history, current in contexts:  # each context's hashes, m = 0, 1, ..., as in `lookup`
-            level, h1, h2 = len(current), 0, 0
-            for j, v in enumerate(reversed(current)):
-                h1, h2 = (h1 + (v + 1) * pw1[j]) % _P1, (h2 + (v + 1) * pw2[j]) % _P2
-            row = [(h1 << 32) | h2]
-            for m in range(1, min(self.settings.max_context_steps, len(history)) + 1):
-                v = history[-m]
-                h1, h2 = (h1 + (v + 1) * pw1[level + m - 1]) % _P1, (h2 + (v + 1) * pw2[level + m - 1]) % _P2
-                row.append((h1 << 32) | h2)
-            hashes.append(row)
-        lo, hi = [0] * len(contexts), [len(h) - 1 for h in hashes]
-        best: list = [None] * len(contexts)
-        while True:
-            groups: dict[tuple[int, int], list[int]] = {}
-            for i in range(len(contexts)):
-                if lo[i] <= hi[i]:
-                    groups.setdefault((len(contexts[i][1]), (lo[i] + hi[i]) // 2), []).append(i)
-            if not groups:
-                break
-            for (level, mid), rows in groups.items():
-                keys, nxt = self.tables[(level, mid)]
-                wanted = np.array([hashes[i][mid] for i in rows], dtype=np.uint64)
-                left, right = np.searchsorted(keys, wanted, "left"), np.searchsorted(keys, wanted, "right")
-                for i, a, b in zip(rows, left.tolist(), right.tolist()):
+        """`lookup` for several (history, current) contexts: every context length of every context
+        at one level is found in one pair of table searches."""
+        found: list = [None] * len(contexts)
+        by_level: dict[int, list[int]] = {}
+        for i, (_, current) in enumerate(contexts):
+            by_level.setdefault(len(current), []).append(i)
+        for level, rows in by_level.items():
+            keys, nxt = self.tables[level]
+            per_row = [self._keys(*contexts[i]) for i in rows]
+            wanted = np.fromiter((k for ks in per_row for k in ks), np.uint64)
+            left = np.searchsorted(keys, wanted, "left").tolist()
+            right = np.searchsorted(keys, wanted, "right").tolist()
+            at = 0
+            for i, ks in zip(rows, per_row):
+                # the longest context seen often enough (counts only fall as the context grows)
+                for m in range(len(ks) - 1, -1, -1):
+                    a, b = left[at + m], right[at + m]
                     if b - a >= self.settings.min_count:
-                        best[i], lo[i] = nxt[a:b], mid + 1
-                    else:
-                        hi[i] = mid - 1
-        return [None if x is None else np.bincount(x, minlength=self.k + 2) for x in best]
+                        found[i] = np.bincount(nxt[a:b], minlength=self.k + 2)
+                        break
+                at += len(ks)
+        return found
+
+
+def _hold_lengths(files, codebook_size: int) -> list[np.ndarray]:
+    """Per level-0 code, the sorted lengths (steps) of every run of it in the material."""
+    lengths: list[list[int]] = [[] for _ in range(codebook_size)]
+    for c in files:
+        x = c[:, 0]
+        edges = np.flatnonzero(np.diff(x)) + 1
+        starts = np.concatenate([[0], edges])
+        for code, n in zip(x[starts].tolist(), np.diff(np.concatenate([starts, [len(x)]])).tolist()):
+            lengths[code].append(n)
+    return [np.sort(np.asarray(v, dtype=np.int64)) for v in lengths]
+
+
+_M_SHIFT = 58  # a key: the context length m in bits 58-63, a 58-bit hash below
+_HASH_MASK = (1 << _M_SHIFT) - 1
+
+
+def _key(h1: int, h2: int, m: int) -> int:
+    return (((h1 << 32) | h2) & _HASH_MASK) | (m << _M_SHIFT)
 
 
 class RetrievalState:
@@ -182,6 +193,7 @@ class RetrievalState:
         self.index, self.history, self.current = index, history, []
         self.pushed = 0
         self.clip_cap = clip_cap  # time steps after which the clip has ended (None: only where the material ends)
+        self.hold = 0  # steps the last level-0 code has been held for (0: none yet in this clip)
         self._cached = (-1, None)  # (pushed, counts): one lookup serves the end check and the code
 
     def push(self, token: int) -> None:
@@ -189,7 +201,9 @@ class RetrievalState:
         self.current.append(int(token))
         self.pushed += 1
         if len(self.current) == self.index.q:
-            self.history.append(self.current[0])
+            code = self.current[0]
+            self.hold = self.hold + 1 if self.hold and self.history[-1] == code else 1
+            self.history.append(code)
             self.current = []
             if len(self.history) > 2 * self.index.settings.max_context_steps + 2:
                 del self.history[: -self.index.settings.max_context_steps - 1]
@@ -226,14 +240,52 @@ class RetrievalState:
     def mix(self, probs: np.ndarray) -> np.ndarray:
         """probs [K] for the next code (whose level this state knows) mixed with the retrieved ones."""
         counts = self._counts()
-        codes = None if counts is None else counts[: self.index.k]
-        if codes is None or not codes.sum():
+        if counts is not None and counts[: self.index.k].any():
+            recalled = counts[None, : self.index.k] / float(counts[: self.index.k].sum())
+            probs = _mixed(probs[None], recalled, self.index.settings.weight)[0]
+        return self._held(probs)
+
+    def _held(self, probs: np.ndarray) -> np.ndarray:
+        """probs [K] with the hold guard (RetrievalSettings.hold_guard) applied at level 0: the held
+        code goes on with the share of the material's holds of it that lasted at least one step more."""
+        index = self.index
+        if self.current or not index.settings.hold_guard or self.hold < index.settings.max_context_steps:
             return probs
-        recalled = codes / codes.sum()
-        model_share = (1.0 - self.index.settings.weight) * min(1.0, float(np.exp(_entropy(recalled) - _entropy(probs))))
-        return model_share * probs + (1.0 - model_share) * recalled
+        code = self.history[-1]
+        lengths = index.holds[code]
+        reached = len(lengths) - int(np.searchsorted(lengths, self.hold, "left"))
+        longer = len(lengths) - int(np.searchsorted(lengths, self.hold + 1, "left"))
+        go_on = longer / reached if reached else 0.0
+        rest = 1.0 - float(probs[code])
+        if rest <= 1e-12:  # nothing else to go to
+            return probs
+        out = probs * ((1.0 - go_on) / rest)
+        out[code] = go_on
+        return out
+
+    @staticmethod
+    def mix_rows(states: list["RetrievalState"], probs: np.ndarray) -> np.ndarray:
+        """`mix` for several states (over one index) at once: probs [B, K], row b mixed by states[b]
+        (the same numbers, row for row, as one `mix` each)."""
+        index = states[0].index
+        codes = [st._counts() for st in states]
+        rows = [b for b, c in enumerate(codes) if c is not None and c[: index.k].any()]
+        out = probs.copy()
+        if rows:
+            recalled = np.stack([codes[b][: index.k] for b in rows]).astype(np.float64)
+            recalled /= recalled.sum(-1, keepdims=True)
+            out[rows] = _mixed(probs[rows], recalled, index.settings.weight)
+        for b, st in enumerate(states):
+            out[b] = st._held(out[b])
+        return out
 
 
-def _entropy(p: np.ndarray) -> float:
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
+def _mixed(model: np.ndarray, recalled: np.ndarray, weight: float) -> np.ndarray:
+    """Rows [B, K] of the model's distribution mixed with the retrieved ones (module docstring)."""
+    share = (1.0 - weight) * np.minimum(1.0, np.exp(_entropies(recalled) - _entropies(model)))
+    return share[:, None] * model + (1.0 - share[:, None]) * recalled
+
+
+def _entropies(p: np.ndarray) -> np.ndarray:
+    """Each row's entropy (nats) of p [B, K]."""
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
