@@ -107,6 +107,9 @@ def train_run(train_entries, run_dir: Path, args, seed: int) -> None:
         raise SystemExit(f"training did not finish: {summary.get('message')}")
 
 
+HOLD_SECONDS = 2.0
+
+
 def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
     import torch
 
@@ -115,7 +118,8 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
     from distill.codes import extract_code_sequences
     from distill.generate import codes_to_audio, generate_codes, load_run
     from distill.runs import load_codes, read_manifest, run_configs
-    from distill.sample_score import FeatureSpace, order_free_codes, sample_score, set_features, verbatim_share
+    from distill.sample_score import (FeatureSpace, held_share, order_free_codes, sample_score, set_features,
+                                      verbatim_share)
 
     train_entries, held_entries = split_files(entries, seed)
     tag = f"{args.dataset}-{args.preset}-m{args.minutes if args.minutes is not None else 'preset'}-s{seed}"
@@ -190,6 +194,9 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
     longest = [longest_common_run(c.reshape(-1), [t.reshape(-1) for t in train_codes]) / q for c in gen_codes]
     out["longest_verbatim_s"] = float(max(longest) / steps_per_s)
     out["longest_verbatim_fraction"] = float(max(longest) / steps)
+    # frozen sound: time in holds of one coarse code for 2 s or more, generated and in the training codes
+    hold_steps = math.ceil(HOLD_SECONDS * steps_per_s)
+    out["held_share"], out["held_share_material"] = held_share(gen_codes, hold_steps), held_share(train_codes, hold_steps)
     held_codes = extract_code_sequences(run.vqvae, [torch.as_tensor(_mel(w, audio)) for w in held_waves])
     out["bits"] = float(nll_bits(run.prior, held_codes))
     out["unigram_bits"] = float(unigram_bits([torch.as_tensor(c) for c in train_codes], held_codes, k))
@@ -308,7 +315,8 @@ def main() -> None:
                   + f"; vs real audio: {r[metric + '.score_vs_audio']:.3f})")
         print(f"  verbatim share {r['verbatim_share']:.3f}; longest verbatim {r['longest_verbatim_s']:.2f} s "
               f"({r['longest_verbatim_fraction']:.1%} of a clip); held-out bits {r['bits']:.3f} vs unigram "
-              f"{r['unigram_bits']:.3f} = {r['bits_ratio']:.3f}x; generate {args.clips} x {args.seconds:.0f} s in "
+              f"{r['unigram_bits']:.3f} = {r['bits_ratio']:.3f}x; time in holds >= {HOLD_SECONDS:g} s "
+              f"{r['held_share']:.3f} (training codes {r['held_share_material']:.3f}); generate {args.clips} x {args.seconds:.0f} s in "
               f"{r['generate_wall_s']:.1f} s; sheet {r.get('sheet', '(none: --sheet draws it)')}", flush=True)
 
     def ms(key: str) -> str:
@@ -318,7 +326,8 @@ def main() -> None:
     print(f"\n{args.dataset} over seeds {args.seeds}: sample score {ms('mmd.score')} (valid on "
           f"{sum(r['mmd.valid'] for r in results)}/{len(results)} seeds; Fréchet's score {ms('frechet.score')}, valid on "
           f"{sum(r['frechet.valid'] for r in results)}/{len(results)}); verbatim share {ms('verbatim_share')}; "
-          f"longest verbatim {ms('longest_verbatim_fraction')} of a clip; bits vs unigram {ms('bits_ratio')}")
+          f"longest verbatim {ms('longest_verbatim_fraction')} of a clip; bits vs unigram {ms('bits_ratio')}; "
+          f"time in holds >= {HOLD_SECONDS:g} s {ms('held_share')} (training codes {ms('held_share_material')})")
     out = REPO / "bench" / "out" / f"samples_{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "sampling": {k: str(v) for k, v in sampling.items()}, "seeds": results},

@@ -100,7 +100,7 @@ def make_one_shots(run, settings: PackSettings, backend: str | None = None, prog
     sr = run.audio_config.sample_rate
     # each row runs long enough for a few clips of the longest length kept
     row_steps = max(4, math.ceil(min(3 * hi, 3 * MAX_CLIP_SECONDS) * sps))
-    retrieval = retrieval_for(run, settings.follow)
+    retrieval = retrieval_for(run, settings.follow, whole_sounds=True)
     shots: list[OneShot] = []
     kept_stats: list[np.ndarray] = []
     dropped: dict[str, int] = {}

@@ -154,3 +154,18 @@ def verbatim_share(generated: np.ndarray, train_codes, min_steps: int) -> float:
     np.add.at(covered, idx, 1)
     np.add.at(covered, idx + min_steps, -1)
     return float((np.cumsum(covered)[: len(gen)] > 0).mean())
+
+
+def held_share(codes, min_steps: int) -> float:
+    """Fraction of all time steps inside a hold: a run of >= min_steps steps with the same level-0
+    code (a sound frozen in place; measured on generated and on training codes alike). codes: list of [T, Q]."""
+    held = total = 0
+    for c in codes:
+        x = np.asarray(c)[:, 0]
+        if not len(x):
+            continue
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(x)) + 1])
+        lengths = np.diff(np.concatenate([starts, [len(x)]]))
+        held += int(lengths[lengths >= min_steps].sum())
+        total += len(x)
+    return held / total if total else 0.0

@@ -12,7 +12,7 @@ uses seed + i and gives the codes a one-row pass with that seed gives.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -124,11 +124,18 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def retrieval_for(run, follow: float):
-    """The run's training codes indexed for sampling at this `follow` weight (None at 0: the model alone)."""
+def retrieval_for(run, follow: float, whole_sounds: bool = False):
+    """The run's training codes indexed for sampling at this `follow` weight (None at 0: the model alone).
+    whole_sounds: a fresh clip may last as long as the file whose length it was given (a pack keeps
+    only clips at least as long as the shortest file, so the shorter default cap would drop them all)."""
     from distill.models.retrieval import RetrievalSettings
 
-    return run.retrieval_index(RetrievalSettings(weight=float(follow))) if follow > 0 else None
+    if follow <= 0:
+        return None
+    settings = RetrievalSettings(weight=float(follow))
+    if whole_sounds:
+        settings = replace(settings, max_clip_factor=max(1.0, settings.max_clip_factor))
+    return run.retrieval_index(settings)
 
 
 def save_variations(run, source, settings: VariationSettings, results: list[np.ndarray]) -> list[dict]:

@@ -8,7 +8,7 @@ import torch
 from distill.config import AudioConfig
 from distill.models.prior import CodePrior, unflatten_codes
 from distill.models.retrieval import CodeRetrieval, RetrievalSettings
-from distill.sample_score import FeatureSpace, order_free_codes, patch_features, verbatim_share
+from distill.sample_score import FeatureSpace, held_share, order_free_codes, patch_features, verbatim_share
 
 K, Q = 16, 2
 
@@ -75,7 +75,8 @@ def test_material_ends_end_clips_where_the_end_head_only_says_maybe():
     # the untrained end head says ~50 % everywhere; the material's files all end after 5 steps
     files = [pattern_file(5) for _ in range(3)]
     model = untrained_prior(seq_len=40, ends=True)
-    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=1.0, max_context_steps=8, min_count=2))
+    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=1.0, max_context_steps=8, min_count=2,
+                                                         max_clip_factor=0))  # only where the material ends
     _, _, starts = model.generate(40 * Q, generator=torch.Generator().manual_seed(1), retrieval=index,
                                   return_logits=True)
     clip_starts = sorted(set(starts.tolist()))
@@ -233,3 +234,10 @@ def test_with_the_hold_guard_generated_holds_last_as_the_materials_do():
     assert max(guarded) <= 40
     longer = lambda holds: sum(h > 6 for h in holds) / len(holds)  # noqa: E731
     assert longer(guarded) < 0.3 < longer(unguarded)  # the material: 1 hold in 11 is longer than 6 steps
+
+
+def test_held_share_counts_the_time_inside_long_holds_of_one_coarse_code():
+    a = held_file([(1, 5), (2, 2), (3, 4)])  # holds of 5, 2 and 4 steps
+    assert held_share([a], 4) == pytest.approx(9 / 11)
+    assert held_share([a, held_file([(4, 9)])], 6) == pytest.approx(9 / 20)
+    assert held_share([a], 6) == 0.0 and held_share([], 3) == 0.0

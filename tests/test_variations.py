@@ -91,7 +91,7 @@ def naive_lookup(files, k, history, current, max_m, min_count):
 
 def test_lookup_many_gives_each_context_what_a_scan_of_the_material_gives():
     files = material(k=16, q=3, files=6, steps=30)
-    index = CodeRetrieval(files, 16, 3, RetrievalSettings(weight=0.9, max_context_steps=6))
+    index = CodeRetrieval(files, 16, 3, RetrievalSettings(weight=0.9, max_context_steps=6, min_count=2))
     rng = np.random.default_rng(2)
     contexts = [([index.bos, *f[: t, 0].tolist()][-9:], f[t, :level].tolist())
                 for f in files for t in range(0, 30, 4) for level in range(3)]

@@ -19,7 +19,7 @@ the previous m steps, and the codes of levels 0..q-1 at step t itself. The longe
 `max_context_steps`) whose context occurs at least `min_count` times in the material is used.
 Coarse codes carry what a listener follows (pitch, loudness, which sound it is); the finer levels'
 own history would make every context unique after a step or two, and a back-off that then drops
-the oldest codes first would keep only the least informative ones. `min_count` >= 2 means the
+the oldest codes first would keep only the least informative ones. `min_count` >= 2 (3 by default) means the
 retrieved distribution pools at least two places in the material, so a sample recombines the
 material instead of replaying one file.
 Each file's level-0 path begins with a file-start symbol and ends with a file-end symbol: a new
@@ -49,13 +49,15 @@ _MODS = ((_B1, _P1), (_B2, _P2))
 class RetrievalSettings:
     weight: float = 0.9  # share of the retrieved distribution in the mix (0: the model alone)
     max_context_steps: int = 12  # longest level-0 history looked up, in time steps (~0.5 s)
-    min_count: int = 2  # a context must occur this often in the material to be used
+    # a context must occur this often in the material to be used (3 measured better than 2 on small
+    # collections: a context met twice often stands for one sound's two takes, README)
+    min_count: int = 3
     # A clip that begins afresh is given the length of a file drawn from the material, and ends by
     # this many times that length at the latest (0: only where the material ends). Inside a sound that
     # repeats itself (a ringing, a ticking) every context recurs mid-file and the material almost
     # never ends after it, so without this a clip can loop there for far longer than the sounds of
     # the collection do (README).
-    max_clip_factor: float = 1.0
+    max_clip_factor: float = 0.75  # (0.75 measured better than 1.0 on small collections, README)
     # A sound held (the same level-0 code, step after step) beyond the context the lookup sees goes on
     # as often as the material's holds of that code of at least that length did: the context alone
     # cannot tell a hold's 13th step from its 130th, and the long holds, with the most steps, decide
