@@ -159,13 +159,11 @@ def verbatim_share(generated: np.ndarray, train_codes, min_steps: int) -> float:
 def held_share(codes, min_steps: int) -> float:
     """Fraction of all time steps inside a hold: a run of >= min_steps steps with the same level-0
     code (a sound frozen in place; measured on generated and on training codes alike). codes: list of [T, Q]."""
+    from distill.models.retrieval import hold_runs
+
     held = total = 0
     for c in codes:
-        x = np.asarray(c)[:, 0]
-        if not len(x):
-            continue
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(x)) + 1])
-        lengths = np.diff(np.concatenate([starts, [len(x)]]))
+        _, lengths = hold_runs(np.asarray(c)[:, 0])
         held += int(lengths[lengths >= min_steps].sum())
-        total += len(x)
+        total += int(lengths.sum())
     return held / total if total else 0.0

@@ -134,7 +134,7 @@ def test_backend_is_explicit_with_one_default():
     from distill.models.cpu_decode import CpuStepper
 
     with pytest.raises(ValueError):  # no clip-end head to ask
-        CpuStepper(m).end_logit()
+        CpuStepper(m).end_logit_row(0)
 
 
 def _check_against_forward(m: CodePrior, tokens, logits, starts, prompt=None):

@@ -27,17 +27,21 @@ from distill.models.stepping import BACKENDS, TorchStepper, default_backend
 class BatchResult:
     tokens: torch.Tensor  # LongTensor[B, n_tokens]: the new tokens of each row
     clip_starts: list[list[int]]  # per row: indices into the new tokens where a fresh clip began
+    # with trace=True, row 0's logits [n_tokens, K] before each token (before temperature and
+    # filtering) and the stream index its window began at (LongTensor[n_tokens]), for tests
+    logits: torch.Tensor | None = None
+    window_starts: torch.Tensor | None = None
 
 
 @torch.inference_mode()
 def sample_rows(model, n_tokens: int, generators: list[torch.Generator], temperature: float = 1.0, top_k: int = 0,
                 top_p: float = 1.0, prompt: torch.Tensor | None = None, forced: np.ndarray | None = None,
                 clip_ends: bool = True, prompt_starts_clip: bool = True, retrieval=None,
-                backend: str | None = None) -> BatchResult:
-    """One row per generator; `prompt`: LongTensor[P] of flattened codes shared by every row;
-    `forced`: int [B, n_tokens] (or [n_tokens], the same for all rows), a code >= 0 is taken at that
-    place instead of sampling one, -1 is sampled. Forced codes fix the clip's length, so they go
-    with clip_ends=False."""
+                backend: str | None = None, trace: bool = False) -> BatchResult:
+    """One row per generator (None: torch's global one); `prompt`: LongTensor[P] of flattened codes
+    shared by every row; `forced`: int [B, n_tokens] (or [n_tokens], the same for all rows), a code
+    >= 0 is taken at that place instead of sampling one, -1 is sampled. Forced codes fix the clip's
+    length, so they go with clip_ends=False. `CodePrior.generate` is this with one row."""
     from distill.models.prior import SAMPLING_THREADS
 
     b = len(generators)
@@ -60,7 +64,7 @@ def sample_rows(model, n_tokens: int, generators: list[torch.Generator], tempera
         if on_cpu and threads != SAMPLING_THREADS:
             torch.set_num_threads(SAMPLING_THREADS)
         return _sample(model, n_tokens, generators, temperature, top_k, top_p, prompt, forced,
-                       clip_ends and model.end_head is not None, prompt_starts_clip, retrieval, backend)
+                       clip_ends and model.end_head is not None, prompt_starts_clip, retrieval, backend, trace)
     finally:
         if on_cpu and threads != SAMPLING_THREADS:
             torch.set_num_threads(threads)
@@ -68,7 +72,7 @@ def sample_rows(model, n_tokens: int, generators: list[torch.Generator], tempera
 
 
 def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, clip_ends, prompt_starts_clip,
-            retrieval, backend) -> BatchResult:
+            retrieval, backend, trace=False) -> BatchResult:
     dev = model.head.weight.device
     q, s, k_size = model.num_quantizers, model.seq_len, model.codebook_size
     b = len(gens)
@@ -81,8 +85,15 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
     if p_len:
         toks[:, :p_len] = prompt.reshape(-1).cpu().numpy()
     starts: list[list[int]] = [[] for _ in range(b)]
+    logits_out = np.zeros((n_tokens, k_size), np.float32) if trace else None
+    starts_out = np.zeros(n_tokens, np.int64) if trace else None
+
+    def result() -> BatchResult:
+        traced = (torch.from_numpy(logits_out).to(dev), torch.from_numpy(starts_out)) if trace else (None, None)
+        return BatchResult(torch.from_numpy(toks[:, p_len:].copy()).to(dev), starts, *traced)
+
     if n_tokens == 0:
-        return BatchResult(torch.from_numpy(toks[:, p_len:]).to(dev), starts)
+        return result()
 
     if backend == "numpy":
         from distill.models.cpu_decode import CpuStepper
@@ -139,6 +150,8 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
                     starts[r].append(n - p_len)
                     if recalls is not None:
                         recalls[r] = retrieval.start(begins_clip=True, draw=float(torch.rand(1, generator=gens[r])))
+        if trace:
+            logits_out[n - p_len], starts_out[n - p_len] = logits[0], w0[0]
         want = forced[:, n - p_len] if forced is not None else None
         tok = pick_rows(logits, recalls, gens, greedy, temperature, top_k, top_p, want)
         if recalls is not None:
@@ -161,7 +174,7 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
                     prime(int(r), new_w0, n - 1, resume=True)
             pos[full] = n - new_w0
         logits = step_all(toks[:, n - 1], pos)
-    return BatchResult(torch.from_numpy(toks[:, p_len:].copy()).to(dev), starts)
+    return result()
 
 
 def pick_rows(logits: np.ndarray, recalls, gens, greedy: bool, temperature: float, top_k: int, top_p: float,

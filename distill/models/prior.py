@@ -302,137 +302,14 @@ class CodePrior(nn.Module):
         """
         if n_tokens < 0:
             raise ValueError("n_tokens must be >= 0")
-        dev = self.head.weight.device
-        backend = backend or default_backend(dev)
-        if backend not in BACKENDS or (backend == "numpy" and dev.type != "cpu"):
-            raise ValueError(f"backend must be one of {BACKENDS} ('numpy' on a CPU only), got {backend!r}")
-        was_training = self.training
-        threads = torch.get_num_threads()
-        on_cpu = dev.type == "cpu"
-        self.eval()
-        try:
-            if on_cpu and threads != SAMPLING_THREADS:
-                torch.set_num_threads(SAMPLING_THREADS)  # per calling thread under OpenMP
-            return self._generate(n_tokens, temperature, top_k, top_p, prompt, generator, return_logits,
-                                  clip_ends and self.end_head is not None, prompt_starts_clip, retrieval, backend)
-        finally:
-            if on_cpu and threads != SAMPLING_THREADS:
-                torch.set_num_threads(threads)
-            self.train(was_training)
+        from distill.models.batch_sampling import sample_rows  # here: it imports this module
 
-    def _generate(self, n_tokens, temperature, top_k, top_p, prompt, generator, return_logits, clip_ends,
-                  prompt_starts_clip, retrieval, backend):
-        dev = self.head.weight.device
-        q_levels, s, k_size = self.num_quantizers, self.seq_len, self.codebook_size
-        greedy = temperature <= 0 or top_k == 1
-        top_k = 0 if top_k >= k_size else max(0, int(top_k))
-
-        p_len = 0 if prompt is None else int(prompt.shape[-1])
-        # the stream (prompt + new tokens) as a list of LongTensor[1]: appending costs no torch op
-        if p_len:
-            prompt = prompt.reshape(-1, 1).to(dev, torch.long)
-            if int(prompt.min()) < 0 or int(prompt.max()) >= k_size:
-                raise ValueError(f"prompt codes must lie in 0..{k_size - 1}")
-        toks = list(prompt.unbind(0)) if p_len else []
-        logits_out = torch.empty(n_tokens, k_size, device=dev) if return_logits else None
-        starts_out = torch.empty(n_tokens, dtype=torch.long) if return_logits else None
-        if n_tokens == 0:
-            out = torch.empty(1, 0, dtype=torch.long, device=dev)
-            return (out, logits_out, starts_out) if return_logits else out
-
-        if backend == "numpy":
-            from distill.models.cpu_decode import CpuStepper  # here: it reads scipy, which only sampling needs
-
-            steps = CpuStepper(self)
-        else:
-            steps = TorchStepper(self)
-        keep = max(q_levels, ((3 * s) // 4) // q_levels * q_levels)  # context kept after a slide
-
-        def prime(w0: int, n: int, resume: bool) -> torch.Tensor:
-            # a window [start, stream[w0:n]] from position 0 -> logits [K] for token n
-            return steps.prime(self.start_vector(resume), torch.cat(toks[w0:n]) if n > w0 else None)
-
-        w0 = 0
-        if p_len > s - 1:  # a long prompt: start from its last part, on a level-0 token
-            w0 = -(-(p_len - keep) // q_levels) * q_levels
-        logits = prime(w0, p_len, resume=w0 > 0 or (p_len > 0 and not prompt_starts_clip))
-        n, end = p_len, p_len + n_tokens
-        clip_start = 0  # stream index where the current clip began (a prompt is the clip so far)
-        recall = None
-        if retrieval is not None and retrieval.settings.weight > 0:
-            # the file-start symbol only where the whole clip so far is in the retrieval's history
-            recall = retrieval.start(begins_clip=p_len == 0 or (prompt_starts_clip and p_len <= retrieval.max_len),
-                                     draw=float(torch.rand(1, generator=generator, device=dev)))
-            for t in toks[-retrieval.max_len:]:
-                recall.push(int(t))
-        while True:
-            if clip_ends and n % q_levels == 0 and n - clip_start >= q_levels:
-                # the end head runs only where the material has no say (it rarely lacks one)
-                p_end = recall.material_end() if recall is not None else None
-                if p_end is None:
-                    p_end = float(torch.sigmoid(torch.tensor(steps.end_logit())))
-                if p_end > 0.5 if greedy else bool(torch.rand(1, generator=generator, device=dev) < p_end):
-                    clip_start = w0 = n  # the clip has ended: the next begins afresh
-                    logits = prime(w0, n, resume=False)
-                    if recall is not None:
-                        recall = retrieval.start(begins_clip=True, draw=float(torch.rand(1, generator=generator, device=dev)))
-            if return_logits:
-                logits_out[n - p_len] = logits
-                starts_out[n - p_len] = w0
-            if recall is None:
-                tok = self._pick(logits, greedy, temperature, top_k, top_p, generator)  # LongTensor[1]
-            else:
-                tok = _pick_mixed(logits, recall, greedy, temperature, top_k, top_p, generator)
-                recall.push(int(tok))
-            toks.append(tok)
-            n += 1
-            if n == end:
-                break
-            pos = n - w0
-            if pos >= s:  # window full: slide and rebuild the cache
-                w0 = -(-(n - keep) // q_levels) * q_levels
-                logits = prime(w0, n, resume=True)
-                continue
-            logits = steps.step(tok, pos)  # input token stream[n-1] at window position `pos`
-        codes = torch.cat(toks[p_len:]).unsqueeze(0)
-        return (codes, logits_out, starts_out) if return_logits else codes
-
-    @staticmethod
-    def _pick(logits, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
-        # logits: [K] -> LongTensor[1]
-        if greedy:
-            return logits.argmax().view(1)
-        if top_k > 0:
-            kth = torch.topk(logits, top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits / temperature, -1)
-        if top_p < 1.0:
-            probs = nucleus(probs, top_p)
-        # inverse-CDF draw (cheaper per token than torch.multinomial); side="right" never lands
-        # on a zero-probability code
-        cdf = probs.cumsum(0)
-        u = torch.rand(1, generator=generator, device=probs.device) * cdf[-1]
-        return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[0] - 1)
-
-
-def _pick_mixed(logits, recall, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
-    """Like CodePrior._pick, on the mix of the model's distribution (temperature 1) and the retrieved
-    one; temperature, top-k and top-p then shape the mix."""
-    probs = torch.softmax(logits.double(), -1).numpy()
-    probs = torch.from_numpy(recall.mix(probs))
-    if greedy:
-        return probs.argmax().view(1)
-    if temperature != 1.0:
-        probs = probs.clamp_min(1e-300) ** (1.0 / temperature) * (probs > 0)
-    if top_k > 0:
-        kth = torch.topk(probs, top_k).values[-1]
-        probs = probs.masked_fill(probs < kth, 0.0)
-    probs = probs / probs.sum()
-    if top_p < 1.0:
-        probs = nucleus(probs, top_p)
-    cdf = probs.cumsum(0)
-    u = torch.rand(1, generator=generator, device=probs.device, dtype=torch.float64) * cdf[-1]
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[0] - 1)
+        if prompt is not None:
+            prompt = prompt.reshape(-1)
+        res = sample_rows(self, n_tokens, [generator], temperature, top_k, top_p, prompt=prompt, clip_ends=clip_ends,
+                          prompt_starts_clip=prompt_starts_clip, retrieval=retrieval, backend=backend,
+                          trace=return_logits)
+        return (res.tokens, res.logits, res.window_starts) if return_logits else res.tokens
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
