@@ -194,11 +194,8 @@ def held_file(runs: list[tuple[int, int]]) -> np.ndarray:
 
 def test_a_held_code_goes_on_as_often_as_the_materials_holds_of_it_did():
     files = [held_file([(1, 40), (2, 5)]), held_file([(1, 6), (2, 3)] * 10)]  # code 1: ten holds of 6 steps, one of 40
-    every = dict(weight=0.9, max_context_steps=4, hold_guard_from=1)  # the guard on holds of any length
-    index = CodeRetrieval(files, K, Q, RetrievalSettings(**every))
+    index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.9, max_context_steps=4))
     assert index.holds[1].tolist() == [6] * 10 + [40]
-    twice = CodeRetrieval(files, K, Q, RetrievalSettings(**every, min_count=2))
-    default = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.9, max_context_steps=4))
 
     def after_hold(steps: int, settings=index) -> np.ndarray:
         state = settings.start()
@@ -209,12 +206,7 @@ def test_a_held_code_goes_on_as_often_as_the_materials_holds_of_it_did():
         return state._held(np.full(K, 1.0 / K))
 
     uniform = np.full(K, 1.0 / K)
-    # (file start, 1, 1, 1) occurs twice: where that is enough, the context found sees the hold's start
-    # and the lookup decides; where it is not, only (1, 1, 1) is found, which cannot tell the hold's length
-    assert np.array_equal(after_hold(3, twice), uniform)
-    assert after_hold(3)[1] == 1.0  # every hold of 1 that reached 3 steps lasted a 4th
-    assert np.array_equal(after_hold(3, default), uniform)  # by default, holds shorter than 4 steps are left alone
-    assert after_hold(5, default)[1] == 1.0
+    assert np.array_equal(after_hold(3), uniform)  # within the context the lookup sees: left to it
     assert after_hold(5)[1] == 1.0  # every hold of 1 that reached 5 steps lasted a 6th
     held = after_hold(6)
     assert held[1] == pytest.approx(1 / 11) and held.sum() == pytest.approx(1.0)  # one in eleven went on

@@ -29,9 +29,8 @@ minutes it says "maybe" everywhere, and even a tenth of that is a ~5 % chance pe
 sound short, so clips came out a fraction of the material's lengths (README).
 A held sound (the same level-0 code step after step) looks the same to the lookup from its 13th step
 to its 130th, and the longest holds, having the most steps, decide what follows: music froze into
-drones. Where the context the lookup found does not reach back to the hold's start (past the longest
-context, or where only a shorter one occurs often enough), a held code goes on as often as the
-material's holds of that code that reached the same length did (`hold_guard`).
+drones. Past the context the lookup sees, a held code goes on as often as the material's holds of
+that code that reached the same length did (`hold_guard`).
 Contexts are matched by polynomial hashes, two 31-bit moduli (as in `distill.analysis`), kept to 58 bits
 beside the context length.
 """
@@ -59,14 +58,11 @@ class RetrievalSettings:
     # never ends after it, so without this a clip can loop there for far longer than the sounds of
     # the collection do (README).
     max_clip_factor: float = 0.75  # (0.75 measured better than 1.0 on small collections, README)
-    # A sound held (the same level-0 code, step after step) beyond the context the lookup found goes on
+    # A sound held (the same level-0 code, step after step) beyond the context the lookup sees goes on
     # as often as the material's holds of that code of at least that length did: the context alone
     # cannot tell a hold's 13th step from its 130th, and the long holds, with the most steps, decide
     # what follows it, so music froze into drones for seconds (README).
     hold_guard: bool = True
-    # the shortest hold (steps) the guard applies to: 4 (~0.17 s) measured better than 1 (every hold)
-    # and 12 (only past the longest context) on small collections (README)
-    hold_guard_from: int = 4
 
 
 class CodeRetrieval:
@@ -150,11 +146,7 @@ class CodeRetrieval:
     def lookup_many(self, contexts: list[tuple[list[int], list[int]]]) -> list[np.ndarray | None]:
         """`lookup` for several (history, current) contexts: every context length of every context
         at one level is found in one pair of table searches."""
-        return [counts for counts, _ in self.lookup_found(contexts)]
-
-    def lookup_found(self, contexts: list[tuple[list[int], list[int]]]) -> list[tuple[np.ndarray | None, int]]:
-        """`lookup_many`, each with the context length m (level-0 steps) it was found at (-1: none)."""
-        found: list = [(None, -1)] * len(contexts)
+        found: list = [None] * len(contexts)
         by_level: dict[int, list[int]] = {}
         for i, (_, current) in enumerate(contexts):
             by_level.setdefault(len(current), []).append(i)
@@ -170,7 +162,7 @@ class CodeRetrieval:
                 for m in range(len(ks) - 1, -1, -1):
                     a, b = left[at + m], right[at + m]
                     if b - a >= self.settings.min_count:
-                        found[i] = (np.bincount(nxt[a:b], minlength=self.k + 2), m)
+                        found[i] = np.bincount(nxt[a:b], minlength=self.k + 2)
                         break
                 at += len(ks)
         return found
@@ -210,8 +202,7 @@ class RetrievalState:
         self.pushed = 0
         self.clip_cap = clip_cap  # time steps after which the clip has ended (None: only where the material ends)
         self.hold = 0  # steps the last level-0 code has been held for (0: none yet in this clip)
-        # (pushed, counts, context length found): one lookup serves the end check and the code
-        self._cached = (-1, None, -1)
+        self._cached = (-1, None)  # (pushed, counts): one lookup serves the end check and the code
 
     def push(self, token: int) -> None:
         """The next token of the stream (tokens come level 0, 1, ..., Q-1, then the next step)."""
@@ -231,13 +222,13 @@ class RetrievalState:
         their next `mix` and `material_end` use them (batched sampling)."""
         todo = [st for st in states if st._cached[0] != st.pushed]
         if todo:
-            found = todo[0].index.lookup_found([(st.history, st.current) for st in todo])
-            for st, (counts, m) in zip(todo, found):
-                st._cached = (st.pushed, counts, m)
+            found = todo[0].index.lookup_many([(st.history, st.current) for st in todo])
+            for st, counts in zip(todo, found):
+                st._cached = (st.pushed, counts)
 
     def _counts(self):
         if self._cached[0] != self.pushed:
-            self._cached = (self.pushed, *self.index.lookup_found([(self.history, self.current)])[0])
+            self._cached = (self.pushed, self.index.lookup(self.history, self.current))
         return self._cached[1]
 
     def material_end(self) -> float | None:
@@ -264,14 +255,9 @@ class RetrievalState:
 
     def _held(self, probs: np.ndarray) -> np.ndarray:
         """probs [K] with the hold guard (RetrievalSettings.hold_guard) applied at level 0: the held
-        code goes on with the share of the material's holds of it that lasted at least one step more,
-        wherever the context the lookup found does not reach back to the hold's start (so it cannot
-        tell how long the hold has lasted)."""
+        code goes on with the share of the material's holds of it that lasted at least one step more."""
         index = self.index
-        if self.current or not index.settings.hold_guard or self.hold < max(1, index.settings.hold_guard_from):
-            return probs
-        self._counts()
-        if self._cached[2] > self.hold:  # the context found sees the code before the hold
+        if self.current or not index.settings.hold_guard or self.hold < index.settings.max_context_steps:
             return probs
         code = self.history[-1]
         lengths = index.holds[code]
