@@ -97,6 +97,7 @@ def test_lookup_many_gives_each_context_what_a_scan_of_the_material_gives():
                 for f in files for t in range(0, 30, 4) for level in range(3)]
     contexts += [(rng.integers(0, 16, n).tolist(), rng.integers(0, 16, lv).tolist())
                  for n, lv in zip(rng.integers(0, 9, 40), rng.integers(0, 3, 40))] + [([], [])]
+    contexts += contexts[::7]  # rows that share a context in one call (looked up once)
     found = index.lookup_many(contexts)
     for (history, current), many in zip(contexts, found):
         one, scanned = index.lookup(history, current), naive_lookup(files, 16, history, current, 6, 2)

@@ -33,9 +33,6 @@ class CpuStepper:
     of [B, H] products. One sample is one row (`CodePrior.generate`)."""
 
     def __init__(self, model, batch: int = 1):
-        from scipy.special import erf  # here, not at import: it costs ~0.2 s and only sampling needs it
-
-        self.erf = erf
         self.nh = model.num_heads
         self.hd = model.hidden_size // model.num_heads
         self.n_inv = 1.0 / model.hidden_size
@@ -102,7 +99,7 @@ class CpuStepper:
             z = xc @ wfc
             z *= rstd(xc)[:, None]
             z += bfc
-            e = self.erf(z)
+            e = _erf(z)
             e += 1.0
             e *= z
             x = x + e @ wout + bout
@@ -138,7 +135,7 @@ class CpuStepper:
             z = xc @ wfc
             z *= 1.0 / math.sqrt(float(xc @ xc) * n_inv + LN_EPS)
             z += bfc
-            e = self.erf(z)
+            e = _erf(z)
             e += 1.0
             e *= z
             x = x + e @ wout + bout
@@ -159,6 +156,14 @@ class CpuStepper:
             return self.window.end_logit_row(b)
         xc, r = self._final_rows
         return float(xc[b] @ self.end[0]) * float(r[b]) + self.end[1]
+
+
+def _erf(z: np.ndarray) -> np.ndarray:
+    # torch's vectorised erf on the array's own memory: ~10x faster than scipy.special.erf on
+    # [4, 512] float32 (45 -> 5 us), a fifth of a 4-row step at tier 1 (bench/bench_variations.py)
+    out = np.empty_like(z)
+    torch.erf(torch.from_numpy(z), out=torch.from_numpy(out))
+    return out
 
 
 # Folded weights per model, reused while its parameters are unchanged (each parameter's storage and

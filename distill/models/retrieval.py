@@ -145,11 +145,19 @@ class CodeRetrieval:
 
     def lookup_many(self, contexts: list[tuple[list[int], list[int]]]) -> list[np.ndarray | None]:
         """`lookup` for several (history, current) contexts: every context length of every context
-        at one level is found in one pair of table searches."""
+        at one level is found in one pair of table searches. Rows with the same context (keeping an
+        input's shape, every row has its coarse path) are looked up once."""
         found: list = [None] * len(contexts)
         by_level: dict[int, list[int]] = {}
-        for i, (_, current) in enumerate(contexts):
-            by_level.setdefault(len(current), []).append(i)
+        first: dict[tuple, int] = {}
+        twins = []
+        m_max = self.settings.max_context_steps
+        for i, (history, current) in enumerate(contexts):
+            seen = first.setdefault((tuple(current), tuple(history[max(0, len(history) - m_max):])), i)
+            if seen != i:
+                twins.append((i, seen))
+            else:
+                by_level.setdefault(len(current), []).append(i)
         for level, rows in by_level.items():
             keys, nxt = self.tables[level]
             per_row = [self._keys(*contexts[i]) for i in rows]
@@ -165,6 +173,8 @@ class CodeRetrieval:
                         found[i] = np.bincount(nxt[a:b], minlength=self.k + 2)
                         break
                 at += len(ks)
+        for i, seen in twins:
+            found[i] = found[seen]
         return found
 
 
@@ -278,15 +288,21 @@ class RetrievalState:
         if len(states) == 1:  # one sample: `mix` itself, without the row bookkeeping
             return states[0].mix(probs[0])[None]
         index = states[0].index
-        codes = [st._counts() for st in states]
-        rows = [b for b, c in enumerate(codes) if c is not None and c[: index.k].any()]
-        out = probs.copy()
-        if rows:
-            recalled = np.stack([codes[b][: index.k] for b in rows]).astype(np.float64)
-            recalled /= recalled.sum(-1, keepdims=True)
-            out[rows] = _mixed(probs[rows], recalled, index.settings.weight)
+        recalled = np.zeros((len(states), index.k))
         for b, st in enumerate(states):
-            out[b] = st._held(out[b])
+            counts = st._counts()
+            if counts is not None:
+                recalled[b] = counts[: index.k]
+        found = recalled.sum(-1)
+        out = probs.copy()
+        rows = np.flatnonzero(found > 0)
+        if len(rows) == len(states):  # every row found its context (the usual case): no row gathering
+            out = _mixed(probs, recalled / found[:, None], index.settings.weight)
+        elif len(rows):
+            out[rows] = _mixed(probs[rows], recalled[rows] / found[rows, None], index.settings.weight)
+        for b, st in enumerate(states):
+            if not st.current:  # the hold guard acts at level 0 only
+                out[b] = st._held(out[b])
         return out
 
 

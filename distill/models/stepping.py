@@ -91,8 +91,18 @@ class TorchStepper:
         return logits
 
     def prime_all(self, first: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        """`prime` for every row at once, one window each: tokens LongTensor[B, t] (or None) -> logits [B, K]."""
+        """`prime` for every row at once, one window each: tokens LongTensor[B, t] (or None) -> logits [B, K].
+        Rows with the same window (a shared prompt, a start from nothing) are primed once, as one row,
+        and that row's keys and values copied to the others: B times less work, and the very numbers
+        a one-row pass gives."""
         b = self.batch
+        if b > 1 and (tokens is None or bool((tokens == tokens[:1]).all())):
+            logits = self.prime_row(0, first, None if tokens is None else tokens[0])
+            t = 1 if tokens is None else 1 + tokens.shape[1]
+            for cache in self.caches:
+                cache.kv[:, 1:, :, :t] = cache.kv[:, :1, :, :t]
+            self._row_final = [self._row_final[0]] * b
+            return logits[None].repeat(b, 1)
         x = first.view(1, 1, -1).expand(b, 1, -1)
         if tokens is not None:
             x = torch.cat([x, self.model.token_emb(tokens)], dim=1)
