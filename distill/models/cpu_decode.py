@@ -65,14 +65,15 @@ class CpuStepper:
         hh, b = nh * hd, len(tokens)
         rows = self._rows
         x = self.tok[tokens] + self.pe[pos]  # [B, H]
-        p_len = int(pos.max()) + 1
+        at_rows = pos.tolist()  # (Python's min and max of a few ints: cheaper than two array reductions)
+        p_len = max(at_rows) + 1
         bias, at = None, p_len - 1  # at: the one position every row stands at (None: they differ)
-        if int(pos.min()) != p_len - 1:  # positions past a row's own are masked out
+        if min(at_rows) != p_len - 1:  # positions past a row's own are masked out
             bias = np.where(np.arange(p_len)[None, :] > pos[:, None], -np.inf, 0.0).astype(np.float32)[:, None, None]
             at = None
 
-        def rstd(xc):
-            return 1.0 / np.sqrt(np.einsum("ij,ij->i", xc, xc) * n_inv + LN_EPS)
+        def rstd(xc):  # each row's 1/std: vecdot and one power, a third of einsum + sqrt + divide
+            return (np.vecdot(xc, xc) * n_inv + LN_EPS) ** -0.5
 
         for li, (wqkv, bqkv, wp, bp, wfc, bfc, wout, bout) in enumerate(self.layers):
             xc = x - x.sum(-1, keepdims=True) * n_inv

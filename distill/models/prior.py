@@ -115,15 +115,20 @@ class Block(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self._finish(x, a, self.training)
 
-    def step(self, x: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
-        """x: [1, t, H], the inputs at window positions pos..pos+t-1 -> outputs [1, t, H] (eval mode).
+    def step(self, x: torch.Tensor, cache: KVCache, pos: int, last_only: bool = False) -> torch.Tensor:
+        """x: [B, t, H], the inputs at window positions pos..pos+t-1 -> outputs [B, t, H] (eval mode).
         Their keys and values go into `cache`; each attends to every cached position up to its own.
-        Several positions at once only from position 0 (feeding a window's start and prompt)."""
+        Several positions at once only from position 0 (feeding a window's start and prompt).
+        last_only: the output at the last position only, [B, 1, H] (the last block of a window pass,
+        whose other outputs nothing reads: their keys and values are all the cache needs)."""
         t = x.shape[1]
         if t > 1 and pos:
             raise ValueError("several positions are stepped at once only from window position 0")
         qkv = self._qkv(x)
         cache.kv[:, :, :, pos : pos + t] = qkv[1:]
+        if pos == 0 and t > 1 and last_only:  # the last query sees every position
+            a = F.scaled_dot_product_attention(qkv[0][:, :, -1:], qkv[1], qkv[2])
+            return self._finish(x[:, -1:], a, False)
         if pos == 0:  # the inputs are the whole context so far
             a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
         else:

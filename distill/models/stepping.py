@@ -64,8 +64,9 @@ class TorchStepper:
         return self._run((self.model.token_emb.weight[token] + self.pe[pos]).unsqueeze(0), pos)
 
     def _run(self, x: torch.Tensor, pos: int) -> torch.Tensor:
-        for blk, cache in zip(self.model.blocks, self.caches):
-            x = blk.step(x, cache, pos)
+        last = len(self.model.blocks) - 1
+        for i, (blk, cache) in enumerate(zip(self.model.blocks, self.caches)):
+            x = blk.step(x, cache, pos, last_only=i == last)
         self._final = self.model.ln_f(x[0, -1:])
         return self.model.head(self._final)[0]
 
@@ -107,8 +108,9 @@ class TorchStepper:
         if tokens is not None:
             x = torch.cat([x, self.model.token_emb(tokens)], dim=1)
         x = x + self.pe[: x.shape[1]]
-        for blk, cache in zip(self.model.blocks, self.caches):
-            x = blk.step(x, cache, 0)
+        last = len(self.model.blocks) - 1
+        for i, (blk, cache) in enumerate(zip(self.model.blocks, self.caches)):
+            x = blk.step(x, cache, 0, last_only=i == last)
         final = self.model.ln_f(x[:, -1])
         self._row_final = list(final)
         return self.model.head(final)
