@@ -1,7 +1,7 @@
 """Several variations at once: one batched sampling pass (B rows in one KV cache) against the same
 variations made one after another, side by side in one run.
 
-    python bench/bench_variations.py              # tier-1 sizes, ~1 minute on 2 cores
+    python bench/bench_variations.py              # tier-1 sizes, ~2 minutes on 2 cores
     python bench/bench_variations.py --size quick --seconds 5
 
 The prior has the sizes a run trains at (auto tier 1: 128 wide, 2 layers, 4 heads, a 144-step window,
