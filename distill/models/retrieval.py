@@ -294,12 +294,13 @@ class RetrievalState:
             if counts is not None:
                 recalled[b] = counts[: index.k]
         found = recalled.sum(-1)
-        out = probs.copy()
         rows = np.flatnonzero(found > 0)
         if len(rows) == len(states):  # every row found its context (the usual case): no row gathering
             out = _mixed(probs, recalled / found[:, None], index.settings.weight)
-        elif len(rows):
-            out[rows] = _mixed(probs[rows], recalled[rows] / found[rows, None], index.settings.weight)
+        else:
+            out = probs.copy()
+            if len(rows):
+                out[rows] = _mixed(probs[rows], recalled[rows] / found[rows, None], index.settings.weight)
         for b, st in enumerate(states):
             if not st.current:  # the hold guard acts at level 0 only
                 out[b] = st._held(out[b])

@@ -63,10 +63,16 @@ class TorchStepper:
         """Input token (LongTensor[1]) at window position pos (>= 1) -> logits [K] for the next token."""
         return self._run((self.model.token_emb.weight[token] + self.pe[pos]).unsqueeze(0), pos)
 
-    def _run(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+    def _blocks(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        # every block over x [B, t, H] from window position pos; the last one only where its output
+        # is read (the last position: the others' keys and values are all the cache needs)
         last = len(self.model.blocks) - 1
         for i, (blk, cache) in enumerate(zip(self.model.blocks, self.caches)):
             x = blk.step(x, cache, pos, last_only=i == last)
+        return x
+
+    def _run(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        x = self._blocks(x, pos)
         self._final = self.model.ln_f(x[0, -1:])
         return self.model.head(self._final)[0]
 
@@ -107,10 +113,7 @@ class TorchStepper:
         x = first.view(1, 1, -1).expand(b, 1, -1)
         if tokens is not None:
             x = torch.cat([x, self.model.token_emb(tokens)], dim=1)
-        x = x + self.pe[: x.shape[1]]
-        last = len(self.model.blocks) - 1
-        for i, (blk, cache) in enumerate(zip(self.model.blocks, self.caches)):
-            x = blk.step(x, cache, 0, last_only=i == last)
+        x = self._blocks(x + self.pe[: x.shape[1]], 0)
         final = self.model.ln_f(x[:, -1])
         self._row_final = list(final)
         return self.model.head(final)
