@@ -10,7 +10,8 @@ For each seed: the same seeded 80/20 split **by file** as `bench/bench_samples.p
 planned and trained exactly as `distill train --minutes M` does on the 80 % (tier, budget share,
 its own early-stopping split inside the 80 %), and nothing of the 20 % is seen. Prints, per seed and
 as mean ± spread over seeds:
-  held-out log-mel L1 / the mean-frame baseline of the 80 %               (target <= 0.30)
+  held-out log-mel L1 / the mean-frame baseline of the 80 %, every level (target <= 0.30), and from
+  the sequence model's levels alone (what a generated sound's codes carry before their detail)
   per-level code use on the training files                                (target >= 80 % each)
   ViSQOL (audio mode, 48 kHz) of original -> codec -> Griffin-Lim, beside Griffin-Lim of the real
   mel (the vocoder's own cost), on held-out files >= 3 s (--visqol; target: within 0.4)
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_samples import dataset_folder, split_files  # noqa: E402  (same folders and splits)
+from bench_samples import dataset_folder, run_tag, split_files  # noqa: E402  (same folders, splits and runs)
 
 OUT = REPO / "bench" / "out"
 VISQOL_RATE = 48_000
@@ -55,9 +56,11 @@ def train_codec(train_entries, args, seed: int):
     from distill.scan import scan_dataset
     from distill.training.vqvae_train import train_vqvae
 
-    options = TrainOptions(preset=args.preset, minutes=args.minutes, seed=seed, device=args.device)
-    audio = audio_config_for(options)
-    report = scan_dataset([Path(e.abs_path) for e in train_entries], audio)
+    options = TrainOptions(preset=args.preset, minutes=args.minutes, seed=seed, device=args.device,
+                           sample_rate=args.sample_rate)
+    paths = [Path(e.abs_path) for e in train_entries]
+    audio = audio_config_for(options, paths)  # the rate `distill train` would choose for these files
+    report = scan_dataset(paths, audio)
     plan = plan_training(report, options)
     cfg = plan.vqvae_config
     overrides = parse_sets(args.set)
@@ -73,7 +76,10 @@ def codec_from_run(args, seed: int):
     from distill.generate import load_run
     from distill.runs import run_configs
 
-    tag = f"{args.dataset}-{args.preset}-m{args.minutes if args.minutes is not None else 'preset'}-s{seed}"
+    from types import SimpleNamespace
+
+    # bench_samples.py's folder for the same dataset, budget, seed and codec settings (--set there is --vq-set)
+    tag = run_tag(SimpleNamespace(dataset=args.dataset, preset=args.preset, minutes=args.minutes, vq_set=args.set), seed)
     run_dir = OUT / "samples" / tag
     if not (run_dir / "manifest.json").is_file():
         raise SystemExit(f"{run_dir} is missing: run bench/bench_samples.py --dataset {args.dataset} first")
@@ -97,7 +103,7 @@ def visqol_pairs(held, audio, model, api) -> tuple[list[float], list[float]]:
         wave = decode_file(Path(e.abs_path), audio).wave[: int(VISQOL_MAX_S * audio.sample_rate)]
         mel = log_mel(torch.from_numpy(wave), audio)
         with torch.inference_mode():
-            codes = extract_code_sequences(model, [mel])[0]
+            codes = extract_code_sequences(model, [mel], detail=True)[0]  # a file's round trip keeps every level
             recon = model.decode(codes[None], frames=mel.shape[-1])[0]
         for mel_in, out in ((recon, codec), (mel, vocoder)):
             deg = librosa.resample(mel_to_audio(mel_in, audio).numpy(), orig_sr=audio.sample_rate,
@@ -127,18 +133,23 @@ def measure_seed(entries, args, seed: int, api) -> dict:
     train_s = time.time() - t0
     held = scan_dataset([Path(e.abs_path) for e in held_entries], audio)
     held_mels = [e.mel for e in held.used]
+    q = cfg.num_quantizers
     with torch.inference_mode():
-        held_codes = extract_code_sequences(model, held_mels)
+        held_codes = extract_code_sequences(model, held_mels, detail=True)  # every level: the round trip
         recons = [model.decode(c[None], frames=m.shape[-1])[0] for c, m in zip(held_codes, held_mels)]
-        ratio = mel_l1(recons, held_mels) / mean_frame_baseline_l1(train_mels, held_mels)
-        train_codes = extract_code_sequences(model, train_mels)
+        baseline = mean_frame_baseline_l1(train_mels, held_mels)
+        ratio = mel_l1(recons, held_mels) / baseline
+        # the sequence model's levels alone: what a generated sound's codes carry before their detail
+        coarse = [model.decode(c[None, :, :q], frames=m.shape[-1])[0] for c, m in zip(held_codes, held_mels)]
+        coarse_ratio = mel_l1(coarse, held_mels) / baseline
+        train_codes = extract_code_sequences(model, train_mels, detail=True)
         use = [round(float(u), 3) for u in utilisation(level_histograms(train_codes, cfg.codebook_size))]
 
         every = train_mels + held_mels
         total_s = sum(m.shape[-1] for m in every) / audio.frames_per_second
-        extract_code_sequences(model, every[:4])  # warm-up
+        extract_code_sequences(model, every[:4], detail=True)  # warm-up
         t = time.perf_counter()
-        extract_code_sequences(model, every)
+        extract_code_sequences(model, every, detail=True)  # as the codes stage does: every level
         extraction_x = total_s / (time.perf_counter() - t)
 
         picked = held_mels[: max(1, len(held_mels))]
@@ -152,15 +163,18 @@ def measure_seed(entries, args, seed: int, api) -> dict:
     row = {"seed": seed, "train_files": len(train_entries), "held_files": len(held_entries),
            "held_seconds": round(sum(e.seconds for e in held.used), 1), "steps": steps, "stop": stop,
            "train_s": round(train_s, 1), "budget_s": cfg.time_budget_s, "ratio": round(ratio, 4),
-           "utilisation": use, "extraction_x": round(extraction_x), "decode_cpu_per_s": round(decode_cpu, 4),
-           "config": {k: getattr(cfg, k) for k in ("num_quantizers", "codebook_size", "downsample", "hidden_channels",
-                                                   "num_res_blocks", "window_frames", "batch_size")}}
+           "coarse_ratio": round(coarse_ratio, 4), "sample_rate": audio.sample_rate, "utilisation": use, "extraction_x": round(extraction_x), "decode_cpu_per_s": round(decode_cpu, 4),
+           "config": {k: getattr(cfg, k) for k in ("num_quantizers", "detail_levels", "codebook_size", "codebook_dim",
+                                                   "downsample", "hidden_channels", "num_res_blocks", "window_frames",
+                                                   "batch_size")}}
     if api is not None:
         codec, vocoder = visqol_pairs(held.used, audio, model, api)
         row.update(visqol_codec=codec, visqol_vocoder=vocoder,
                    visqol_gap=round(statistics.mean(v - c for c, v in zip(codec, vocoder)), 3) if codec else None)
     print(f"seed {seed}: {row['train_files']} training / {row['held_files']} held-out files ({row['held_seconds']} s); "
-          f"{steps} steps in {train_s:.0f} s ({stop}); held-out L1 ratio {ratio:.3f}; code use {use}; "
+          f"{steps} steps in {train_s:.0f} s ({stop}); {audio.sample_rate} Hz, {cfg.num_quantizers} + {cfg.detail_levels} "
+          f"levels; held-out L1 ratio {ratio:.3f} (the sequence model's levels alone {coarse_ratio:.3f}); "
+          f"lowest code use {min(use):.2f}; "
           f"extraction {extraction_x:.0f}x; decode+GL {decode_cpu:.4f} CPU s/s"
           + (f"; ViSQOL codec {np.mean(row['visqol_codec']):.2f} vs Griffin-Lim of the real mel "
              f"{np.mean(row['visqol_vocoder']):.2f} on {len(row['visqol_codec'])} files (gap {row['visqol_gap']})"
@@ -186,6 +200,8 @@ def main() -> None:
     ap.add_argument("--visqol", action="store_true", help="ViSQOL columns (pip install -r bench/requirements.txt)")
     ap.add_argument("--from-runs", action="store_true", help="measure the codecs bench_samples.py trained")
     ap.add_argument("--device", default="cpu", help="auto|cpu|cuda|mps")
+    ap.add_argument("--sample-rate", type=int, default=0, choices=[0, 24000, 48000],
+                    help="the rate to work at (0: what `distill train` chooses for the files)")
     ap.add_argument("--tag", default="", help="a name for this variant in the output file")
     args = ap.parse_args()
 
@@ -203,6 +219,7 @@ def main() -> None:
           f"{torch.get_num_threads()} thread(s)", flush=True)
     rows = [measure_seed(entries, args, s, api) for s in args.seeds]
     summary = {"ratio": spread([r["ratio"] for r in rows]),
+               "coarse_ratio": spread([r["coarse_ratio"] for r in rows]),
                "utilisation_min": spread([min(r["utilisation"]) for r in rows]),
                "visqol_codec": spread([float(np.mean(r["visqol_codec"])) for r in rows if r.get("visqol_codec")]),
                "visqol_vocoder": spread([float(np.mean(r["visqol_vocoder"])) for r in rows if r.get("visqol_vocoder")]),

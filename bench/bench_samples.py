@@ -98,7 +98,8 @@ def train_run(train_entries, run_dir: Path, args, seed: int) -> None:
 
     if args.reuse and (run_dir / "manifest.json").is_file() and read_manifest(run_dir).get("status") == "done":
         return
-    options = TrainOptions(preset=args.preset, minutes=args.minutes, seed=seed, device=args.device)
+    options = TrainOptions(preset=args.preset, minutes=args.minutes, seed=seed, device=args.device,
+                           vqvae_overrides=parse_json_sets(args.vq_set))
     t0 = time.time()
     summary = run_pipeline([Path(e.abs_path) for e in train_entries], run_dir, options,
                            callbacks=[lambda e: e.get("kind") == "stage_end" and print(
@@ -108,6 +109,16 @@ def train_run(train_entries, run_dir: Path, args, seed: int) -> None:
 
 
 HOLD_SECONDS = 2.0
+
+
+def parse_json_sets(items) -> dict:
+    return {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in items or []}
+
+
+def run_tag(args, seed: int) -> str:
+    """The run folder's name: dataset, preset, budget, seed (and codec settings other than the defaults)."""
+    extra = "".join(f"-{k}{v}" for k, v in sorted(parse_json_sets(args.vq_set).items()))
+    return f"{args.dataset}-{args.preset}-m{args.minutes if args.minutes is not None else 'preset'}{extra}-s{seed}"
 
 
 def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
@@ -122,7 +133,7 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
                                       verbatim_share)
 
     train_entries, held_entries = split_files(entries, seed)
-    tag = f"{args.dataset}-{args.preset}-m{args.minutes if args.minutes is not None else 'preset'}-s{seed}"
+    tag = run_tag(args, seed)
     run_dir = REPO / "bench" / "out" / "samples" / tag
     t0 = time.time()
     train_run(train_entries, run_dir, args, seed)
@@ -143,13 +154,19 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
                 for g in range(2)]
     gen_codes = gen_sets[0] + gen_sets[1]
     gen_s = time.perf_counter() - t1
-    decode = lambda codes: codes_to_audio(run, codes)[:samples_per_chunk]  # noqa: E731
+    if args.no_detail:  # every set decoded from the sequence model's levels alone
+        from distill.generate import decode_codes
+
+        decode = lambda codes: decode_codes(run.vqvae, audio, codes)[:samples_per_chunk]  # noqa: E731
+    else:
+        decode = lambda codes: codes_to_audio(run, codes)[:samples_per_chunk]  # noqa: E731
     sets = {f"generated {g}": [decode(c) for c in codes] for g, codes in enumerate(gen_sets)}
     train_waves = [decode_file(Path(e.abs_path), audio).wave for e in train_entries]
     held_waves = [decode_file(Path(e.abs_path), audio).wave for e in held_entries]
     # The references depend only on the run and the set size: kept beside the run, so trying other
     # sampling settings on the same run (--reuse --set ...) measures only the generated set.
-    refs_path = run_dir.with_name(f"{tag}.refs-{args.clips}x{args.seconds:g}-d{args.draws}.json")
+    refs_path = run_dir.with_name(f"{tag}.refs-{args.clips}x{args.seconds:g}-d{args.draws}"
+                                  f"{'-nodetail' if args.no_detail else ''}.json")
     refs = json.loads(refs_path.read_text()) if args.reuse and refs_path.is_file() else None
     if refs is None or args.sheet:
         for d in range(args.draws):
@@ -205,8 +222,8 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
     out["prior_steps"], out["prior_stop"] = prior_results.get("steps"), prior_results.get("stop_reason")
     out["prior_size"] = f"{run.prior.num_layers}x{run.prior.hidden_size}"
     if "real audio 0" in sets:
-        sheet(run_dir.parent / f"{tag}.png", sets, held_waves, audio, tag, out)
-        out["sheet"] = str(run_dir.parent / f"{tag}.png")
+        sheet(run_dir.parent / f"{tag}{'-nodetail' if args.no_detail else ''}.png", sets, held_waves, audio, tag, out)
+        out["sheet"] = str(run_dir.parent / f"{tag}{'-nodetail' if args.no_detail else ''}.png")
     return out
 
 
@@ -275,6 +292,10 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same dataset/budget/seed")
     ap.add_argument("--sheet", action="store_true", help="with --reuse: decode the references again to draw the sheet")
     ap.add_argument("--set", action="append", metavar="NAME=VALUE", help="a sampling setting other than the default")
+    ap.add_argument("--vq-set", action="append", default=[], metavar="KEY=JSON",
+                    help="a codec setting other than the default (any VQVAEConfig field); names the run folder")
+    ap.add_argument("--no-detail", action="store_true",
+                    help="decode every set from the sequence model's levels alone (no detail from the material)")
     args = ap.parse_args()
     args.preset = args.preset or ("quick" if args.dataset == "demo" else "auto")
 

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 from distill.runs import (
+    DETAIL_FILE,
     MAX_MANIFEST_BYTES,
     MAX_METRICS_BYTES,
     check_manifest_fields,
@@ -25,7 +26,7 @@ from distill.runs import (
 )
 from distill.storage import OversizeError, UnsafeFileError, copy_limited, parse_json, zip_directory
 
-TOP_FILES = {"manifest.json", "vqvae.safetensors", "prior.safetensors", "codes.safetensors", "metrics.jsonl"}
+TOP_FILES = {"manifest.json", "vqvae.safetensors", "prior.safetensors", "codes.safetensors", DETAIL_FILE, "metrics.jsonl"}
 SAMPLE_NAME = re.compile(r"^samples/[A-Za-z0-9][A-Za-z0-9_.-]{0,120}\.(wav|flac|json|safetensors)$")
 MAX_MEMBERS = 2000
 MAX_MEMBER_BYTES = 1024**3
@@ -85,7 +86,7 @@ def _check_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
 
 def validate_run(run_dir: Path) -> dict:
     """Load everything a run claims to hold, with every check on; raise UnsafeFileError if anything is off."""
-    from distill.runs import load_codes, load_prior, load_vqvae
+    from distill.runs import load_codes, load_detail, load_prior, load_vqvae
 
     manifest = read_manifest(run_dir)
     check_manifest_fields(manifest)  # what the page draws from it has the types Distill writes
@@ -95,7 +96,9 @@ def validate_run(run_dir: Path) -> dict:
     if (run_dir / "prior.safetensors").is_file():
         load_prior(run_dir)
     if (run_dir / "codes.safetensors").is_file():
-        load_codes(run_dir)
+        load_detail(run_dir, load_codes(run_dir))
+    elif (run_dir / DETAIL_FILE).is_file():
+        raise UnsafeFileError(f"bundle has {DETAIL_FILE} but no codes.safetensors")
     for sidecar in sorted((run_dir / "samples").glob("*.json")):
         _check_sidecar(sidecar)
     return manifest

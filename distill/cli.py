@@ -19,16 +19,20 @@ def _print_json(obj) -> None:
     print(json.dumps(sanitize_json(obj), indent=2, ensure_ascii=False))
 
 
+SAMPLE_RATE_HELP = ("the rate sound is worked on at; 0 (the default): 48000 when most of your audio is recorded at "
+                    "44.1 kHz or more, else 24000")
+
+
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 def cmd_scan(args) -> int:
-    from distill.pipeline import TrainOptions, plan_training
+    from distill.pipeline import TrainOptions, audio_config_for, plan_training
     from distill.scan import nothing_usable_message, scan_dataset
 
-    options = TrainOptions(preset=args.preset, num_quantizers=args.levels)
-    report = scan_dataset(args.data_dir, cache_dir=args.cache_dir)
+    options = TrainOptions(preset=args.preset, num_quantizers=args.levels, sample_rate=args.sample_rate)
+    report = scan_dataset(args.data_dir, audio_config_for(options, args.data_dir), cache_dir=args.cache_dir)
     data = report.to_dict()
     if report.used:
         plan = plan_training(report, options)
@@ -86,7 +90,7 @@ def cmd_train(args) -> int:
 
     overrides = _settings(args.set)
     options = TrainOptions(preset=args.preset, minutes=args.minutes, seed=args.seed, device=args.device,
-                           num_quantizers=args.levels, cache_dir=args.cache_dir,
+                           num_quantizers=args.levels, sample_rate=args.sample_rate, cache_dir=args.cache_dir,
                            vqvae_overrides=overrides["vqvae"], prior_overrides=overrides["prior"],
                            audio_overrides=overrides["audio"])
     summary = run_pipeline(args.data_dir, Path(args.run), options, callbacks=[_show_progress(time.time())])
@@ -172,7 +176,7 @@ def cmd_vary(args) -> int:
 
     from distill.generate import codes_to_audio, load_run
     from distill.sound_input import load_input
-    from distill.variations import VariationSettings, save_variations, vary_codes
+    from distill.variations import VariationSettings, save_variations, vary_codes, with_detail
 
     run = load_run(args.run_dir)
     kind, ref = ("file", args.file) if args.file else ("sample", args.sample) if args.sample else ("upload", args.audio)
@@ -188,7 +192,7 @@ def cmd_vary(args) -> int:
     stem = Path(source.name).stem or "input"
     for i, codes in enumerate(results):
         path = out / f"{stem}-{args.mode}-s{args.seed + i}.wav"
-        sf.write(path, codes_to_audio(run, codes), run.audio_config.sample_rate)
+        sf.write(path, codes_to_audio(run, with_detail(run, source, settings, codes)), run.audio_config.sample_rate)
         _err(f"wrote {path} ({len(codes)} code steps)")
     if args.keep:
         save_variations(run, source, settings, results)
@@ -229,7 +233,8 @@ def cmd_encode(args) -> int:
     if not report.used:
         reason = report.skipped[0].reason if report.skipped else "no audio"
         raise DatasetError(f"cannot encode {args.audio}: {reason}")
-    codes = extract_code_sequences(load_vqvae(args.run_dir), [report.used[0].mel])[0]
+    # every level, detail too: `decode` then gives the file's own round trip
+    codes = extract_code_sequences(load_vqvae(args.run_dir), [report.used[0].mel], detail=True)[0]
     np.save(args.out, torch.as_tensor(codes).numpy().astype(np.int64), allow_pickle=False)
     _err(f"wrote {args.out}: {tuple(codes.shape)} codes")
     return 0
@@ -239,21 +244,20 @@ def cmd_decode(args) -> int:
     import numpy as np
     import soundfile as sf
 
-    from distill.generate import codes_to_audio, load_run
+    from distill.generate import add_detail, decode_codes, load_detail_bank
     from distill.runs import load_vqvae, read_manifest, run_configs
 
     codes = np.load(args.codes, allow_pickle=False)  # never unpickle a user's file
     manifest = read_manifest(args.run_dir)
     audio, vq, _ = run_configs(manifest)
-    if codes.ndim != 2 or codes.shape[1] != vq.num_quantizers or codes.min() < 0 or codes.max() >= vq.codebook_size:
-        raise ValueError(f"codes must be an integer array [T, {vq.num_quantizers}] with values below {vq.codebook_size}")
-    if (Path(args.run_dir) / "prior.safetensors").is_file():
-        run = load_run(args.run_dir)
-    else:  # a run stopped before the prior can still decode
-        from types import SimpleNamespace
-
-        run = SimpleNamespace(manifest=manifest, vqvae=load_vqvae(args.run_dir))
-    wave = codes_to_audio(run, codes.astype(np.int64))
+    widths = sorted({vq.num_quantizers, vq.num_quantizers + vq.detail_levels})
+    if codes.ndim != 2 or codes.shape[1] not in widths or not codes.size or codes.min() < 0 \
+            or codes.max() >= vq.codebook_size:
+        raise ValueError(f"codes must be an integer array [T, {' or '.join(map(str, widths))}] with values below "
+                         f"{vq.codebook_size} (the sequence model's levels, or all levels as `encode` writes them)")
+    vqvae = load_vqvae(args.run_dir)  # a run stopped before the prior can still decode
+    full = add_detail(load_detail_bank(Path(args.run_dir), vqvae), vqvae, codes.astype(np.int64))
+    wave = decode_codes(vqvae, audio, full)
     sf.write(args.out, wave, audio.sample_rate)
     _err(f"wrote {args.out} ({len(wave) / audio.sample_rate:.2f} s)")
     return 0
@@ -300,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--preset", default="auto", choices=["auto", "quick"])
     s.add_argument("--levels", type=int, default=3, choices=[2, 3, 4])
+    s.add_argument("--sample-rate", type=int, default=0, choices=[0, 24000, 48000], help=SAMPLE_RATE_HELP)
     s.set_defaults(func=cmd_scan)
 
     t = sub.add_parser("train", help="train the whole pipeline on a folder")
@@ -310,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--levels", type=int, default=3, choices=[2, 3, 4])
+    t.add_argument("--sample-rate", type=int, default=0, choices=[0, 24000, 48000], help=SAMPLE_RATE_HELP)
     t.add_argument("--set", action="append", metavar="STAGE.NAME=VALUE",
                    help="override one setting, e.g. vqvae.max_steps=200 or prior.time_budget_s=null (repeatable)")
     t.add_argument("--json", action="store_true")

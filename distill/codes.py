@@ -25,8 +25,10 @@ def extract_code_sequences(
     dataset_or_mels,
     batch_frames: int = DEFAULT_BATCH_FRAMES,
     device: str | torch.device | None = None,
+    detail: bool = False,
 ) -> list[torch.Tensor]:
-    """Codes [ceil(frames / downsample), Q] (CPU, long) for every mel [n_mels, frames], in input order.
+    """Codes [ceil(frames / downsample), Q] (CPU, long) for every mel [n_mels, frames], in input order
+    (detail=True: [.., Q + detail_levels], the codec's detail levels too).
 
     Accepts a MelDataset (all its files) or a list of mels. No gradients, eval mode (the model's mode
     is restored afterwards); `device` (default: the model's) runs a copy of the model there. Files are batched only with files of the same padded length, so every
@@ -64,7 +66,7 @@ def extract_code_sequences(
                         if pad:  # same right-edge replicate padding encode() applies
                             m = torch.cat([m, m[:, -1:].expand(-1, pad)], dim=-1)
                         batch.append(m)
-                    codes = model.encode(torch.stack(batch).to(dev)).cpu()  # [b, T', Q]
+                    codes = model.encode(torch.stack(batch).to(dev), detail=detail).cpu()  # [b, T', Q (+ detail)]
                     for j, i in enumerate(chunk):
                         out[i] = codes[j].clone()
     finally:
@@ -147,6 +149,20 @@ def codebook_health(hist: torch.Tensor) -> list[dict]:
              "verdict": verdict, "explanation": text}
         )
     return out
+
+
+def detail_health(used: Sequence[float], first_level: int) -> dict:
+    """The codec's detail levels as one entry beside codebook_health's (they are many and alike): the
+    share of codes in use of the least used one (`used`: per detail level) stands for all of them."""
+    lowest, n = float(min(used)), len(used)
+    verdict = "collapse" if lowest < COLLAPSE_UTILISATION else "some codes unused" if lowest < HEALTHY_UTILISATION \
+        else "healthy"
+    span = f"levels {first_level + 1}–{first_level + n}" if n > 1 else f"level {first_level + 1}"
+    return {"level": first_level, "name": f"detail ({span})", "utilisation": lowest, "verdict": verdict,
+            "detail_levels": n, "explanation": (
+                f"{n} detail level{'s' if n > 1 else ''}: the fine texture of your own sounds when they are heard "
+                f"through their codes (the sequence model does not learn them; a new sound takes its texture from "
+                f"your material). The least used of them uses {lowest:.0%} of its codes.")}
 
 
 # --- reconstruction error ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from distill.scan import DatasetError, scan_dataset
 
 def evaluate_run(run_dir, data_dir, samples: int = 4, sample_seconds: float = 10.0, seed: int = 0,
                  cache_dir=None) -> dict:
-    from distill.codes import codebook_health, extract_code_sequences, level_histograms
+    from distill.codes import codebook_health, detail_health, extract_code_sequences, level_histograms, utilisation
     from distill.codes import mean_frame as codes_mean_frame
     from distill.runs import load_vqvae
 
@@ -25,22 +25,26 @@ def evaluate_run(run_dir, data_dir, samples: int = 4, sample_seconds: float = 10
         raise DatasetError(f"no usable audio in {data_dir}")
     mels = [e.mel for e in report.used]
     model = load_vqvae(run_dir)
-    codes = extract_code_sequences(model, mels)
+    every = extract_code_sequences(model, mels, detail=True)  # the round trip keeps the detail levels
+    codes = [c[:, : model.coarse_levels] for c in every]
     total_err, total_base, frames = 0.0, 0.0, 0
     mean = manifest.get("train_mean_frame")
     mean_frame = torch.tensor(mean, dtype=torch.float32) if mean else codes_mean_frame(mels)
     with torch.inference_mode():
-        for mel, c in zip(mels, codes):
+        for mel, c in zip(mels, every):
             recon = model.decode(torch.as_tensor(c)[None], frames=mel.shape[1])[0]
             total_err += float((recon - mel).abs().sum())
             total_base += float((mean_frame[:, None] - mel).abs().sum())
             frames += mel.numel()
-    hist = level_histograms(codes, vq.codebook_size)
+    hist = level_histograms(every, vq.codebook_size)
+    levels = codebook_health(hist[: model.coarse_levels])
+    if model.detail_levels:
+        levels.append(detail_health(utilisation(hist[model.coarse_levels:]).tolist(), model.coarse_levels))
     out: dict = {
         "files": len(mels),
         "vqvae.mel_l1": total_err / frames,
         "vqvae.baseline_mel_l1": total_base / frames,
-        "vqvae.levels": codebook_health(hist),
+        "vqvae.levels": levels,
     }
     out["vqvae.ratio_to_baseline"] = out["vqvae.mel_l1"] / max(out["vqvae.baseline_mel_l1"], 1e-12)
     if prior_cfg is not None and (run_dir / "prior.safetensors").is_file():

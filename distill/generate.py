@@ -29,6 +29,7 @@ class LoadedRun:
     prior_hash: str
     stamp: tuple  # (mtime_ns of vqvae, prior): tells a cache when the files changed
     _retrieval: dict = field(default_factory=dict, repr=False)  # RetrievalSettings -> index, built on first use
+    _detail: dict = field(default_factory=dict, repr=False)  # "bank" -> DetailBank (or None), built on first use
 
     def retrieval_index(self, settings):
         """The training codes indexed for retrieval while sampling (built once per run and settings)."""
@@ -41,6 +42,18 @@ class LoadedRun:
             self._retrieval[settings] = CodeRetrieval(codes, vq.codebook_size, vq.num_quantizers, settings)
         return self._retrieval[settings]
 
+    def detail_bank(self):
+        """The material's detail codes, for codes the sequence model made (None: the codec has no
+        detail levels, or the run keeps none)."""
+        if "bank" not in self._detail:
+            self._detail["bank"] = load_detail_bank(self.run_dir, self.vqvae)
+        return self._detail["bank"]
+
+    def with_detail(self, codes: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        """[T', Q] codes -> [T', Q + detail_levels]: their detail from the material (`known`: the
+        detail of the first steps, kept); codes already with detail, or a run without, as they are."""
+        return add_detail(self.detail_bank(), self.vqvae, codes, known)
+
     @property
     def audio_config(self):
         return run_configs(self.manifest)[0]
@@ -48,6 +61,27 @@ class LoadedRun:
     @property
     def vqvae_config(self):
         return run_configs(self.manifest)[1]
+
+
+def load_detail_bank(run_dir: Path, vqvae):
+    """The run's material as a DetailBank (distill/detail.py), or None when its codec has no detail levels."""
+    from distill.detail import DetailBank
+    from distill.runs import load_detail
+
+    if not getattr(vqvae, "detail_levels", 0):
+        return None
+    codes = load_codes(run_dir)
+    detail = load_detail(run_dir, codes)
+    return DetailBank.from_codec(vqvae, list(codes.values()), list(detail.values())) if detail else None
+
+
+def add_detail(bank, vqvae, codes: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+    """[T', Q] codes -> [T', Q + detail_levels] with their detail from `bank` (`known`: the first steps'
+    own detail); codes that already have it, or any codes where `bank` is None, as they are."""
+    codes = np.asarray(codes)
+    if bank is None or codes.shape[1] != vqvae.coarse_levels:
+        return codes
+    return np.concatenate([codes, bank.fill(codes, known)], axis=1)
 
 
 def _stamp(run_dir: Path) -> tuple:
@@ -122,11 +156,13 @@ def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top
 
 
 def codes_to_audio(run: LoadedRun, codes: np.ndarray, normalise: bool = True) -> np.ndarray:
-    return decode_codes(run.vqvae, run_configs(run.manifest)[0], codes, normalise)
+    """Codes of the run's sequence model [T', Q] (their detail taken from the material) or with their
+    own detail [T', Q + detail_levels] -> audio."""
+    return decode_codes(run.vqvae, run_configs(run.manifest)[0], run.with_detail(codes), normalise)
 
 
 def decode_codes(vqvae: torch.nn.Module, audio, codes: np.ndarray, normalise: bool = True) -> np.ndarray:
-    """[T', Q] codes -> the sound model's decoder -> log-mel -> Griffin-Lim -> float32 audio peaking at 0.9
+    """[T', Q] codes (or with detail levels) -> the sound model's decoder -> log-mel -> Griffin-Lim -> float32 audio peaking at 0.9
     (normalise=False: as decoded, so a caller can tell a near-silent result from a sound)."""
     from distill.audio.griffinlim import mel_to_audio
 
@@ -157,8 +193,10 @@ def generate_audio(run_dir, seconds: float, temperature: float = 1.0, top_k: int
     return wave[: int(round(seconds * audio.sample_rate))], audio.sample_rate, codes
 
 
-def save_sample(run_dir, wave: np.ndarray, sample_rate: int, codes: np.ndarray, settings: dict, fmt: str = "wav") -> dict:
-    """Write the audio, its codes and a sidecar JSON (settings, seed, model hash) into samples/."""
+def save_sample(run_dir, wave: np.ndarray, sample_rate: int, codes: np.ndarray, settings: dict, fmt: str = "wav",
+                detail: np.ndarray | None = None) -> dict:
+    """Write the audio, its codes (and the detail it was decoded with) and a sidecar JSON (settings,
+    seed, model hash) into samples/."""
     import io
 
     import soundfile as sf
@@ -176,7 +214,10 @@ def save_sample(run_dir, wave: np.ndarray, sample_rate: int, codes: np.ndarray, 
     atomic_write_bytes(audio_path, buf.getvalue())
     from distill.storage import save_tensors
 
-    save_tensors(folder / f"{sample_id}.codes.safetensors", {"codes": torch.as_tensor(codes, dtype=torch.int16)})
+    tensors = {"codes": torch.as_tensor(codes, dtype=torch.int16)}
+    if detail is not None and len(detail) == len(codes):
+        tensors["detail"] = torch.as_tensor(np.asarray(detail), dtype=torch.int16)
+    save_tensors(folder / f"{sample_id}.codes.safetensors", tensors)
     sidecar = {
         "id": sample_id, "file": audio_path.name, "seconds": round(len(wave) / sample_rate, 3), "sample_rate": sample_rate,
         "settings": settings, "prior_hash": (manifest.get("hashes") or {}).get("prior"),
@@ -203,11 +244,19 @@ def list_samples(run_dir) -> list[dict]:
     return out
 
 
-def load_sample_codes(sample: dict) -> np.ndarray | None:
+def load_sample_codes(sample: dict, detail: bool = False):
+    """A saved sample's codes [T', Q] int64, or None when missing or damaged. detail=True: (codes, the
+    detail it was decoded with [T', D] or None where it kept none)."""
     from distill.storage import load_tensors
 
     path = Path(sample["path"]).with_suffix("").with_suffix(".codes.safetensors")
     try:
-        return load_tensors(path)["codes"].numpy().astype(np.int64)
+        tensors = load_tensors(path)
+        codes = tensors["codes"].numpy().astype(np.int64)
     except Exception:
-        return None
+        return (None, None) if detail else None
+    if not detail:
+        return codes
+    fine = tensors.get("detail")
+    fine = fine.numpy().astype(np.int64) if fine is not None and fine.dim() == 2 and len(fine) == len(codes) else None
+    return codes, fine

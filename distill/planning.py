@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from distill.config import (
+    HIGH_SAMPLE_RATE,
+    PROJECT_SAMPLE_RATE,
     AudioConfig,
     PriorConfig,
     VQVAEConfig,
     apply_overrides,
     get_adaptive_prior_config,
     get_adaptive_vqvae_config,
+    sample_rate_for,
 )
 from distill.events import Stage
-from distill.scan import DatasetError, ScanReport, nothing_usable_message
+from distill.scan import DatasetError, ScanReport, nothing_usable_message, source_rates
 from distill.tiers import TierCard, describe_tier
 
 PRESETS = ("auto", "quick")
@@ -26,6 +29,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     num_quantizers: int = 3
+    sample_rate: int = 0  # the rate to work at; 0: chosen from the material (config.sample_rate_for)
     vqvae_overrides: dict = field(default_factory=dict)
     prior_overrides: dict = field(default_factory=dict)
     audio_overrides: dict = field(default_factory=dict)
@@ -86,8 +90,19 @@ def budget_fit_fields(options: TrainOptions) -> set[str] | None:
     return set(options.prior_overrides) if options.preset == "auto" else None
 
 
-def audio_config_for(options: TrainOptions) -> AudioConfig:
-    return apply_overrides(AudioConfig(), options.audio_overrides)
+SAMPLE_RATES = (PROJECT_SAMPLE_RATE, HIGH_SAMPLE_RATE)
+
+
+def audio_config_for(options: TrainOptions, source=None) -> AudioConfig:
+    """How audio becomes frames for this training: at options.sample_rate, or (0) at the rate the
+    material calls for (`source`: what the scan reads; read from the files' headers), then the
+    options' own audio settings."""
+    rate = int(options.sample_rate or 0)
+    if rate and rate not in SAMPLE_RATES:
+        raise ValueError(f"sample rate must be one of {', '.join(map(str, SAMPLE_RATES))} (or 0: chosen from your files)")
+    if not rate:
+        rate = sample_rate_for(source_rates(source)) if source is not None else PROJECT_SAMPLE_RATE
+    return apply_overrides(AudioConfig.at_rate(rate), options.audio_overrides)
 
 
 def plan_training(report: ScanReport, options: TrainOptions) -> TrainingPlan:
@@ -100,6 +115,7 @@ def plan_training(report: ScanReport, options: TrainOptions) -> TrainingPlan:
         [e.seconds for e in used], report.audio_config, vq, prior,
         skipped_count=len([e for e in report.skipped if not e.path.endswith("/")]),
         truncated_count=sum(e.truncated for e in used),
+        source_rates=[(e.sample_rate, e.seconds) for e in used if e.sample_rate > 0],
     )
     card.eta_s = estimate_seconds(report, vq, prior)
     from distill.device import describe_device, resolve_device

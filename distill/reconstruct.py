@@ -26,7 +26,7 @@ def reconstruct_file(run_dir: str | os.PathLike, name: str, vqvae=None,
                      max_seconds: float = MAX_SECONDS) -> Reconstruction:
     """The training file `name` of the run, decoded from its codes. ValueError if it has none."""
     from distill.generate import decode_codes
-    from distill.runs import load_codes, load_vqvae, read_manifest, run_configs
+    from distill.runs import load_codes, load_detail, load_vqvae, read_manifest, run_configs
 
     run_dir = Path(run_dir)
     codes = load_codes(run_dir)
@@ -36,5 +36,8 @@ def reconstruct_file(run_dir: str | os.PathLike, name: str, vqvae=None,
     steps_per_s = audio.frames_per_second / vq.downsample
     keep = max(1, int(max_seconds * steps_per_s))
     file_codes = np.asarray(codes[name])
+    detail = load_detail(run_dir, codes).get(name)
+    if detail is not None:  # the file's own detail levels: what the codec keeps of it, all of it
+        file_codes = np.concatenate([file_codes, detail], axis=1)
     wave = decode_codes(vqvae if vqvae is not None else load_vqvae(run_dir), audio, file_codes[:keep])
     return Reconstruction(name, wave, audio.sample_rate, cut=len(file_codes) > keep)

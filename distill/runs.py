@@ -2,7 +2,7 @@
 
     <workspace>/runs/<run-id>/
       manifest.json        files used/skipped, tier, configs, split, stage results, versions, hashes
-      vqvae.safetensors    prior.safetensors    codes.safetensors
+      vqvae.safetensors    prior.safetensors    codes.safetensors    detail.safetensors (detail levels)
       metrics.jsonl        one event per line, appended as it happens
       samples/             generated audio + sidecar JSON
       checkpoints/         training state of an unfinished stage (distill.checkpoint), for resuming
@@ -36,6 +36,7 @@ from distill.storage import (  # file_sha256: re-exported for callers of runs
 )
 
 MANIFEST = "manifest.json"
+DETAIL_FILE = "detail.safetensors"  # the codec's detail levels of every file (runs with detail levels)
 MANIFEST_FORMAT = "distill-run"
 MANIFEST_VERSION = 2  # 2: every config field and `stages_done` written out, stage results carry a `stop` code
 MAX_MANIFEST_BYTES = 32 * 1024**2
@@ -44,7 +45,7 @@ MAX_METRICS_BYTES = 64 * 1024**2  # a 4-hour run logs a few MB
 # Sanity bounds for settings read from a file: far above anything Distill trains, far below
 # anything that would exhaust memory when the model is built.
 LIMITS = {
-    "codebook_size": (2, 4096), "num_quantizers": (1, 8), "codebook_dim": (1, 1024), "hidden_channels": (1, 2048),
+    "codebook_size": (2, 4096), "num_quantizers": (1, 8), "detail_levels": (0, 64), "codebook_dim": (1, 1024), "hidden_channels": (1, 2048),
     "num_res_blocks": (0, 16), "downsample": (1, 16), "hidden_size": (8, 2048), "num_layers": (1, 48),
     "num_heads": (1, 64), "context_steps": (1, 8192), "n_mels": (8, 512), "n_fft": (64, 16384),
     "hop_length": (16, 8192), "sample_rate": (4000, 192_000),
@@ -476,6 +477,36 @@ def load_codes(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
         if arr.ndim != 2 or arr.shape[1] != vq.num_quantizers or (arr.size and (arr.min() < 0 or arr.max() >= vq.codebook_size)):
             raise UnsafeFileError(f"codes.safetensors: entry '{name}' does not fit the model's codebooks")
         out[str(name)] = arr
+    return out
+
+
+def save_detail(run_dir: str | os.PathLike, names: list[str], detail: list) -> None:
+    """detail: per file [T', detail_levels] integer codes (the codec's detail levels), stored as int16."""
+    import torch
+
+    tensors = {f"{i:05d}": torch.as_tensor(np.asarray(d), dtype=torch.int16) for i, d in enumerate(detail)}
+    save_tensors(Path(run_dir) / DETAIL_FILE, tensors, metadata={"names": json.dumps(names)})
+
+
+def load_detail(run_dir: str | os.PathLike, codes: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """{file name: int64 [T', detail_levels]} in training order, or {} for a run without detail levels.
+    Validated against the manifest's settings and, entry for entry, against the run's codes (`codes`:
+    load_codes' answer, read here when not given): same files, same lengths."""
+    manifest = read_manifest(run_dir)
+    _, vq, _ = run_configs(manifest)
+    path = Path(run_dir) / DETAIL_FILE
+    if not vq.detail_levels or not path.is_file():
+        return {}
+    codes = load_codes(run_dir) if codes is None else codes
+    # names, shapes and types are checked from the header, before any data is read
+    expected = {f"{i:05d}": ((len(c), vq.detail_levels), "I16") for i, c in enumerate(codes.values())}
+    tensors = load_tensors(path, expected=expected)
+    out: dict[str, np.ndarray] = {}
+    for name, key in zip(codes, expected):
+        arr = tensors[key].numpy().astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() >= vq.codebook_size):
+            raise UnsafeFileError(f"{DETAIL_FILE}: entry '{name}' does not fit the model's codebooks")
+        out[name] = arr
     return out
 
 

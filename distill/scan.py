@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+import soundfile as sf
 import torch
 
 from distill.audio.features import FeatureCache, compute_log_mel
@@ -320,6 +321,23 @@ def scan_dataset(
 
     entries = sorted([*todo, *skipped], key=lambda e: e.path)
     return ScanReport(root=str(base), audio_config=cfg, entries=entries, cache_hits=hits)
+
+
+def source_rates(source: str | os.PathLike | Iterable, root: str | os.PathLike | None = None,
+                 max_files: int = DEFAULT_MAX_FILES) -> list[tuple[int, float]]:
+    """(sample rate, seconds) of every file the scan would consider, from their headers alone (no
+    decoding: fast), for choosing the rate to work at before any features are made. Files whose header
+    cannot be read are left out (the scan itself says why)."""
+    _, candidates, _ = collect_files(source, root, max_files)
+    out = []
+    for entry in candidates:
+        try:
+            info = sf.info(entry.abs_path)
+        except Exception:  # noqa: BLE001 - an unreadable file is the scan's to report
+            continue
+        if int(info.samplerate) > 0 and info.frames > 0:
+            out.append((int(info.samplerate), float(info.frames) / float(info.samplerate)))
+    return out
 
 
 def judge_file(path: str | os.PathLike, audio_config: AudioConfig) -> FileEntry:

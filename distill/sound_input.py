@@ -23,18 +23,22 @@ class InputSound:
     name: str  # how the page names it
     codes: np.ndarray  # [T', Q] int64
     note: str = ""  # what happened on the way in (e.g. cut to its first 30 s)
+    # [T', detail_levels] int64: the sound's own detail, where the codec has detail levels and the
+    # sound's is known (a generated sound saved without it takes detail from the material)
+    detail: np.ndarray | None = None
 
     def describe(self) -> dict:
         return {"kind": self.kind, "ref": self.ref if self.kind != "upload" else self.name, "name": self.name}
 
 
 def from_training_file(run, name: str) -> InputSound:
-    from distill.runs import load_codes
+    from distill.runs import load_codes, load_detail
 
     codes = load_codes(run.run_dir)
     if name not in codes:
         raise InputError(f"'{str(name)[:200]}' is not one of this run's training files.")
-    return InputSound("file", name, name, np.asarray(codes[name], dtype=np.int64))
+    detail = load_detail(run.run_dir, codes).get(name)
+    return InputSound("file", name, name, np.asarray(codes[name], dtype=np.int64), detail=detail)
 
 
 def from_sample(run, sample_id: str) -> InputSound:
@@ -42,12 +46,15 @@ def from_sample(run, sample_id: str) -> InputSound:
 
     for s in list_samples(run.run_dir):
         if s.get("id") == sample_id:
-            codes = load_sample_codes(s)
+            codes, detail = load_sample_codes(s, detail=True)
             vq = run.vqvae_config
             if codes is None or codes.ndim != 2 or codes.shape[1] != vq.num_quantizers or not len(codes) \
                     or codes.min() < 0 or codes.max() >= vq.codebook_size:
                 raise InputError(f"The codes of sample '{sample_id}' are missing or damaged.")
-            return InputSound("sample", sample_id, sample_id, codes)
+            if detail is not None and (detail.shape != (len(codes), vq.detail_levels) or not detail.size
+                                       or detail.min() < 0 or detail.max() >= vq.codebook_size):
+                detail = None  # not this codec's: the sound takes its detail from the material instead
+            return InputSound("sample", sample_id, sample_id, codes, detail=detail)
     raise InputError(f"'{str(sample_id)[:200]}' is not one of this run's saved samples.")
 
 
@@ -63,11 +70,12 @@ def from_audio_file(run, path: str | Path, name: str | None = None) -> InputSoun
     entry = judge_file(path, cfg)
     if entry.status != "used" or entry.mel is None:
         raise InputError(f"'{name}' cannot be used: {entry.reason or 'it could not be read'}.")
-    codes = extract_code_sequences(run.vqvae, [entry.mel])[0].numpy().astype(np.int64)
+    every = extract_code_sequences(run.vqvae, [entry.mel], detail=True)[0].numpy().astype(np.int64)
+    q = run.vqvae_config.num_quantizers
     note = ""
     if entry.truncated:
         note = f"'{name}' is {entry.seconds:.0f} s long: only its first {cfg.max_seconds:.0f} s are used."
-    return InputSound("upload", str(path), name, codes, note)
+    return InputSound("upload", str(path), name, every[:, :q], note, detail=every[:, q:] if every.shape[1] > q else None)
 
 
 def load_input(run, kind: str, ref: str, name: str | None = None) -> InputSound:

@@ -22,12 +22,14 @@ from distill.events import Callback, EventLog, Kind, Stage
 from distill.planning import TrainOptions, audio_config_for, budget_fit_fields, plan_training
 from distill.resources import SettingsError
 from distill.runs import (
+    DETAIL_FILE,
     configs_dict,
     load_codes,
     load_prior,
     load_vqvae,
     read_manifest,
     save_codes,
+    save_detail,
     save_prior,
     save_vqvae,
     stop_code,
@@ -153,7 +155,7 @@ def features_stage(ctx: RunContext, source, options: TrainOptions):
     split and the configs into the manifest. None when stopped during the scan."""
     from distill.codes import mean_frame
 
-    ctx.audio_config = audio_config_for(options)
+    ctx.audio_config = audio_config_for(options, source)
     t0 = ctx.log.begin(Stage.FEATURES)
     report = scan_dataset(source, ctx.audio_config, cache_dir=options.cache_dir,
                           progress=ctx.log.progress_logger(), stop=ctx.stop)
@@ -250,8 +252,8 @@ def codes_stage(ctx: RunContext, vq_model, dataset) -> list:
     if codes is not None:
         return codes
     t0 = ctx.log.begin(Stage.CODES)
-    codes = extract_and_save_codes(ctx.run_dir, vq_model, dataset)
-    ctx.results[Stage.CODES] = code_health(codes, dataset.train_index, ctx.vqvae_config.codebook_size)
+    codes, detail = extract_and_save_codes(ctx.run_dir, vq_model, dataset)
+    ctx.results[Stage.CODES] = code_health(codes, dataset.train_index, ctx.vqvae_config.codebook_size, detail)
     ctx.stage_seconds[Stage.CODES] = ctx.log.end(t0, files=len(codes),
                                                  levels=ctx.results[Stage.CODES]["train_levels"])
     ctx.keep_done(Stage.VQVAE)
@@ -272,19 +274,34 @@ def saved_codes(run_dir: Path, names: list[str]) -> list | None:
     return [torch.as_tensor(by_name[n]) for n in names]
 
 
-def extract_and_save_codes(run_dir: Path, model, dataset) -> list:
+def extract_and_save_codes(run_dir: Path, model, dataset) -> tuple[list, list | None]:
+    """Every file's codes (codes.safetensors: the levels the sequence model learns) and, for a codec
+    with detail levels, their detail (detail.safetensors) -> (codes, detail or None)."""
     from distill.codes import extract_code_sequences
 
-    codes = extract_code_sequences(model, dataset)
+    every = extract_code_sequences(model, dataset, detail=True)
+    q = model.coarse_levels
+    codes = [c[:, :q].contiguous() for c in every]
+    detail = [c[:, q:].contiguous() for c in every] if model.detail_levels else None
+    detail_path = run_dir / DETAIL_FILE
+    if detail is not None:
+        save_detail(run_dir, dataset.names, detail)
+    elif detail_path.is_file():  # from an earlier codec of this run
+        detail_path.unlink()
     save_codes(run_dir, dataset.names, codes)
-    return codes
+    return codes, detail
 
 
-def code_health(codes: list, train_index: list[int], codebook_size: int) -> dict:
-    from distill.codes import codebook_health, level_histograms
+def code_health(codes: list, train_index: list[int], codebook_size: int, detail: list | None = None) -> dict:
+    """Per level, how many codes the training files use (the detail levels as one entry)."""
+    from distill.codes import codebook_health, detail_health, level_histograms, utilisation
 
     hist = level_histograms([codes[i] for i in train_index], codebook_size)
-    return {"train_levels": codebook_health(hist)}
+    levels = codebook_health(hist)
+    if detail:
+        used = utilisation(level_histograms([detail[i] for i in train_index], codebook_size))
+        levels.append(detail_health(used.tolist(), hist.shape[0]))
+    return {"train_levels": levels}
 
 
 def varied_training_codes(ctx: RunContext, vq_model, dataset) -> list:

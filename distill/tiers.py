@@ -7,7 +7,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from distill.config import TIER_NAMES, AudioConfig, PriorConfig, VQVAEConfig, tier_for
+from distill.config import (
+    HIGH_RATE_SOURCES,
+    HIGH_SAMPLE_RATE,
+    TIER_NAMES,
+    AudioConfig,
+    PriorConfig,
+    VQVAEConfig,
+    tier_for,
+)
 
 MIN_RECOMMENDED_FILES = 5
 
@@ -56,6 +64,20 @@ def training_windows(tokens: int, audio: AudioConfig, vq: VQVAEConfig, prior: Pr
     return max(1, math.ceil(train_tokens / context)) if tokens else 0, window_s
 
 
+def rate_reason(audio: AudioConfig, source_rates: list[tuple[int, float]]) -> str:
+    """Why this sample rate, in the material's own numbers."""
+    total = sum(s for _, s in source_rates)
+    high = sum(s for r, s in source_rates if r >= HIGH_RATE_SOURCES)
+    top = max(r for r, _ in source_rates)
+    share = f"{_fmt_seconds(high)} of your {_fmt_seconds(total)} of audio is" if high else "none of your audio is"
+    if audio.sample_rate >= HIGH_SAMPLE_RATE:
+        return (f"Sound is worked on at {audio.sample_rate / 1000:g} kHz: {share} recorded at 44.1 kHz or more, so "
+                f"everything up to {audio.sample_rate / 2000:g} kHz is kept (cymbals, breath, air).")
+    why = (f"{share} recorded at 44.1 kHz or more (the highest rate is {top / 1000:g} kHz), so little lives above "
+           f"{audio.sample_rate / 2000:g} kHz, and the band below it gets finer pitch detail") if high < total else ""
+    return f"Sound is worked on at {audio.sample_rate / 1000:g} kHz" + (f": {why}." if why else ".")
+
+
 TIER_BOUNDS = {1: "20 or fewer files", 2: "21 to 100 files", 3: "more than 100 files"}
 THIN_WINDOWS = 20  # fewer training windows than this: the prior will memorise early
 
@@ -67,7 +89,9 @@ def describe_tier(
     prior: PriorConfig,
     skipped_count: int = 0,
     truncated_count: int = 0,
+    source_rates: list[tuple[int, float]] | None = None,
 ) -> TierCard:
+    """source_rates: each used file's own (sample rate, seconds), for the words on the working rate."""
     n = len(file_seconds)
     tier = tier_for(n)
     total = sum(min(s, audio.max_seconds) for s in file_seconds)
@@ -84,11 +108,15 @@ def describe_tier(
         f"to learn from (code tokens: {code_rate:.1f} code steps per second × {vq.num_quantizers} levels), which "
         f"fill {windows:,} training window{'s' if windows != 1 else ''} of {window_s:.1f} s (this preset's context) once "
         f"{round(prior.val_fraction * 100)}% of the files are held out to check it learns rather than memorises.",
-        f"Codebook of {vq.codebook_size} codes per level, {vq.num_quantizers} residual levels; sequence model of "
-        f"{prior.num_layers} layers × {prior.hidden_size} wide, dropout {prior.dropout}. Before it trains, a "
-        "one-second speed test may make it smaller to fit the time budget on this machine; the Training tab "
-        "then says what changed.",
+        f"Codebook of {vq.codebook_size} codes per level, {vq.num_quantizers} residual levels"
+        + (f" that the sequence model learns, and {vq.detail_levels} detail levels that keep the fine texture of "
+           "your own sounds (a new sound takes its texture from your material)" if vq.detail_levels else "")
+        + f"; sequence model of {prior.num_layers} layers × {prior.hidden_size} wide, dropout {prior.dropout}. "
+        "Before it trains, a one-second speed test may make it smaller to fit the time budget on this machine; "
+        "the Training tab then says what changed.",
     ]
+    if source_rates:
+        reasons.insert(2, rate_reason(audio, source_rates))
     warnings: list[str] = []
     if n == 0:
         warnings.append("No usable files: there is nothing to train on.")

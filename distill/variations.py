@@ -49,6 +49,11 @@ def steps_per_second(run) -> float:
     return run.audio_config.frames_per_second / run.vqvae_config.downsample
 
 
+def continue_step(run, settings: VariationSettings, input_steps: int) -> int:
+    """The code step a continuation starts from (everything before it is kept)."""
+    return max(1, min(input_steps, round(settings.at_seconds * steps_per_second(run))))
+
+
 def check_settings(run, settings: VariationSettings, input_steps: int) -> None:
     """Raise VariationError, in words, for settings this run and input cannot take."""
     q = run.vqvae_config.num_quantizers
@@ -84,7 +89,7 @@ def vary_codes(run, codes: np.ndarray, settings: VariationSettings, backend: str
                     follow=float(settings.follow), backend=backend)
     if settings.mode == "shape":
         return keep_shape(run, codes, int(settings.keep_levels), seeds, **sampling)
-    at = max(1, min(len(codes), round(settings.at_seconds * steps_per_second(run))))
+    at = continue_step(run, settings, len(codes))
     new = max(1, math.ceil(settings.seconds * steps_per_second(run)))
     return continue_from(run, codes, at, new, seeds, **sampling)
 
@@ -138,6 +143,16 @@ def retrieval_for(run, follow: float, whole_sounds: bool = False):
     return run.retrieval_index(settings)
 
 
+def with_detail(run, source, settings: VariationSettings, codes: np.ndarray) -> np.ndarray:
+    """A variation's codes [T', Q] with the detail it is heard with [T', Q + detail_levels]: what is kept
+    of the input before a continuation keeps the input's own detail; everything new takes its detail
+    from the material (a kept shape has new finer codes, which the input's detail would not fit)."""
+    known = None
+    if settings.mode == "continue" and source.detail is not None:
+        known = source.detail[: continue_step(run, settings, len(source.codes))]
+    return run.with_detail(codes, known)
+
+
 def save_variations(run, source, settings: VariationSettings, results: list[np.ndarray]) -> list[dict]:
     """Decode each variation and save it in the run's samples/ like any sample (audio, codes, sidecar
     naming its input and settings) -> the saved samples, with their codes."""
@@ -148,10 +163,12 @@ def save_variations(run, source, settings: VariationSettings, results: list[np.n
         {"at_seconds": float(settings.at_seconds), "new_seconds": float(settings.seconds)}
     out = []
     for i, codes in enumerate(results):
-        wave = codes_to_audio(run, codes)
+        full = with_detail(run, source, settings, codes)
+        wave = codes_to_audio(run, full)
         meta = {"kind": "variation", "mode": settings.mode, **shape, "input": source.describe(),
                 "seed": int(settings.seed) + i, "temperature": float(settings.temperature), "top_k": int(settings.top_k),
                 "top_p": float(settings.top_p), "retrieval": float(settings.follow)}
-        saved = save_sample(run.run_dir, wave, sr, codes, meta)
+        q = codes.shape[1]
+        saved = save_sample(run.run_dir, wave, sr, codes, meta, detail=full[:, q:] if full.shape[1] > q else None)
         out.append({**saved, "seconds": round(len(wave) / sr, 3), "seed": meta["seed"], "codes": codes})
     return out

@@ -13,7 +13,7 @@ import torch
 from conftest import REPO, write_synthetic_folder
 from distill.generate import generate_audio, list_samples, load_sample_codes, save_sample
 from distill.pipeline import TrainOptions, retrain_prior, run_pipeline
-from distill.runs import list_runs, load_codes, load_vqvae, read_manifest, read_metrics
+from distill.runs import list_runs, load_codes, load_detail, load_vqvae, read_manifest, read_metrics
 
 
 def _cli(*args, timeout=300):
@@ -61,8 +61,8 @@ def test_codes_match_reencoding_and_load_is_identical(trained):
     out = _cli("--cache-dir", trained["root"] / "cache", "encode", run, trained["data"] / name, "--out",
                trained["root"] / "c.npy")
     assert out.returncode == 0, out.stderr
-    again = np.load(trained["root"] / "c.npy")
-    assert np.array_equal(again, codes[name])
+    again = np.load(trained["root"] / "c.npy")  # every level: the sequence model's, then the detail levels
+    assert np.array_equal(again[:, :3], codes[name]) and np.array_equal(again[:, 3:], load_detail(run)[name])
 
 
 def test_generate_cli_and_determinism(trained):
@@ -121,7 +121,8 @@ def test_evaluate_cli_json(trained):
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout)
     assert 0 < res["vqvae.mel_l1"] < res["vqvae.baseline_mel_l1"]
-    assert len(res["vqvae.levels"]) == 3 and all(0 <= lv["utilisation"] <= 1 for lv in res["vqvae.levels"])
+    assert len(res["vqvae.levels"]) == 4 and all(0 <= lv["utilisation"] <= 1 for lv in res["vqvae.levels"])
+    assert res["vqvae.levels"][-1]["name"] == "detail (levels 4–48)"  # the detail levels, as one entry
     for key in ("prior.val_nll_bits", "prior.unigram_bits", "prior.copy_fraction"):
         assert np.isfinite(res[key]), key
     assert 0 <= res["prior.verbatim_share"] <= 1

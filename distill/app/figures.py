@@ -232,7 +232,7 @@ def health_figure(levels: Sequence[dict], width: float = 6.2, height: float | No
         u = float(lv.get("utilisation", 0.0))
         u = u / 100.0 if u > 1.0 else u  # accept percentages too
         v = str(lv.get("verdict") or verdict(u, lv.get("perplexity"), lv.get("codebook_size")))
-        names.append(f"level {i + 1}")  # levels arrive in order; shown 1-based like everywhere else
+        names.append(str(lv.get("name") or f"level {i + 1}"))  # levels arrive in order; shown 1-based
         utils.append(u)
         colours.append(VERDICT_COLOURS.get(v, GREY))
         ppl = lv.get("perplexity")

@@ -66,7 +66,7 @@ class DistillApp:
 
     def scan(self, source: str | Path, label: str | None = None, note: str = "", progress=None) -> ScanEntry:
         """Scan a folder; raises DatasetError (missing folder) with a message for people."""
-        from distill.config import AudioConfig
+        from distill.planning import TrainOptions, audio_config_for
         from distill.scan import DatasetError, scan_dataset
 
         text = str(source).strip()
@@ -80,7 +80,9 @@ class DistillApp:
         if not is_dir:
             raise DatasetError(f"'{text[:200]}' is not a folder on this computer." if not exists
                                else f"'{text[:200]}' is a file; choose the folder that holds your sounds.")
-        report = scan_dataset(path, AudioConfig(), cache_dir=self.cache_dir, progress=progress, keep_features=False)
+        # at the rate training will use (chosen from the files' own rates), so its features are cached
+        report = scan_dataset(path, audio_config_for(TrainOptions(), path), cache_dir=self.cache_dir, progress=progress,
+                              keep_features=False)
         entry = ScanEntry(id=f"scan-{time.time_ns()}", source=str(path.resolve()), label=label or path.name,
                           report=report, rows=report_rows(report), note=note)
         with self._lock:

@@ -276,8 +276,10 @@ def notes_html(warnings: list[str], levels: list[dict]) -> str:
             v = str(lv.get("verdict") or figures.verdict(u, lv.get("perplexity"), lv.get("codebook_size")))
             text = lv.get("explanation") or f"{u:.0%} of its codes in use."
             cls = {"healthy": "ok", "some codes unused": "meh", "collapse": "bad"}.get(v, "meh")
-            items.append(render('<li><span class="d-dot d-{cls}"></span><b>Level {n}: {v}.</b> '
-                                '<span class="d-muted">{text}</span></li>', cls=cls, n=i + 1, v=v, text=text))
+            name = str(lv.get("name") or f"level {i + 1}")
+            items.append(render('<li><span class="d-dot d-{cls}"></span><b>{name}: {v}.</b> '
+                                '<span class="d-muted">{text}</span></li>', cls=cls, name=name[:1].upper() + name[1:],
+                                v=v, text=text))
         parts.append(render('<div class="d-health"><div class="d-k">Codebook health</div><ul>{items}</ul></div>',
                             items=_join(items)))
     if not parts:

@@ -330,6 +330,11 @@ def levels_from_event(event: dict) -> list[dict]:
         if q < len(dead):
             lv["dead_codes"] = dead[q]
         out.append(lv)
+    detail = event.get("detail_utilisation")
+    if isinstance(detail, list) and detail and all(isinstance(u, (int, float)) for u in detail):
+        from distill.codes import detail_health
+
+        out.append(detail_health([float(u) for u in detail], len(util)))
     return out
 
 

@@ -30,6 +30,7 @@ KMEANS_ITERS = 10
 # `dead_code_threshold` means the same for every batch size and window length: with the default 1.0,
 # a code is re-seeded once it serves fewer than 1 in 1024 vectors (on an EMA over ~1/(1-decay) steps).
 USAGE_PER_VECTORS = 1024
+MAX_DETAIL_LEVELS = 64
 
 
 @dataclass
@@ -201,9 +202,9 @@ class ResidualVQ(nn.Module):
         return torch.stack(codes, dim=-1).reshape(b, t, self.num_quantizers)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, T', Q] -> z [B, D, T'] (sum of the chosen codes over levels)."""
+        """codes [B, T', n] -> z [B, D, T'] (sum of the chosen codes over the first n levels)."""
         out = 0
-        for q, level in enumerate(self.levels):
+        for q, level in enumerate(self.levels[: codes.shape[-1]]):
             out = out + F.embedding(codes[..., q], level.embed)  # [B, T', D]
         return out.permute(0, 2, 1)
 
@@ -272,6 +273,8 @@ class ConvVQVAE(nn.Module):
             raise ValueError(f"downsample must be 2, 4 or 8, got {config.downsample}")
         if not 1 <= config.num_quantizers <= 8:
             raise ValueError(f"num_quantizers must be 1-8 (Distill uses 2-4), got {config.num_quantizers}")
+        if not 0 <= config.detail_levels <= MAX_DETAIL_LEVELS:
+            raise ValueError(f"detail_levels must be 0-{MAX_DETAIL_LEVELS}, got {config.detail_levels}")
         self.n_mels = n_mels
         self.config = copy.deepcopy(config)
         self.downsample = config.downsample
@@ -281,8 +284,10 @@ class ConvVQVAE(nn.Module):
         self.register_buffer("mel_std", torch.ones(n_mels))
         self.encoder = Encoder(n_mels, config.hidden_channels, config.codebook_dim, n_stages, config.num_res_blocks)
         self.quantizer = ResidualVQ(
-            config.num_quantizers, config.codebook_size, config.codebook_dim, config.ema_decay, config.dead_code_threshold
+            config.num_quantizers + config.detail_levels, config.codebook_size, config.codebook_dim, config.ema_decay,
+            config.dead_code_threshold,
         )
+        self.coarse_levels, self.detail_levels = config.num_quantizers, config.detail_levels
         self.decoder = Decoder(n_mels, config.hidden_channels, config.codebook_dim, n_stages, config.num_res_blocks)
         self.linear_path = bool(config.linear_path)
         if self.linear_path:
@@ -367,15 +372,19 @@ class ConvVQVAE(nn.Module):
 
     # -- public API --
     @torch.no_grad()
-    def encode(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel [B, n_mels, frames] -> codes [B, ceil(frames / downsample), Q] long."""
+    def encode(self, mel: torch.Tensor, detail: bool = False) -> torch.Tensor:
+        """mel [B, n_mels, frames] -> codes [B, ceil(frames / downsample), Q] long: the levels the
+        sequence model learns (detail=True: all Q + detail_levels levels)."""
         self._check(mel)
-        return self.quantizer.encode(self._latent(mel))
+        codes = self.quantizer.encode(self._latent(mel))
+        return codes if detail else codes[..., : self.coarse_levels]
 
     def decode(self, codes: torch.Tensor, frames: int | None = None) -> torch.Tensor:
-        """codes [B, T', Q] -> log-mel [B, n_mels, frames] (frames None: T' * downsample)."""
-        if codes.dim() != 3 or codes.shape[-1] != self.quantizer.num_quantizers:
-            raise ValueError(f"expected codes [B, T', {self.quantizer.num_quantizers}], got {tuple(codes.shape)}")
+        """codes [B, T', Q] (the sequence model's levels alone) or [B, T', Q + detail_levels] (with
+        the detail) -> log-mel [B, n_mels, frames] (frames None: T' * downsample)."""
+        allowed = {self.coarse_levels, self.coarse_levels + self.detail_levels}
+        if codes.dim() != 3 or codes.shape[-1] not in allowed:
+            raise ValueError(f"expected codes [B, T', {' or '.join(map(str, sorted(allowed)))}], got {tuple(codes.shape)}")
         codes = codes.long().clamp(0, self.quantizer.codebook_size - 1)
         return self._frames_out(self._decode_latent(self.quantizer.decode(codes)), frames)
 

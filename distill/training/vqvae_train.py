@@ -235,17 +235,29 @@ def _lr_at(step: int, progress: float, peak: float, warmup: int = WARMUP_STEPS) 
     return peak * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def low_use_message(level: int, coarse_levels: int, used: float, codebook_size: int) -> str:
+    """The warning for a level that uses under LOW_UTILISATION of its codes on the training files."""
+    if level < coarse_levels:
+        return (f"Level {level + 1} of the codebook uses only {used:.0%} of its {codebook_size} codes on the training "
+                "files: it is collapsing onto a few sounds. Unused codes are re-seeded automatically; "
+                "if this persists, try fewer levels or a smaller codebook.")
+    return (f"Detail level {level + 1} uses only {used:.0%} of its {codebook_size} codes on the training files: "
+            "there is less fine detail in this material than the codec has room for. Unused codes are re-seeded "
+            "automatically; if this persists, try fewer detail levels.")
+
+
 def _plain(values: Iterable) -> list:
     return [round(float(v), 6) for v in values]
 
 
 @torch.no_grad()
 def code_histogram(model: ConvVQVAE, chunks: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """[Q, K] code counts of `chunks` encoded in eval mode (no codebook updates, no resets)."""
+    """[levels, K] code counts of `chunks` (every level, detail too) encoded in eval mode (no codebook
+    updates, no resets)."""
     was_training = model.training
     model.eval()
     try:
-        codes = [model.encode(m.to(device, torch.float32).unsqueeze(0))[0].cpu() for m in chunks]
+        codes = [model.encode(m.to(device, torch.float32).unsqueeze(0), detail=True)[0].cpu() for m in chunks]
     finally:
         model.train(was_training)
     return level_histograms(codes, model.quantizer.codebook_size)
@@ -269,7 +281,7 @@ def evaluate(model: ConvVQVAE, chunks: list[torch.Tensor], device: torch.device)
             codes.append(out.codes[0].cpu())
     finally:
         model.train(was_training)
-    hist = level_histograms(codes, model.quantizer.codebook_size)
+    hist = level_histograms(codes, model.quantizer.codebook_size)[: model.coarse_levels]
     return {
         "val_loss": loss_sum / max(frames, 1),
         "val_mel_l1": l1_sum / max(frames, 1),
@@ -285,6 +297,8 @@ def _fingerprint(config: VQVAEConfig, n_mels: int, train_mels: list, val_mels: l
     """What a checkpoint must share with this call to continue it: settings (except the time
     budget and device, which a resume may change) and the shape of the data."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("time_budget_s", "device")}
+    if not settings.get("detail_levels"):  # as checkpoints written before detail levels existed have it
+        settings.pop("detail_levels", None)
     return settings_fingerprint(settings, n_mels, [int(m.shape[-1]) for m in train_mels],
                                 [int(m.shape[-1]) for m in val_mels], floor)
 
@@ -383,8 +397,8 @@ def train_vqvae(
         state = VQVAEState(
             model, opt, sampler, device, _fingerprint(config, n_mels, train_mels, val_mels, dataset.audio_config.log_floor),
             schedule={"warmup_steps": warmup, "max_steps": config.max_steps, "time_budget_s": budget},
-            best_weights={}, history=history, resets=torch.zeros(config.num_quantizers),
-            warned_low=[False] * config.num_quantizers)
+            best_weights={}, history=history, resets=torch.zeros(config.num_quantizers + config.detail_levels),
+            warned_low=[False] * (config.num_quantizers + config.detail_levels))
         ckpt = find_checkpoint(checkpoint, resume, state.expected, emit, "sound model")
         if ckpt is not None:
             model.load_state_dict(strip_prefix(ckpt.tensors, "model."))  # now: the device check below uses them
@@ -416,7 +430,7 @@ def train_vqvae(
         # codebook use is judged on training material encoded as extraction will see it: counting
         # training-batch codes instead would flatter it (a re-seeded code is used by the vector it sits on)
         train_chunks = validation_chunks(train_mels, max_frames=TRAIN_STATS_MAX_FRAMES)
-        k = config.codebook_size
+        k, q_coarse = config.codebook_size, config.num_quantizers
 
         def evaluate_now(progress: Progress) -> bool:
             s, step = state, progress.step
@@ -428,16 +442,17 @@ def train_vqvae(
             dead = [int((lvl.cluster_size < lvl.threshold).sum()) for lvl in model.quantizer.levels]
             train_hist = code_histogram(model, train_chunks, device)
             used = utilisation(train_hist)
+            # the sequence model's levels one by one; the detail levels as one list (they are many)
+            detail = {"detail_utilisation": _plain(used[q_coarse:])} if len(used) > q_coarse else {}
             emit("eval", step=step, seconds=round(progress.elapsed(), 3), best=improved,
-                 utilisation=_plain(used), perplexity=_plain(perplexity(train_hist)), dead_codes=dead,
-                 codes_reset=_plain(s.resets), **ev)
+                 utilisation=_plain(used[:q_coarse]), perplexity=_plain(perplexity(train_hist[:q_coarse])),
+                 dead_codes=dead[:q_coarse], codes_reset=_plain(s.resets[:q_coarse]), **detail, **ev)
             for q, u in enumerate(used.tolist()):
-                if u < LOW_UTILISATION and not s.warned_low[q]:
-                    emit("warning", step=step, level=q, message=(
-                        f"Level {q + 1} of the codebook uses only {u:.0%} of its {k} codes on the training "
-                        "files: it is collapsing onto a few sounds. Unused codes are re-seeded automatically; "
-                        "if this persists, try fewer levels or a smaller codebook."))
-                s.warned_low[q] = u < LOW_UTILISATION
+                low = u < LOW_UTILISATION
+                # one standing warning at most for the detail levels: they are many, and alike
+                if low and not s.warned_low[q] and (q < q_coarse or not any(s.warned_low[q_coarse:])):
+                    emit("warning", step=step, level=q, message=low_use_message(q, q_coarse, u, k))
+                s.warned_low[q] = low
             return False  # no early stopping: the codec trains to its limit
 
         last_step_event = time.perf_counter()
@@ -474,8 +489,8 @@ def train_vqvae(
             return StepOutcome(True, dict(
                 seconds=round(now - progress.started, 3), loss=float(loss.detach()), recon_loss=float(recon_loss.detach()),
                 mel_l1=float(l1.detach()), commit_loss=float(out.commit_loss.detach()), lr=lr,
-                utilisation=_plain(out.stats["utilisation"]), perplexity=_plain(out.stats["perplexity"]),
-                codes_reset=_plain(state.resets)))
+                utilisation=_plain(out.stats["utilisation"][:q_coarse]),
+                perplexity=_plain(out.stats["perplexity"][:q_coarse]), codes_reset=_plain(state.resets[:q_coarse])))
 
         schedule = Schedule(max_steps=config.max_steps, time_budget_s=budget, eval_every=config.eval_every,
                             limit_reason=StopReason.STEP_LIMIT, evaluate_untrained=True)
