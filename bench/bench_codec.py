@@ -79,7 +79,8 @@ def codec_from_run(args, seed: int):
     from types import SimpleNamespace
 
     # bench_samples.py's folder for the same dataset, budget, seed and codec settings (--set there is --vq-set)
-    tag = run_tag(SimpleNamespace(dataset=args.dataset, preset=args.preset, minutes=args.minutes, vq_set=args.set), seed)
+    tag = run_tag(SimpleNamespace(dataset=args.dataset, preset=args.preset, minutes=args.minutes, vq_set=args.set,
+                                  sample_rate=args.sample_rate), seed)
     run_dir = OUT / "samples" / tag
     if not (run_dir / "manifest.json").is_file():
         raise SystemExit(f"{run_dir} is missing: run bench/bench_samples.py --dataset {args.dataset} first")

@@ -87,6 +87,18 @@ def frame_features(waves, cfg) -> np.ndarray:
     return np.concatenate([mel[:, 4:], delta]).T
 
 
+def spectral_detail(waves, cfg) -> float:
+    """How sharp a set's spectra are: the mean difference (nats) between neighbouring mel bands, over
+    frames within 40 dB of the set's loudest. Partials standing out of their neighbours score high, a
+    spectrum smeared into a blur low; compare a set with real audio of the same size."""
+    from distill.sample_score import log_mel_frames
+
+    mel = log_mel_frames(np.concatenate(waves), cfg)
+    level = mel.max(0)
+    loud = level > level.max() - 40 / 4.343  # 40 dB in nats of power
+    return float(np.abs(np.diff(mel[:, loud], axis=0)).mean()) if loud.any() else 0.0
+
+
 def normalised(wave: np.ndarray) -> np.ndarray:
     peak = float(np.abs(wave).max()) if wave.size else 0.0
     return (wave * (0.9 / peak) if peak > 0 else wave).astype(np.float32)
@@ -99,7 +111,7 @@ def train_run(train_entries, run_dir: Path, args, seed: int) -> None:
     if args.reuse and (run_dir / "manifest.json").is_file() and read_manifest(run_dir).get("status") == "done":
         return
     options = TrainOptions(preset=args.preset, minutes=args.minutes, seed=seed, device=args.device,
-                           vqvae_overrides=parse_json_sets(args.vq_set))
+                           sample_rate=getattr(args, "sample_rate", 0), vqvae_overrides=parse_json_sets(args.vq_set))
     t0 = time.time()
     summary = run_pipeline([Path(e.abs_path) for e in train_entries], run_dir, options,
                            callbacks=[lambda e: e.get("kind") == "stage_end" and print(
@@ -118,6 +130,7 @@ def parse_json_sets(items) -> dict:
 def run_tag(args, seed: int) -> str:
     """The run folder's name: dataset, preset, budget, seed (and codec settings other than the defaults)."""
     extra = "".join(f"-{k}{v}" for k, v in sorted(parse_json_sets(args.vq_set).items()))
+    extra += f"-sr{args.sample_rate}" if getattr(args, "sample_rate", 0) else ""
     return f"{args.dataset}-{args.preset}-m{args.minutes if args.minutes is not None else 'preset'}{extra}-s{seed}"
 
 
@@ -194,7 +207,14 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
 
     out = {"seed": seed, "run_dir": str(run_dir), "train_files": len(train_entries), "held_out_files": len(held_entries),
            "held_out_seconds": round(sum(len(w) for w in held_waves) / audio.sample_rate, 1),
-           "train_wall_s": round(train_s, 1), "generate_wall_s": round(gen_s, 2), "mmd": mmd, "frechet": fd}
+           "train_wall_s": round(train_s, 1), "generate_wall_s": round(gen_s, 2), "mmd": mmd, "frechet": fd,
+           "sample_rate": audio.sample_rate, "detail_levels": vq.detail_levels}
+    # spectral sharpness beside real audio's (the sample score's 16 pooled bands cannot see it)
+    sharp = {n: spectral_detail(w, audio) for n, w in sets.items() if n.split(" ")[0] in ("generated", "real")}
+    out["spectral_detail"] = {k: round(v, 4) for k, v in sharp.items()}
+    real_sharp = [v for k, v in sharp.items() if k.startswith("real audio")]
+    gen_sharp = [v for k, v in sharp.items() if k.startswith("generated")]
+    out["spectral_detail_ratio"] = float(np.mean(gen_sharp) / np.mean(real_sharp)) if real_sharp else None
     for metric, table in (("mmd", mmd), ("frechet", fd)):
         real, real_sd = summary(table, "real codes")
         audio_real, audio_sd = summary(table, "real audio")
@@ -294,6 +314,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", metavar="NAME=VALUE", help="a sampling setting other than the default")
     ap.add_argument("--vq-set", action="append", default=[], metavar="KEY=JSON",
                     help="a codec setting other than the default (any VQVAEConfig field); names the run folder")
+    ap.add_argument("--sample-rate", type=int, default=0, choices=[0, 24000, 48000],
+                    help="the rate to work at (0: what `distill train` chooses for the files); names the run folder")
     ap.add_argument("--no-detail", action="store_true",
                     help="decode every set from the sequence model's levels alone (no detail from the material)")
     args = ap.parse_args()
@@ -334,6 +356,13 @@ def main() -> None:
                   f"the real draws' spread); score {r[metric + '.score']:.3f} (the two generated sets: "
                   + " / ".join(f"{x:.3f}" for x in r[metric + '.score_sets'])
                   + f"; vs real audio: {r[metric + '.score_vs_audio']:.3f})")
+        sd = r["spectral_detail"]
+        gen_sd = np.mean([v for k, v in sd.items() if k.startswith("generated")])
+        real_sd = [v for k, v in sd.items() if k.startswith("real audio")]
+        print(f"  spectral detail (neighbouring mel bands, nats): generated {gen_sd:.3f}"
+              + (f", real audio {np.mean(real_sd):.3f}" if real_sd else "")
+              + (f", real codes {np.mean([v for k, v in sd.items() if k.startswith('real codes')]):.3f}"
+                 if real_sd else " (references: --sheet)"))
         print(f"  verbatim share {r['verbatim_share']:.3f}; longest verbatim {r['longest_verbatim_s']:.2f} s "
               f"({r['longest_verbatim_fraction']:.1%} of a clip); held-out bits {r['bits']:.3f} vs unigram "
               f"{r['unigram_bits']:.3f} = {r['bits_ratio']:.3f}x; time in holds >= {HOLD_SECONDS:g} s "
@@ -348,7 +377,9 @@ def main() -> None:
           f"{sum(r['mmd.valid'] for r in results)}/{len(results)} seeds; Fréchet's score {ms('frechet.score')}, valid on "
           f"{sum(r['frechet.valid'] for r in results)}/{len(results)}); verbatim share {ms('verbatim_share')}; "
           f"longest verbatim {ms('longest_verbatim_fraction')} of a clip; bits vs unigram {ms('bits_ratio')}; "
-          f"time in holds >= {HOLD_SECONDS:g} s {ms('held_share')} (training codes {ms('held_share_material')})")
+          f"time in holds >= {HOLD_SECONDS:g} s {ms('held_share')} (training codes {ms('held_share_material')})"
+          + (f"; spectral detail generated / real audio {ms('spectral_detail_ratio')}"
+             if all(r.get("spectral_detail_ratio") is not None for r in results) else ""))
     out = REPO / "bench" / "out" / f"samples_{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "sampling": {k: str(v) for k, v in sampling.items()}, "seeds": results},

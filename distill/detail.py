@@ -3,15 +3,18 @@
 The codec has more residual levels than the sequence model learns (VQVAEConfig.detail_levels): the
 first `num_quantizers` say which sound it is (the sequence model's job), the detail levels carry the
 exact partials and texture that make a round trip sound like the file itself. A generated sound has
-only the first kind. Its detail comes from the material: for every step, the place in the training
-codes whose coarse sound over a few steps around it is nearest (the same level-0 code at the step,
-as far down the levels as the material has them, then the smallest distance between the coarse
-latents of the two windows), and that place's detail
-codes are used. Where the place after the previous step's is nearly as good, the copy goes on
-from there, so detail comes in stretches of real material rather than a new place every step (a
-new place every step flickers).
+only the first kind. Its detail comes from the material: for every step, a place in the training
+codes with the same coarse codes at that step (as far down the levels as the material has them) and,
+among those, the nearest coarse sound over a few steps around it (the distance between the coarse
+latents of the two windows); that place's detail codes are used. Where the place after the previous
+step's is nearly as good, the copy goes on from there, so detail comes in stretches of real material
+rather than from a new place every step (which flickers). Detail copied from a place with other
+coarse codes would not fit them: a detail level quantises what the levels above it left, so it only
+means something on top of the codes it was made for.
 
-Deterministic: the same codes and material give the same detail.
+Deterministic: the same codes and material give the same detail. Memory stays small for long
+collections: the detail codes as int16, the coarse codes and one sorted key per place, and coarse
+latents computed for the places a step looks at.
 """
 from __future__ import annotations
 
@@ -30,43 +33,42 @@ class DetailSettings:
 
 
 class DetailBank:
-    """The material's coarse latents and detail codes, searched by the coarse codes of a new sound."""
+    """The material's coarse codes and detail codes, searched by the coarse codes of a new sound."""
 
-    def __init__(self, coarse_codes: list, detail_codes: list, level_embeds: list, settings: DetailSettings = DetailSettings()):
+    def __init__(self, coarse_codes: list, detail_codes: list, level_embeds: list,
+                 settings: DetailSettings = DetailSettings()):
         """coarse_codes, detail_codes: per training file [T', Q] and [T', D] integer codes (the same
         files, the same lengths); level_embeds: the codec's Q coarse codebooks, each [K, dim]."""
-        pairs = [(np.asarray(c, np.int64), np.asarray(d, np.int64)) for c, d in zip(coarse_codes, detail_codes) if len(c)]
+        pairs = [(np.asarray(c), np.asarray(d)) for c, d in zip(coarse_codes, detail_codes) if len(c)]
         if not pairs:
             raise ValueError("no material to take detail from")
         self.settings = settings
         self.embeds = [np.asarray(e, np.float32) for e in level_embeds]
-        self.q = len(self.embeds)
-        coarse = np.concatenate([c for c, _ in pairs])
-        self.detail = np.concatenate([d for _, d in pairs])  # [N, D]
-        self.latent = self._latent(coarse)  # [N, dim]
+        self.q, self.k = len(self.embeds), len(self.embeds[0])
+        self.coarse = np.concatenate([c for c, _ in pairs]).astype(np.int32)  # [N, Q]
+        self.detail = np.concatenate([d for _, d in pairs]).astype(np.int16)  # [N, D]
         lengths = np.array([len(c) for c, _ in pairs])
         ends = np.cumsum(lengths)
-        starts = ends - lengths
-        self.first = np.repeat(starts, lengths)  # [N] the first position of each position's file
-        self.last = np.repeat(ends - 1, lengths)  # [N] its last position
-        centred = self.latent - self.latent.mean(0)
-        self.scale = float((centred**2).sum(1).mean()) * (2 * settings.window + 1) or 1.0
-        # positions by the codes of their first n levels (n = 1..Q), as sorted keys: a step's detail
-        # comes from a place with the same coarse codes as far down as the material has them
-        self.k = len(self.embeds[0])
-        self.keys, self.order = [], []
-        for n in range(1, self.q + 1):
-            key = self._prefix_keys(coarse, n)
-            order = np.argsort(key, kind="stable")
-            self.keys.append(key[order])
-            self.order.append(order)
+        self.file_first, self.file_last = ends - lengths, ends - 1
+        self.file_of = np.repeat(np.arange(len(pairs), dtype=np.int32), lengths)  # [N]
+        mean = sum(e[self.coarse[:, q]].mean(0) for q, e in enumerate(self.embeds))
+        spread = float(np.mean([((self._latent(self.coarse[i:i + 4096]) - mean) ** 2).sum(1).mean()
+                                for i in range(0, len(self.coarse), 4096)]))
+        self.scale = spread * (2 * settings.window + 1) or 1.0
+        # every place's coarse codes as one key, sorted: the places that share the first n levels'
+        # codes with a step are then one contiguous run of the order, for every n
+        self.key_levels = max(n for n in range(1, self.q + 1) if self.k ** n < 2**62)  # levels a key holds
+        self.keys = self._prefix_keys(self.coarse, self.key_levels)
+        self.order = np.argsort(self.keys, kind="stable").astype(np.int32)
+        self.keys = self.keys[self.order]
         # a level-0 code the material never used borrows its nearest used code's places
-        used = np.unique(coarse[:, 0])
+        used = np.unique(self.coarse[:, 0])
         e0 = self.embeds[0]
         self.stand_in = used[((e0[:, None, :] - e0[None, used, :]) ** 2).sum(-1).argmin(1)]
 
     @classmethod
-    def from_codec(cls, codec, coarse_codes: list, detail_codes: list, settings: DetailSettings = DetailSettings()) -> "DetailBank":
+    def from_codec(cls, codec, coarse_codes: list, detail_codes: list,
+                   settings: DetailSettings = DetailSettings()) -> "DetailBank":
         levels = codec.quantizer.levels[: codec.coarse_levels]
         return cls(coarse_codes, detail_codes, [lvl.embed.detach().cpu().numpy() for lvl in levels], settings)
 
@@ -75,6 +77,7 @@ class DetailBank:
         return self.detail.shape[1]
 
     def _prefix_keys(self, coarse: np.ndarray, n: int) -> np.ndarray:
+        """[T, >= n] codes -> [T] int64: the first n levels' codes as one number (K^n < 2^62)."""
         key = np.zeros(len(coarse), np.int64)
         for q in range(n):
             key = key * self.k + coarse[:, q]
@@ -84,20 +87,21 @@ class DetailBank:
         """The material's places whose coarse codes equal `step_codes` [Q] on as many levels as any do."""
         codes = np.asarray(step_codes, np.int64).copy()
         codes[0] = self.stand_in[codes[0]]
-        for n in range(self.q, 0, -1):
-            key = self._prefix_keys(codes[None, :n], n)[0]
-            a, b = np.searchsorted(self.keys[n - 1], [key, key + 1])
+        for n in range(self.key_levels, 0, -1):
+            span = self.k ** (self.key_levels - n)  # the full keys that begin with this n-level prefix
+            low = int(self._prefix_keys(codes[None, :n], n)[0]) * span
+            a, b = np.searchsorted(self.keys, [low, low + span])
             if b > a:
-                return self.order[n - 1][a:b]
+                return self.order[a:b]
         raise AssertionError("level 0 always has places")  # stand_in maps every code to a used one
 
     def _latent(self, coarse: np.ndarray) -> np.ndarray:
-        """[T, Q] coarse codes -> [T, dim]: the sum of their codebook vectors (what the decoder sees)."""
-        return sum(self.embeds[q][coarse[:, q]] for q in range(self.q)).astype(np.float32)
+        """[..., Q] coarse codes -> [..., dim]: the sum of their codebook vectors (what the decoder sees)."""
+        return sum(self.embeds[q][coarse[..., q]] for q in range(self.q)).astype(np.float32)
 
     def fill(self, coarse: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
-        """coarse [T, Q] codes -> their detail [T, D] from the material. `known` [T0, D] (T0 <= T):
-        the detail of the first T0 steps, kept as it is (a continuation of a sound with its own)."""
+        """coarse [T, Q] codes -> their detail [T, D] (int64) from the material. `known` [T0, D]: the
+        detail of the first T0 steps, kept as it is (a continuation of a sound with its own)."""
         coarse = np.asarray(coarse, np.int64)
         t_len = len(coarse)
         out = np.zeros((t_len, self.detail_levels), np.int64)
@@ -107,8 +111,7 @@ class DetailBank:
             out[:t0] = np.asarray(known)[:t0]
         if t0 >= t_len:
             return out
-        w = self.settings.window
-        offsets = np.arange(-w, w + 1)
+        offsets = np.arange(-self.settings.window, self.settings.window + 1)
         gen = self._latent(coarse)
         prev = -1
         for t in range(t0, t_len):
@@ -117,7 +120,7 @@ class DetailBank:
             cost = self._costs(cand, target)
             at = int(cost.argmin())
             best = int(cand[at])
-            if prev >= 0 and prev < self.last[prev]:
+            if prev >= 0 and prev < self.file_last[self.file_of[prev]]:
                 i = np.flatnonzero(cand == prev + 1)  # going on is a place with the same codes too
                 if len(i) and float(cost[i[0]]) <= float(cost[at]) + self.settings.stay:
                     best = prev + 1
@@ -128,6 +131,7 @@ class DetailBank:
     def _costs(self, positions: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Distance of the coarse windows around `positions` (clamped to their files) from `target`."""
         offsets = np.arange(-self.settings.window, self.settings.window + 1)
-        idx = np.clip(positions[:, None] + offsets[None, :], self.first[positions, None], self.last[positions, None])
-        diff = self.latent[idx] - target[None]
+        files = self.file_of[positions]
+        idx = np.clip(positions[:, None] + offsets[None, :], self.file_first[files, None], self.file_last[files, None])
+        diff = self._latent(self.coarse[idx]) - target[None]
         return (diff * diff).sum(axis=(1, 2)) / self.scale

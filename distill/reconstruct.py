@@ -1,8 +1,8 @@
 """A training file heard through the codes: its codes -> the sound model's decoder -> audio.
 
-Played beside the original, it tells a person how much of their sound the codes keep (what is lost
-here is lost in every generated sound too). Needs only the sound model and the codes, so it works on a
-run whose sequence model is not trained yet."""
+Played beside the original, it tells a person how much of their sound the codes keep: every level,
+the detail levels too (a generated sound's detail comes from the material instead). Needs only the
+sound model and the codes, so it works on a run whose sequence model is not trained yet."""
 from __future__ import annotations
 
 import os

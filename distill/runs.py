@@ -489,7 +489,8 @@ def save_detail(run_dir: str | os.PathLike, names: list[str], detail: list) -> N
 
 
 def load_detail(run_dir: str | os.PathLike, codes: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """{file name: int64 [T', detail_levels]} in training order, or {} for a run without detail levels.
+    """{file name: int16 [T', detail_levels]} in training order, or {} for a run without detail levels
+    (int16 as stored: 45 levels of a long collection are many numbers).
     Validated against the manifest's settings and, entry for entry, against the run's codes (`codes`:
     load_codes' answer, read here when not given): same files, same lengths."""
     manifest = read_manifest(run_dir)
@@ -503,7 +504,7 @@ def load_detail(run_dir: str | os.PathLike, codes: dict[str, np.ndarray] | None 
     tensors = load_tensors(path, expected=expected)
     out: dict[str, np.ndarray] = {}
     for name, key in zip(codes, expected):
-        arr = tensors[key].numpy().astype(np.int64)
+        arr = tensors[key].numpy()
         if arr.size and (arr.min() < 0 or arr.max() >= vq.codebook_size):
             raise UnsafeFileError(f"{DETAIL_FILE}: entry '{name}' does not fit the model's codebooks")
         out[name] = arr

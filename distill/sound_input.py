@@ -38,7 +38,8 @@ def from_training_file(run, name: str) -> InputSound:
     if name not in codes:
         raise InputError(f"'{str(name)[:200]}' is not one of this run's training files.")
     detail = load_detail(run.run_dir, codes).get(name)
-    return InputSound("file", name, name, np.asarray(codes[name], dtype=np.int64), detail=detail)
+    return InputSound("file", name, name, np.asarray(codes[name], dtype=np.int64),
+                      detail=None if detail is None else detail.astype(np.int64))
 
 
 def from_sample(run, sample_id: str) -> InputSound:

@@ -170,6 +170,23 @@ def test_continuing_an_upload_keeps_its_own_detail_before_the_point(run_dir, tmp
     assert from_training_file(run, next(iter(load_codes(run_dir)))).detail is not None
 
 
+def test_a_samples_damaged_detail_is_not_trusted(run_dir):
+    from pathlib import Path
+
+    from distill.generate import save_sample
+
+    run = load_run(run_dir)
+    codes = next(iter(load_codes(run_dir).values()))
+    for bad in (np.zeros((len(codes), D + 2)), np.full((len(codes), D), 10_000), np.zeros((len(codes) - 1, D))):
+        saved = save_sample(run_dir, np.zeros(2400, np.float32), 24_000, codes, {"seed": 0})
+        path = Path(saved["path"]).with_suffix("").with_suffix(".codes.safetensors")
+        save_tensors(path, {"codes": torch.as_tensor(codes, dtype=torch.int16),
+                            "detail": torch.as_tensor(bad, dtype=torch.int16)})
+        src = from_sample(run, saved["id"])
+        assert src.detail is None and np.array_equal(src.codes, codes)  # it takes its detail from the material
+        assert run.with_detail(src.codes).shape == (len(codes), Q + D)
+
+
 def test_encode_and_decode_on_the_command_line_keep_every_level(run_dir, tmp_path):
     import subprocess
     import sys
@@ -178,8 +195,10 @@ def test_encode_and_decode_on_the_command_line_keep_every_level(run_dir, tmp_pat
 
     name = next(iter(load_codes(run_dir)))
     source = read_manifest(run_dir)["source"]
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "distill", "encode", run_dir, f"{source}/{name}", "--out",
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "distill", "--cache-dir", tmp_path / "cache", "encode", run_dir, f"{source}/{name}", "--out",
                           tmp_path / "c.npy"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     codes = np.load(tmp_path / "c.npy")

@@ -46,8 +46,8 @@ HELP = {
     "histogram": "How often each sound snippet (code) occurs, in your files and in what was generated: the "
                  "more the two shapes agree, the more the generated sounds use your palette.",
     "reconstruction": "Your file, and the same file turned into codes and back into sound by the sound "
-                      "model. How close they are tells how much of your sound the codes keep: what is lost "
-                      "here is lost in every generated sound too.",
+                      "model. How close they are tells how much of your sound the codes keep. A new sound "
+                      "gets its broad levels from the sequence model and its fine detail from your files.",
     # training tab
     "vq_plot": "The sound model learning to turn your audio into codes and back: lower is closer to your "
                "files; the green line is files it does not train on, and when it flattens, more minutes add little.",
