@@ -7,8 +7,8 @@ Training: tokens/s of full optimiser steps (forward, backward, clip, AdamW) at e
 sizes, codebook 64/128/256, Q = 3, windows of 432 tokens, the tier's batch size capped by --max-batch
 (for time), after warm-up steps; ours and the baseline alternate step by step so machine noise hits
 both alike; the median step is reported. Targets: >= 1.3x at tiers 2 and 3.
-generate_audio: 10 s of audio at the seed's tier-2 sizes, codes + decode + Griffin-Lim, median wall
-time (target <= 1 s).
+generate_audio: 10 s of audio at the seed's tier-2 sizes, codes + detail + decode + Griffin-Lim, median wall
+time at 24 and at 48 kHz (target <= 1 s).
 Sampling: 432 new tokens at tier 2. Ours: the cached sampler, median of a few runs. Baseline: the
 seed's sampler re-runs the whole prefix per token; by default its cost is measured at 12 prefix
 lengths (best of 1 thread and the default thread count) and summed over all 432 (each token = one
@@ -151,20 +151,21 @@ def bench_sampling(tier: int, n_tokens: int, full_baseline: bool, runs: int) -> 
             "ratio": t_base / t_ours, "ours_s": t_ours, "base_s": t_base, "how": how}
 
 
-def bench_generate_audio(seconds: float, runs: int) -> dict:
-    """`generate_audio` end to end (codes, decode, Griffin-Lim) with the seed's tier-2 sizes: a 4 × 256
-    prior over codebook-128 codes and the tier-2 codec, in a throwaway run folder, with retrieval from
-    60 files x 10 s of training codes (the default sampling). The weights and codes are random: the
-    time of every stage does not depend on what the models learned."""
+def bench_generate_audio(seconds: float, runs: int, sample_rate: int = 24_000) -> dict:
+    """`generate_audio` end to end (codes, their detail from the material, decode, Griffin-Lim) with the
+    seed's tier-2 sizes: a 4 × 256 prior over codebook-128 codes and the tier-2 codec (with its detail
+    levels), in a throwaway run folder, with retrieval from 60 files x 10 s of training codes (the
+    default sampling), at `sample_rate`. The weights and codes are random: the time of every stage does
+    not depend on what the models learned."""
     import tempfile
     from dataclasses import asdict
 
     from distill.config import AudioConfig, get_adaptive_vqvae_config
     from distill.generate import RunCache, codes_to_audio, generate_audio, generate_codes
     from distill.models.vqvae import ConvVQVAE
-    from distill.runs import build_prior, save_codes, save_prior, save_vqvae, write_manifest
+    from distill.runs import build_prior, save_codes, save_detail, save_prior, save_vqvae, write_manifest
 
-    audio, vq, prior_cfg = AudioConfig(), get_adaptive_vqvae_config(60), get_adaptive_prior_config(60)
+    audio, vq, prior_cfg = AudioConfig.at_rate(sample_rate), get_adaptive_vqvae_config(60), get_adaptive_prior_config(60)
     with tempfile.TemporaryDirectory() as d:
         write_manifest(d, {"audio_config": asdict(audio), "vqvae_config": asdict(vq), "prior_config": asdict(prior_cfg)})
         torch.manual_seed(0)
@@ -172,8 +173,9 @@ def bench_generate_audio(seconds: float, runs: int) -> dict:
         save_prior(d, build_prior(vq, prior_cfg), prior_cfg)
         steps = int(10 * audio.frames_per_second / vq.downsample)
         rng = np.random.default_rng(0)
-        save_codes(d, [f"f{i}.wav" for i in range(60)],
-                   [rng.integers(0, vq.codebook_size, size=(steps, vq.num_quantizers)) for _ in range(60)])
+        names = [f"f{i}.wav" for i in range(60)]
+        save_codes(d, names, [rng.integers(0, vq.codebook_size, size=(steps, vq.num_quantizers)) for _ in range(60)])
+        save_detail(d, names, [rng.integers(0, vq.codebook_size, size=(steps, vq.detail_levels)) for _ in range(60)])
         cache = RunCache()
         generate_audio(d, 1.0, cache=cache)  # loading the models is not generation
         run = cache.get(d)
@@ -188,7 +190,7 @@ def bench_generate_audio(seconds: float, runs: int) -> dict:
             audio_s.append(timed(lambda: codes_to_audio(run, codes)))
     return {"seconds": seconds, "wall": statistics.median(walls), "codes": statistics.median(code_s),
             "audio": statistics.median(audio_s), "tokens": len(codes) * vq.num_quantizers,
-            "size": f"{prior_cfg.num_layers} x {prior_cfg.hidden_size}"}
+            "size": f"{prior_cfg.num_layers} x {prior_cfg.hidden_size}", "sample_rate": sample_rate}
 
 
 def main() -> None:
@@ -204,6 +206,7 @@ def main() -> None:
     ap.add_argument("--full-baseline", action="store_true")
     ap.add_argument("--generate-seconds", type=float, default=10.0)
     ap.add_argument("--generate-only", action="store_true", help="only the generate_audio timing")
+    ap.add_argument("--sample-rates", default="24000,48000", help="generate_audio at each of these rates")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -230,10 +233,12 @@ def main() -> None:
         print(f"  baseline {s['base']:8.1f} tokens/s  ({s['base_s']:.2f} s)")
         print(f"  ratio    {s['ratio']:8.1f}x")
 
-    g = bench_generate_audio(args.generate_seconds, args.sample_runs)
-    print(f"\ngenerate_audio {g['seconds']:.0f} s at tier 2 ({g['size']} prior, {g['tokens']} tokens; median of "
-          f"{args.sample_runs}; target <= 1 s)")
-    print(f"  wall     {g['wall']:.2f} s   (codes {g['codes']:.2f} s + decode and Griffin-Lim {g['audio']:.2f} s)")
+    for rate in (int(r) for r in args.sample_rates.split(",") if r):
+        g = bench_generate_audio(args.generate_seconds, args.sample_runs, rate)
+        print(f"\ngenerate_audio {g['seconds']:.0f} s at tier 2, {rate} Hz ({g['size']} prior, {g['tokens']} tokens; "
+              f"median of {args.sample_runs}; target <= 1 s)")
+        print(f"  wall     {g['wall']:.2f} s   (codes {g['codes']:.2f} s + detail, decode and Griffin-Lim "
+              f"{g['audio']:.2f} s)", flush=True)
 
 
 if __name__ == "__main__":
