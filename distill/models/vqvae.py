@@ -67,10 +67,10 @@ class EMACodebook(nn.Module):
         self.register_buffer("initted", torch.zeros(1, dtype=torch.bool))  # k-means init done
 
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, D] -> code index [N] (squared Euclidean distance, first index on ties)."""
+        """x [N, D] -> code index [N] (squared Euclidean distance, first index on ties). ||x||^2 is
+        the same for every code, so it is left out; min().indices is ~2x argmin's speed on a CPU."""
         e = self.embed
-        dist = x.pow(2).sum(1, keepdim=True) - 2 * (x @ e.T) + e.pow(2).sum(1)[None, :]  # [N, K]
-        return dist.argmin(dim=1)
+        return torch.addmm(e.pow(2).sum(1), x, e.T, alpha=-2).min(dim=1).indices  # ||e||^2 - 2 x.e: [N, K]
 
     @torch.no_grad()
     def kmeans_init(self, x: torch.Tensor, iters: int = KMEANS_ITERS) -> None:
@@ -124,11 +124,13 @@ class EMACodebook(nn.Module):
 
 
 def _usage_stats(idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """idx [N] -> (fraction of the K codes used, perplexity = exp(entropy of code frequencies))."""
-    counts = torch.zeros(k, device=idx.device).index_add_(0, idx, torch.ones(idx.shape[0], device=idx.device))
-    p = counts / counts.sum().clamp_min(1)
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return (counts > 0).float().mean(), torch.exp(entropy)
+    """idx [L, N] (every level's codes) -> per level [L]: (fraction of the K codes used, perplexity =
+    exp(entropy of code frequencies))."""
+    counts = torch.zeros(idx.shape[0], k, device=idx.device).scatter_add_(
+        1, idx, torch.ones(idx.shape, device=idx.device))
+    p = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+    return (counts > 0).float().mean(1), torch.exp(entropy)
 
 
 class ResidualVQ(nn.Module):
@@ -164,36 +166,37 @@ class ResidualVQ(nn.Module):
         flat = z.permute(0, 2, 1).reshape(b * t, d)  # [N, D]
         if update and not bool(torch.isfinite(flat).all()):
             update = False
-        residual = flat
-        q_sum = torch.zeros_like(flat)
-        codes, commit, util, perp, dead, reset = [], [], [], [], [], []
-        for level in self.levels:
-            idx = level.nearest(residual.detach())  # [N]
+        residual = flat.detach()
+        codes, chosen, dead, reset = [], [], [], []
+        for level in self.levels:  # 48 levels: per-level work kept to the search and the EMA step
+            idx = level.nearest(residual)  # [N]
             q = level.embed[idx]  # [N, D]
-            commit.append(F.mse_loss(residual, q.detach()))
             n_dead, n_reset = 0, 0
             if update:
-                n_dead, n_reset = level.ema_update(residual.detach(), idx)
+                n_dead, n_reset = level.ema_update(residual, idx)
             else:
                 n_dead = int((level.cluster_size < level.threshold).sum())
-            u, p = _usage_stats(idx, level.codebook_size)
             codes.append(idx)
-            util.append(u)
-            perp.append(p)
+            chosen.append(q)
             dead.append(n_dead)
             reset.append(n_reset)
-            q_sum = q_sum + q
-            residual = residual - q.detach()
-        quantised = flat + (q_sum - flat).detach()  # straight-through: gradient passes to the encoder
+            residual = residual - q
+        sums = torch.stack(chosen).cumsum(0)  # [L, N, D]: the quantised vector after each level
+        # commitment: the mean over levels of ||what level l was given - its code||^2, and what level l
+        # was given minus its code is z minus the codes up to l
+        commit = (flat.unsqueeze(0) - sums).pow(2).mean()
+        quantised = flat + (sums[-1] - flat).detach()  # straight-through: gradient passes to the encoder
         quantised = quantised.reshape(b, t, d).permute(0, 2, 1)
-        codes_t = torch.stack(codes, dim=-1).reshape(b, t, self.num_quantizers)
+        idx_all = torch.stack(codes)  # [L, N]
+        codes_t = idx_all.T.reshape(b, t, self.num_quantizers)
+        util, perp = _usage_stats(idx_all, self.codebook_size)
         stats = {
-            "utilisation": torch.stack(util).detach().cpu(),
-            "perplexity": torch.stack(perp).detach().cpu(),
+            "utilisation": util.detach().cpu(),
+            "perplexity": perp.detach().cpu(),
             "dead_codes": torch.tensor(dead, dtype=torch.float32),
             "codes_reset": torch.tensor(reset, dtype=torch.float32),
         }
-        return quantised, codes_t, torch.stack(commit).mean(), stats
+        return quantised, codes_t, commit, stats
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
