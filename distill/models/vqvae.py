@@ -199,16 +199,16 @@ class ResidualVQ(nn.Module):
         return quantised, codes_t, commit, stats
 
     @torch.no_grad()
-    def encode(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, D, T'] -> codes [B, T', Q] long (no state changes)."""
+    def encode(self, z: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """z [B, D, T'] -> codes [B, T', n] long of the first n = `levels` levels (None: all; no state changes)."""
         b, d, t = z.shape
         residual = z.permute(0, 2, 1).reshape(b * t, d)
         codes = []
-        for level in self.levels:
+        for level in self.levels[:levels]:
             idx = level.nearest(residual)
             codes.append(idx)
             residual = residual - level.embed[idx]
-        return torch.stack(codes, dim=-1).reshape(b, t, self.num_quantizers)
+        return torch.stack(codes, dim=-1).reshape(b, t, len(codes))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, T', n] -> z [B, D, T'] (sum of the chosen codes over the first n levels)."""
@@ -385,8 +385,7 @@ class ConvVQVAE(nn.Module):
         """mel [B, n_mels, frames] -> codes [B, ceil(frames / downsample), Q] long: the levels the
         sequence model learns (detail=True: all Q + detail_levels levels)."""
         self._check(mel)
-        codes = self.quantizer.encode(self._latent(mel))
-        return codes if detail else codes[..., : self.coarse_levels]
+        return self.quantizer.encode(self._latent(mel), levels=None if detail else self.coarse_levels)
 
     def decode(self, codes: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """codes [B, T', Q] (the sequence model's levels alone) or [B, T', Q + detail_levels] (with
