@@ -249,3 +249,21 @@ def test_runs_without_detail_levels_load_and_decode_as_before(tmp_path):
     assert load_detail(run.run_dir) == {}
     assert json.loads(json.dumps(read_manifest(run.run_dir)["vqvae_config"])).get("detail_levels", 0) == 0
     assert math.isfinite(float(np.abs(reconstruct_file(run.run_dir, next(iter(load_codes(run.run_dir)))).wave).max()))
+
+
+def test_the_page_shows_the_detail_levels_as_one_entry_beside_the_sequence_models_levels():
+    from distill.app import figures
+    from distill.app.views import notes_html
+    from distill.app.worker import levels_from_event
+
+    event = {"stage": "vqvae", "kind": "eval", "utilisation": [0.9, 0.95, 1.0], "perplexity": [50, 60, 70],
+             "dead_codes": [3, 1, 0], "detail_utilisation": [1.0] * 40 + [0.85] * 5}
+    levels = levels_from_event(event)
+    assert len(levels) == 4 and levels[-1]["name"] == "detail (levels 4–48)"
+    assert levels[-1]["utilisation"] == 0.85 and levels[-1]["verdict"] == "healthy"
+    html = notes_html([], levels)
+    assert "Detail (levels 4–48): healthy." in html and "Level 1: healthy." in html
+    fig = figures.health_figure(levels)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["level 1", "level 2", "level 3", "detail (levels 4–48)"]
+    assert len(levels_from_event({**event, "detail_utilisation": "hostile"})) == 3  # a malformed field is left out
