@@ -107,17 +107,21 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a VQVAEConfig field")
     ap.add_argument("--gl-sweep", action="store_true", help="only measure Griffin-Lim quality vs iterations")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--sample-rate", type=int, default=0, choices=[0, 24000, 48000],
+                    help="the rate to work at (0: what `distill train` chooses for the files)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    audio = AudioConfig()
     folder = args.dataset if Path(args.dataset).is_dir() else dataset_folder(args.dataset)
+    from distill.planning import TrainOptions, audio_config_for
+
+    audio = audio_config_for(TrainOptions(sample_rate=args.sample_rate), folder)  # the rate `distill train` picks
     t = time.perf_counter()
     names, mels, paths = load_mels(folder, audio)
     audio_seconds = [m.shape[-1] * audio.hop_length / audio.sample_rate for m in mels]
-    print(f"{args.dataset}: {len(mels)} files, {sum(audio_seconds) / 60:.1f} min of audio, features in "
-          f"{time.perf_counter() - t:.1f} s")
+    print(f"{args.dataset}: {len(mels)} files, {sum(audio_seconds) / 60:.1f} min of audio at {audio.sample_rate} Hz, "
+          f"features in {time.perf_counter() - t:.1f} s")
     if args.gl_sweep:
         gl_sweep(mels, audio)
         return
@@ -149,20 +153,20 @@ def main() -> None:
 
     # held-out reconstruction vs the mean-frame baseline
     train_mels, val_mels = data.train_mels(), data.val_mels()
-    val_codes = extract_code_sequences(model, val_mels)
+    val_codes = extract_code_sequences(model, val_mels, detail=True)  # a round trip keeps every level
     with torch.inference_mode():
         recons = [model.decode(c[None], frames=m.shape[-1])[0] for c, m in zip(val_codes, val_mels)]
     err = mel_l1(recons, val_mels)
     base = mean_frame_baseline_l1(train_mels, val_mels)
 
     # codebook use: utilisation over the training files, perplexity on held-out files
-    train_hist = level_histograms(extract_code_sequences(model, train_mels), cfg.codebook_size)
+    train_hist = level_histograms(extract_code_sequences(model, train_mels, detail=True), cfg.codebook_size)
     val_hist = level_histograms(val_codes, cfg.codebook_size)
 
     # extraction speed over every file (features already in memory = cached)
-    extract_code_sequences(model, mels[:4])  # warm-up
+    extract_code_sequences(model, mels[:4], detail=True)  # warm-up
     t = time.perf_counter()
-    extract_code_sequences(model, mels)
+    extract_code_sequences(model, mels, detail=True)  # every level, as the codes stage does
     ext_s = time.perf_counter() - t
 
     # decode + Griffin-Lim: CPU seconds per audio second, on held-out material (up to ~60 s)
@@ -184,10 +188,13 @@ def main() -> None:
     print(f"held-out mel_l1          {err:.4f}")
     print(f"baseline_mel_l1          {base:.4f}   (every frame = training mean frame)")
     print(f"ratio                    {err / base:.3f}   (target <= 0.25)")
-    print(f"train utilisation        {[round(float(u), 3) for u in utilisation(train_hist)]}   (target >= 0.80 each)")
-    print(f"held-out perplexity      {[round(float(p), 1) for p in perplexity(val_hist)]}   (of {cfg.codebook_size})")
-    print(f"held-out utilisation     {[round(float(u), 3) for u in utilisation(val_hist)]}")
-    for h in codebook_health(train_hist):
+    q = cfg.num_quantizers
+    used = utilisation(train_hist)
+    print(f"train utilisation        {[round(float(u), 3) for u in used[:q]]}, detail levels lowest "
+          f"{float(used[q:].min()) if len(used) > q else float('nan'):.3f}   (target >= 0.80 each)")
+    print(f"held-out perplexity      {[round(float(p), 1) for p in perplexity(val_hist)[:q]]}   (of {cfg.codebook_size})")
+    print(f"held-out utilisation     {[round(float(u), 3) for u in utilisation(val_hist)[:q]]}")
+    for h in codebook_health(train_hist[:q]):
         print(f"  level {h['level'] + 1}: {h['verdict']}")
     print(f"extraction               {total_audio / ext_s:.0f}x real time ({total_audio:.0f} s of audio in {ext_s:.2f} s, "
           f"{len(mels)} files; target >= 300x)")
