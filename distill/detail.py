@@ -10,7 +10,8 @@ latents of the two windows); that place's detail codes are used. Where the place
 step's is nearly as good, the copy goes on from there, so detail comes in stretches of real material
 rather than from a new place every step (which flickers). Detail copied from a place with other
 coarse codes would not fit them: a detail level quantises what the levels above it left, so it only
-means something on top of the codes it was made for.
+means something on top of the codes it was made for. For the same reason a place whose detail carries
+more than its coarse codes (the codec's coarse levels did not describe it) is never copied.
 
 Deterministic: the same codes and material give the same detail. Memory stays small for long
 collections: the detail codes as int16, the coarse codes and one sorted key per place, and coarse
@@ -36,9 +37,11 @@ class DetailBank:
     """The material's coarse codes and detail codes, searched by the coarse codes of a new sound."""
 
     def __init__(self, coarse_codes: list, detail_codes: list, level_embeds: list,
-                 settings: DetailSettings = DetailSettings()):
+                 settings: DetailSettings = DetailSettings(), detail_embeds: list | None = None):
         """coarse_codes, detail_codes: per training file [T', Q] and [T', D] integer codes (the same
-        files, the same lengths); level_embeds: the codec's Q coarse codebooks, each [K, dim]."""
+        files, the same lengths); level_embeds: the codec's Q coarse codebooks, each [K, dim];
+        detail_embeds: its D detail codebooks (to leave out places whose detail outweighs their coarse
+        codes)."""
         pairs = [(np.asarray(c), np.asarray(d)) for c, d in zip(coarse_codes, detail_codes) if len(c)]
         if not pairs:
             raise ValueError("no material to take detail from")
@@ -55,6 +58,7 @@ class DetailBank:
         spread = float(np.mean([((self._latent(self.coarse[i:i + 4096]) - mean) ** 2).sum(1).mean()
                                 for i in range(0, len(self.coarse), 4096)]))
         self.scale = spread * (2 * settings.window + 1) or 1.0
+        self.usable = self._usable_places(detail_embeds)
         # every place's coarse codes as one key, sorted: the places that share the first n levels'
         # codes with a step are then one contiguous run of the order, for every n
         self.key_levels = max(n for n in range(1, self.q + 1) if self.k ** n < 2**62)  # levels a key holds
@@ -62,15 +66,30 @@ class DetailBank:
         self.order = np.argsort(self.keys, kind="stable").astype(np.int32)
         self.keys = self.keys[self.order]
         # a level-0 code the material never used borrows its nearest used code's places
-        used = np.unique(self.coarse[:, 0])
+        used = np.unique(self.coarse[self.usable, 0])
         e0 = self.embeds[0]
         self.stand_in = used[((e0[:, None, :] - e0[None, used, :]) ** 2).sum(-1).argmin(1)]
 
     @classmethod
     def from_codec(cls, codec, coarse_codes: list, detail_codes: list,
                    settings: DetailSettings = DetailSettings()) -> "DetailBank":
-        levels = codec.quantizer.levels[: codec.coarse_levels]
-        return cls(coarse_codes, detail_codes, [lvl.embed.detach().cpu().numpy() for lvl in levels], settings)
+        embeds = [lvl.embed.detach().cpu().numpy() for lvl in codec.quantizer.levels]
+        q = codec.coarse_levels
+        return cls(coarse_codes, detail_codes, embeds[:q], settings, detail_embeds=embeds[q:])
+
+    def _usable_places(self, detail_embeds: list | None) -> np.ndarray:
+        """[N] bool: places whose detail may be copied. Where the detail levels carry more than the
+        coarse codes (a latent the coarse codes do not describe, such as a file's hard first step),
+        the detail fits no other coarse codes: on top of a new sound's it decoded to a blast."""
+        usable = np.ones(len(self.coarse), bool)
+        if detail_embeds is None:
+            return usable
+        embeds = [np.asarray(e, np.float32) for e in detail_embeds]
+        for i in range(0, len(self.coarse), 4096):
+            coarse = self._latent(self.coarse[i:i + 4096])
+            detail = sum(e[self.detail[i:i + 4096, d]] for d, e in enumerate(embeds))
+            usable[i:i + 4096] = (detail * detail).sum(1) <= (coarse * coarse).sum(1)
+        return usable if usable.any() else np.ones_like(usable)
 
     @property
     def detail_levels(self) -> int:
@@ -91,9 +110,11 @@ class DetailBank:
             span = self.k ** (self.key_levels - n)  # the full keys that begin with this n-level prefix
             low = int(self._prefix_keys(codes[None, :n], n)[0]) * span
             a, b = np.searchsorted(self.keys, [low, low + span])
-            if b > a:
-                return self.order[a:b]
-        raise AssertionError("level 0 always has places")  # stand_in maps every code to a used one
+            places = self.order[a:b]
+            places = places[self.usable[places]]
+            if len(places):
+                return places
+        raise AssertionError("level 0 always has places")  # stand_in maps every code to a usable one
 
     def _latent(self, coarse: np.ndarray) -> np.ndarray:
         """[..., Q] coarse codes -> [..., dim]: the sum of their codebook vectors (what the decoder sees)."""

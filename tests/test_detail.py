@@ -106,6 +106,21 @@ def test_going_on_from_the_last_place_is_preferred_within_the_stay_margin():
     assert np.array_equal(filled, detail[0])  # the first place found, then on from there: never a jump
 
 
+def test_a_place_whose_detail_outweighs_its_coarse_codes_is_never_copied():
+    coarse, detail, embeds = material(files=2, steps=30)
+    detail_embeds = [np.full((K, 8), 0.01, np.float32) for _ in range(D)]
+    detail_embeds[0][7] = 50.0  # detail code 7 at the first detail level: far larger than any coarse latent
+    for d in detail:
+        d[d[:, 0] == 7, 0] = 0
+    detail[0][10, 0] = 7  # used at one place only
+    new = coarse[0][8:13].copy()
+    bank = DetailBank(coarse, detail, embeds, detail_embeds=detail_embeds)
+    assert not bank.usable[10] and bank.usable.sum() == len(bank.usable) - 1
+    assert 10 not in bank.candidates(coarse[0][10])  # its exact coarse codes find other places instead
+    assert all(tuple(r) != tuple(detail[0][10]) for r in bank.fill(new))
+    assert DetailBank(coarse, detail, embeds).usable.all()  # without the detail codebooks nothing is left out
+
+
 # --- a run with detail levels ------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.audio.griffinlim import log_mel, mel_filterbank, mel_to_audio, mel_to_linear
+from distill.audio.griffinlim import log_mel, mel_ceiling, mel_filterbank, mel_to_audio, mel_to_linear
 from distill.config import AudioConfig
 
 SMALL = AudioConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32)
@@ -84,3 +84,19 @@ def test_mel_to_audio_batch_short_and_hostile_inputs():
     assert torch.isfinite(mel_to_audio(bad, SMALL, n_iter=2)).all()
     with pytest.raises(ValueError):
         mel_to_audio(torch.zeros(5, 10), SMALL)  # wrong mel count
+
+
+@pytest.mark.parametrize("rate", [24000, 48000])
+def test_no_sound_within_full_scale_passes_the_ceiling_and_a_decoders_blast_is_clamped_to_it(rate):
+    cfg = AudioConfig().at_rate(rate)
+    ceiling = mel_ceiling(cfg)
+    t = np.arange(rate) / rate
+    loud = [np.sign(np.sin(2 * np.pi * 440 * t)), np.sin(2 * np.pi * (50 + (rate / 2 - 100) * t / 2) * t),
+            np.sign(np.random.default_rng(0).standard_normal(rate))]
+    for wave in loud:
+        assert (log_mel(torch.tensor(wave, dtype=torch.float32), cfg) <= ceiling[:, None]).all()
+    mel = log_mel(torch.tensor(0.3 * loud[1], dtype=torch.float32), cfg)[:, :40]
+    blast = mel.clone()
+    blast[:, 20] = 28.0  # what a codec's latent it never learned to map decoded to
+    out, clamped = mel_to_audio(blast, cfg), mel_to_audio(torch.minimum(blast, ceiling[:, None]), cfg)
+    assert torch.equal(out, clamped) and float(out.abs().max()) < 1e3

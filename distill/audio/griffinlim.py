@@ -119,6 +119,22 @@ def log_mel(wave: torch.Tensor, audio_config: AudioConfig) -> torch.Tensor:
 # --- inverse: log-mel -> wave ---------------------------------------------------------------
 
 
+@lru_cache(maxsize=16)
+def _ceiling_np(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float, log_floor: float) -> np.ndarray:
+    fb = _mel_filterbank_np(sr, n_fft, n_mels, f_min, f_max).astype(np.float64)
+    # |STFT| of a sound within full scale is at most the Hann window's sum, n_fft / 2, in every bin
+    ceiling = np.log((n_fft / 2.0) ** 2 * fb.sum(axis=1) + log_floor).astype(np.float32)
+    ceiling.setflags(write=False)
+    return ceiling
+
+
+def mel_ceiling(audio_config: AudioConfig) -> torch.Tensor:
+    """[n_mels] the highest log-mel any sound within full scale can have in each band. A decoder's
+    output above it (a latent the codec never learned to map, e.g. a file's first step) is not a
+    sound, and would come back as a blast that drowns everything else once the audio is normalised."""
+    return torch.from_numpy(_ceiling_np(*_fb_key(audio_config), float(audio_config.log_floor)).copy())
+
+
 def mel_to_linear(log_mel_: torch.Tensor, audio_config: AudioConfig, nnls_iters: int = NNLS_ITERS) -> torch.Tensor:
     """[..., n_mels, frames] log-mel -> [..., bins, frames] non-negative POWER spectrogram.
 
@@ -184,7 +200,8 @@ def mel_to_audio(
     seed: int = 0,
 ) -> torch.Tensor:
     """log-mel [n_mels, frames] or [B, n_mels, frames] -> waveform [samples] or [B, samples] (CPU
-    float32) with samples = frames * hop_length, at audio_config.sample_rate. Always finite."""
+    float32) with samples = frames * hop_length, at audio_config.sample_rate. Always finite; each band clamped at
+    `mel_ceiling`."""
     cfg = audio_config
     squeeze = log_mel_.dim() == 2
     x = log_mel_.unsqueeze(0) if squeeze else log_mel_
@@ -200,7 +217,8 @@ def mel_to_audio(
             min_frames = cfg.n_fft // (2 * cfg.hop_length) + 2  # the STFT's reflect padding needs > n_fft/2 samples
             if frames < min_frames:  # pad very short inputs with silence; the output is cut to length
                 x = torch.nn.functional.pad(x, (0, min_frames - frames), value=math.log(cfg.log_floor))
-            mag = mel_to_linear(x.clamp(max=30.0), cfg).sqrt()  # power -> magnitude
+            x = torch.minimum(x, mel_ceiling(cfg).to(dev)[:, None])
+            mag = mel_to_linear(x, cfg).sqrt()  # power -> magnitude
             out = griffin_lim(mag, cfg, n_iter=n_iter, length=frames * cfg.hop_length).cpu()
         out = torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
     return out[0] if squeeze else out
