@@ -165,7 +165,7 @@ def bench_generate_audio(seconds: float, runs: int, sample_rate: int = 24_000) -
     from distill.models.vqvae import ConvVQVAE
     from distill.runs import build_prior, save_codes, save_detail, save_prior, save_vqvae, write_manifest
 
-    audio, vq, prior_cfg = AudioConfig.at_rate(sample_rate), get_adaptive_vqvae_config(60), get_adaptive_prior_config(60)
+    audio, vq, prior_cfg = AudioConfig.at_rate(sample_rate), get_adaptive_vqvae_config(60, sample_rate=sample_rate), get_adaptive_prior_config(60)
     with tempfile.TemporaryDirectory() as d:
         write_manifest(d, {"audio_config": asdict(audio), "vqvae_config": asdict(vq), "prior_config": asdict(prior_cfg)})
         torch.manual_seed(0)
@@ -175,7 +175,8 @@ def bench_generate_audio(seconds: float, runs: int, sample_rate: int = 24_000) -
         rng = np.random.default_rng(0)
         names = [f"f{i}.wav" for i in range(60)]
         save_codes(d, names, [rng.integers(0, vq.codebook_size, size=(steps, vq.num_quantizers)) for _ in range(60)])
-        save_detail(d, names, [rng.integers(0, vq.codebook_size, size=(steps, vq.detail_levels)) for _ in range(60)])
+        if vq.detail_levels:  # material worked on at 48 kHz
+            save_detail(d, names, [rng.integers(0, vq.codebook_size, size=(steps, vq.detail_levels)) for _ in range(60)])
         cache = RunCache()
         generate_audio(d, 1.0, cache=cache)  # loading the models is not generation
         run = cache.get(d)

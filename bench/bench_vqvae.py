@@ -128,7 +128,7 @@ def main() -> None:
 
     from distill.training.vqvae_train import estimate_vqvae_memory_bytes, train_vqvae
 
-    cfg = get_adaptive_vqvae_config(len(mels))
+    cfg = get_adaptive_vqvae_config(len(mels), sample_rate=audio.sample_rate)
     overrides = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in args.set}
     cfg = apply_overrides(cfg, {"time_budget_s": args.minutes * 60.0, "max_steps": 1_000_000, "seed": args.seed,
                                 "device": "cpu", **overrides})

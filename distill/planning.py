@@ -60,12 +60,13 @@ def split_budget(minutes: float, training: tuple[str, ...] = (Stage.VQVAE, Stage
 
 
 def preset_configs(file_count: int, options: TrainOptions,
-                   training: tuple[str, ...] = (Stage.VQVAE, Stage.PRIOR)) -> tuple[VQVAEConfig, PriorConfig]:
-    """The preset's configs for `file_count` files with the options applied; `options.minutes` is
-    split over the models in `training`."""
+                   training: tuple[str, ...] = (Stage.VQVAE, Stage.PRIOR),
+                   sample_rate: int = PROJECT_SAMPLE_RATE) -> tuple[VQVAEConfig, PriorConfig]:
+    """The preset's configs for `file_count` files worked on at `sample_rate`, with the options
+    applied; `options.minutes` is split over the models in `training`."""
     if options.preset not in PRESETS:
         raise ValueError(f"unknown preset '{options.preset}': use one of {', '.join(PRESETS)}")
-    vq = get_adaptive_vqvae_config(max(file_count, 1), num_quantizers=options.num_quantizers)
+    vq = get_adaptive_vqvae_config(max(file_count, 1), num_quantizers=options.num_quantizers, sample_rate=sample_rate)
     prior = get_adaptive_prior_config(max(file_count, 1))
     if options.preset == "quick":
         vq.hidden_channels, vq.codebook_dim, vq.window_frames, vq.batch_size = 64, 32, 64, 8
@@ -110,7 +111,7 @@ def plan_training(report: ScanReport, options: TrainOptions) -> TrainingPlan:
     used = report.used
     if not used:
         raise DatasetError(nothing_usable_message(report))
-    vq, prior = preset_configs(len(used), options)
+    vq, prior = preset_configs(len(used), options, sample_rate=report.audio_config.sample_rate)
     card: TierCard = describe_tier(
         [e.seconds for e in used], report.audio_config, vq, prior,
         skipped_count=len([e for e in report.skipped if not e.path.endswith("/")]),

@@ -44,8 +44,12 @@ def test_the_rate_is_chosen_from_the_headers_and_said_on_the_tier_card(tmp_path)
         audio = audio_config_for(TrainOptions(), path)
         assert audio.sample_rate == rate
         report = scan_dataset(path, audio, cache_dir=tmp_path / "cache")
-        card = plan_training(report, TrainOptions(preset="quick")).tier_card
+        plan = plan_training(report, TrainOptions(preset="quick"))
+        card = plan.tier_card
         assert card["settings"]["audio"]["sample_rate"] == rate
+        # detail levels where the material is worked on at 48 kHz; the three-level codec at 24 kHz
+        assert plan.vqvae_config.detail_levels == (45 if rate == 48_000 else 0)
+        assert ("detail levels" in " ".join(card["reasons"])) == (rate == 48_000)
         assert any(words in r for r in card["reasons"]), card["reasons"]
         mel = report.used[0].mel
         assert mel.shape[0] == 128 and abs(mel.shape[1] - report.used[0].seconds * 93.75) <= 2
