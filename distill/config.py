@@ -48,11 +48,17 @@ class AudioConfig:
                    hop_length=int(round(base.hop_length * scale)))
 
 
+def high_rate_seconds(sources: list[tuple[int, float]]) -> tuple[float, float]:
+    """(seconds recorded at 44.1 kHz or more, all seconds) of material at these (sample rate, seconds)."""
+    total = sum(max(0.0, s) for _, s in sources)
+    high = sum(max(0.0, s) for r, s in sources if r >= HIGH_RATE_SOURCES)
+    return high, total
+
+
 def sample_rate_for(sources: list[tuple[int, float]]) -> int:
     """The rate to work at for material recorded at these (sample rate, seconds): 48 kHz when at least
     HIGH_RATE_SHARE of its time was recorded at 44.1 kHz or more, else 24 kHz."""
-    total = sum(max(0.0, s) for _, s in sources)
-    high = sum(max(0.0, s) for r, s in sources if r >= HIGH_RATE_SOURCES)
+    high, total = high_rate_seconds(sources)
     return HIGH_SAMPLE_RATE if total > 0 and high >= HIGH_RATE_SHARE * total else PROJECT_SAMPLE_RATE
 
 

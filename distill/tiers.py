@@ -8,12 +8,12 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from distill.config import (
-    HIGH_RATE_SOURCES,
     HIGH_SAMPLE_RATE,
     TIER_NAMES,
     AudioConfig,
     PriorConfig,
     VQVAEConfig,
+    high_rate_seconds,
     tier_for,
 )
 
@@ -66,8 +66,7 @@ def training_windows(tokens: int, audio: AudioConfig, vq: VQVAEConfig, prior: Pr
 
 def rate_reason(audio: AudioConfig, source_rates: list[tuple[int, float]]) -> str:
     """Why this sample rate, in the material's own numbers."""
-    total = sum(s for _, s in source_rates)
-    high = sum(s for r, s in source_rates if r >= HIGH_RATE_SOURCES)
+    high, total = high_rate_seconds(source_rates)
     top = max(r for r, _ in source_rates)
     share = f"{_fmt_seconds(high)} of your {_fmt_seconds(total)} of audio is" if high else "none of your audio is"
     if audio.sample_rate >= HIGH_SAMPLE_RATE:
