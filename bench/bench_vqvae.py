@@ -3,6 +3,7 @@
     python bench/bench_vqvae.py --dataset freedesktop --minutes 5
     python bench/bench_vqvae.py --dataset asterisk-en --minutes 5
     python bench/bench_vqvae.py --dataset freedesktop --gl-sweep   # vocoder only
+    python bench/bench_vqvae.py --dataset drascula --gl-blocks    # Griffin-Lim in blocks vs in one piece
 
 Default tier settings for the file count, split by file (the tier's val_fraction, seed 0). Prints:
   held-out mel_l1, the mean-frame baseline and their ratio                  (target ratio <= 0.25)
@@ -28,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill.audio.griffinlim import DEFAULT_N_ITER, griffin_lim, log_mel, mel_to_audio, mel_to_linear  # noqa: E402
+from distill.audio.griffinlim import (BLOCK_FRAMES, DEFAULT_N_ITER, griffin_lim, log_mel, mel_ceiling,  # noqa: E402
+                                      mel_to_audio, mel_to_linear)
 from distill.codes import (  # noqa: E402
     codebook_health, extract_code_sequences, level_histograms, mean_frame_baseline_l1, mel_l1, perplexity, utilisation,
 )
@@ -99,6 +101,27 @@ def gl_sweep(mels: list[torch.Tensor], audio: AudioConfig) -> None:
             print(f" {nnls:4d}  {n_iter:6d}  {cpu / secs:17.4f}  {err / frames:17.4f}")
 
 
+def gl_blocks(mels: list[torch.Tensor], audio: AudioConfig, seconds: float = 60.0) -> None:
+    """Griffin-Lim block by block (griffinlim.BLOCK_FRAMES) against one piece, on each file's first
+    `seconds` (up to 8 files): cost per audio second and the re-analysed log-mel L1 (mel_to_audio's path)."""
+    cut = [m[:, : int(seconds * audio.frames_per_second)] for m in mels[:8]]
+    secs = sum(m.shape[-1] for m in cut) / audio.frames_per_second
+    print(f"Griffin-Lim in blocks of {BLOCK_FRAMES} frames vs one piece: {len(cut)} files' first {seconds:g} s "
+          f"({secs:.0f} s of audio), {DEFAULT_N_ITER} iterations, {torch.get_num_threads()} thread(s)")
+    griffin_lim(mel_to_linear(cut[0][None, :, :200], audio).sqrt(), audio)  # warm-up
+    for name, block in (("one piece", 1 << 30), ("blocks", BLOCK_FRAMES)):
+        cpu, err, cells = 0.0, 0.0, 0
+        for m in cut:
+            x = torch.minimum(m, mel_ceiling(audio)[:, None])[None]
+            t = time.process_time()
+            wave = griffin_lim(mel_to_linear(x, audio).sqrt(), audio, length=m.shape[-1] * audio.hop_length,
+                               block_frames=block)[0]
+            cpu += time.process_time() - t
+            err += float((log_mel(wave, audio)[:, : m.shape[-1]] - m).abs().sum())
+            cells += m.numel()
+        print(f"  {name:9s}  {cpu / secs:.4f} CPU s per audio s   re-analysed mel L1 {err / cells:.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="freedesktop", help="freedesktop or asterisk-en (or a folder)")
@@ -106,6 +129,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a VQVAEConfig field")
     ap.add_argument("--gl-sweep", action="store_true", help="only measure Griffin-Lim quality vs iterations")
+    ap.add_argument("--gl-blocks", action="store_true", help="only measure Griffin-Lim in blocks vs in one piece")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--sample-rate", type=int, default=0, choices=[0, 24000, 48000],
                     help="the rate to work at (0: what `distill train` chooses for the files)")
@@ -124,6 +148,9 @@ def main() -> None:
           f"features in {time.perf_counter() - t:.1f} s")
     if args.gl_sweep:
         gl_sweep(mels, audio)
+        return
+    if args.gl_blocks:
+        gl_blocks(mels, audio)
         return
 
     from distill.training.vqvae_train import estimate_vqvae_memory_bytes, train_vqvae

@@ -21,11 +21,13 @@ import torch
 
 from distill.config import AudioConfig
 
-# Measured on real audio (bench_vqvae.py --gl-sweep: 12 freedesktop files, 24 kHz, 128 mels, 1 thread
-# on this 2-core CPU): log-mel L1 of the re-analysed output vs its input mel, and CPU s per audio s:
-#   n_iter   8: 0.200 / 0.021   16: 0.163 / 0.033   24: 0.147 / 0.045   32: 0.139 / 0.059
-#   n_iter  48: 0.129 / 0.074   64: 0.125 / 0.093   (pinv + clamp without NNLS, 32 iters: 0.272 / 0.049)
-# 32 is past the knee and leaves room for the decoder inside the 0.1 s budget.
+# Measured on real audio (bench_vqvae.py --gl-sweep --sample-rate 24000 --threads 1: 12 freedesktop
+# files, 24 kHz, 128 mels, on this 2-core CPU): log-mel L1 of the re-analysed output vs its input mel,
+# and CPU s per audio s (2026-12-07, with `_istft`; torch.istft cost 2.5x as much):
+#   n_iter   8: 0.200 / 0.010   16: 0.163 / 0.014   24: 0.147 / 0.018   32: 0.139 / 0.022
+#   n_iter  48: 0.129 / 0.030   64: 0.125 / 0.037   (pinv + clamp without NNLS, 32 iters: 0.272 / 0.018)
+# 32 is past the knee; at 48 kHz ViSQOL of codec round trips on drascula did not move from 8 to 32
+# iterations (4.115 / 4.110 / 4.120 / 4.122): the codec, not Griffin-Lim, limits what is heard there.
 DEFAULT_N_ITER = 32
 DEFAULT_MOMENTUM = 0.99
 NNLS_ITERS = 16  # multiplicative NNLS refinements after the pseudo-inverse start (cheap: 2·M·F per frame)
@@ -158,6 +160,18 @@ def mel_to_linear(log_mel_: torch.Tensor, audio_config: AudioConfig, nnls_iters:
     return s
 
 
+# Long sounds run Griffin-Lim block by block: every iteration over a whole minute at 48 kHz streams
+# ~50 MB complex spectrograms through memory, and the cost per second of audio grew with the length
+# (0.085 CPU s at 10 s, 0.17 at 60 s, 1 thread, with torch.istft). A block of BLOCK_FRAMES (~11 s, so a
+# 10-s sample is one block) runs every iteration on its own, with BLOCK_CONTEXT frames of the sound
+# either side; the frames it shares with the block before keep that block's phases, and the two are
+# crossfaded at the seam. 8 drascula tracks' first minute at 48 kHz, 1 thread: one piece 0.115 CPU s per
+# audio s, blocks 0.055, re-analysed log-mel L1 0.1761 both ways (with torch.istft: 0.155 in one piece)
+# (`python bench/bench_vqvae.py --dataset drascula --gl-blocks --threads 1`).
+BLOCK_FRAMES = 1024
+BLOCK_CONTEXT = 16
+
+
 def griffin_lim(
     magnitude: torch.Tensor,
     audio_config: AudioConfig,
@@ -165,31 +179,99 @@ def griffin_lim(
     momentum: float = DEFAULT_MOMENTUM,
     length: int | None = None,
     seed: int = 0,
+    block_frames: int = BLOCK_FRAMES,
 ) -> torch.Tensor:
-    """[B, bins, frames] magnitude -> [B, samples]. Fast Griffin-Lim (Perraudin et al. 2013).
+    """[B, bins, frames] magnitude -> [B, samples]. Fast Griffin-Lim (Perraudin et al. 2013), block by
+    block past `block_frames` (see BLOCK_FRAMES).
 
     Phases start random from a fixed seed, so the same input always gives the same audio."""
     cfg = audio_config
-    n_fft, hop = cfg.n_fft, cfg.hop_length
+    hop = cfg.hop_length
     dev = magnitude.device
-    win = _window(n_fft, dev)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     phase = torch.rand(magnitude.shape, generator=gen) * (2 * math.pi)
     angles = torch.polar(torch.ones_like(phase), phase).to(dev)  # [B, F, T] complex
     mag = magnitude.to(torch.float32)
-    rebuilt = torch.zeros_like(angles)
-    tprev = torch.zeros_like(angles)
-    scale = momentum / (1.0 + momentum)
-    inner = (mag.shape[-1] - 1) * hop  # the length whose centred STFT has exactly `frames` frames
-    for _ in range(max(0, n_iter)):
-        wave = torch.istft(mag * angles, n_fft, hop_length=hop, window=win, center=True, length=inner)
-        rebuilt = torch.stft(wave, n_fft, hop_length=hop, window=win, center=True, return_complex=True)
-        angles = torch.sgn(torch.sub(rebuilt, tprev, alpha=scale))  # z/|z| in one op (0 stays 0)
-        tprev = rebuilt
-    wave = torch.istft(mag * angles, n_fft, hop_length=hop, window=win, center=True, length=inner)
+    frames = mag.shape[-1]
+    if frames <= block_frames:
+        wave = _griffin_lim_block(mag, angles, cfg, n_iter, momentum, kept=0)[0]
+    else:
+        ctx = BLOCK_CONTEXT
+        fade = ctx * hop // 2  # the seam's crossfade, centred on it
+        ramp = torch.linspace(0.0, 1.0, fade, device=dev)
+        wave = torch.zeros(*mag.shape[:-2], (frames - 1) * hop, device=dev)
+        for start in range(0, frames, block_frames):
+            lo, hi = max(0, start - ctx), min(frames, start + block_frames + ctx)
+            block, block_angles = _griffin_lim_block(mag[..., lo:hi], angles[..., lo:hi], cfg, n_iter, momentum,
+                                                     kept=start - lo)
+            angles[..., lo:hi] = block_angles  # the next block's leading frames start from these phases
+            # up to half a fade past the block's end: the next block fades in over it
+            seam, end = start * hop, min(wave.shape[-1], (start + block_frames) * hop + fade - fade // 2)
+            if start == 0:
+                wave[..., :end] = block[..., :end]
+                continue
+            f0 = seam - fade // 2
+            wave[..., f0 : f0 + fade] = torch.lerp(wave[..., f0 : f0 + fade], block[..., f0 - lo * hop : f0 + fade - lo * hop], ramp)
+            wave[..., f0 + fade : end] = block[..., f0 + fade - lo * hop : end - lo * hop]
     if length is not None:
         wave = wave[..., :length] if wave.shape[-1] >= length else torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
     return wave
+
+
+def _griffin_lim_block(mag, angles, cfg: AudioConfig, n_iter: int, momentum: float, kept: int):
+    """Fast Griffin-Lim over mag [B, F, t] from `angles` -> (wave [B, (t-1)*hop], final angles). The
+    first `kept` frames keep their phases (the block before decided them). Runs frame-major ([B, t, F],
+    the layout torch.stft gives) so the inverse STFT is `_istft`."""
+    n_fft, hop = cfg.n_fft, cfg.hop_length
+    win = _window(n_fft, mag.device)
+    mag_t = mag.transpose(-1, -2).contiguous()
+    angles_t = angles.transpose(-1, -2).contiguous()
+    tprev = torch.zeros_like(angles_t)
+    scale = momentum / (1.0 + momentum)
+    inner = (mag.shape[-1] - 1) * hop  # the length whose centred STFT has exactly `frames` frames
+    for _ in range(max(0, n_iter)):
+        wave = _istft(mag_t * angles_t, cfg, inner)
+        rebuilt = torch.stft(wave, n_fft, hop_length=hop, window=win, center=True, return_complex=True).transpose(-1, -2)
+        if kept:
+            rebuilt[..., :kept, :] = angles_t[..., :kept, :] * rebuilt[..., :kept, :].abs()
+        angles_t = torch.sgn(torch.sub(rebuilt, tprev, alpha=scale))  # z/|z| in one op (0 stays 0)
+        tprev = rebuilt
+    return _istft(mag_t * angles_t, cfg, inner), angles_t.transpose(-1, -2)
+
+
+def _istft(spec: torch.Tensor, cfg: AudioConfig, length: int) -> torch.Tensor:
+    """torch.istft(center=True, Hann window) of a frame-major spectrogram [B, t, F] -> [B, length]: an
+    inverse real FFT per frame and an overlap-add of n_fft/hop shifted copies, divided by the window's
+    own overlap-add. 3x faster than torch.istft at 48 kHz (its NOLA check and fold cost more than the
+    FFTs); the same samples to float precision (tests/test_griffinlim.py)."""
+    n_fft, hop = cfg.n_fft, cfg.hop_length
+    if n_fft % hop:
+        return torch.istft(spec.transpose(-1, -2), n_fft, hop_length=hop, window=_window(n_fft, spec.device),
+                           center=True, length=length)
+    b, t = spec.shape[0], spec.shape[1]
+    r = n_fft // hop
+    frames = (torch.fft.irfft(spec, n=n_fft, dim=-1) * _window(n_fft, spec.device)).view(b, t, r, hop)
+    out = torch.zeros(b, t + r - 1, hop, device=spec.device)
+    for j in range(r):  # frame i's j-th hop of samples lands at hop i + j
+        out[:, j : j + t] += frames[:, :, j]
+    lo = n_fft // 2  # center=True: the signal starts half a window into the first frame
+    out = out.view(b, -1)[:, lo : lo + length]
+    return out / _window_overlap(n_fft, hop, t, spec.device)[lo : lo + length]
+
+
+@lru_cache(maxsize=16)
+def _window_overlap_cpu(n_fft: int, hop: int, frames: int) -> torch.Tensor:
+    r = n_fft // hop
+    w2 = _window(n_fft, "cpu").square().view(r, hop)
+    env = torch.zeros(frames + r - 1, hop)
+    for j in range(r):
+        env[j : j + frames] += w2[j]
+    return env.view(-1)
+
+
+def _window_overlap(n_fft: int, hop: int, frames: int, device) -> torch.Tensor:
+    """The squared Hann window overlap-added over `frames` frames (what an inverse STFT divides by)."""
+    return _window_overlap_cpu(n_fft, hop, frames).to(device)
 
 
 def mel_to_audio(
