@@ -55,6 +55,38 @@ def test_the_codec_encodes_the_sequence_models_levels_or_every_level():
         tiny_codec(detail_levels=65)
 
 
+def test_coarse_dropout_decodes_some_training_windows_from_the_sequence_models_levels_alone():
+    """VQVAEConfig.coarse_dropout: in training, each window is decoded from the coarse levels alone
+    with that chance (so they describe a sound on their own), else from every level; never in eval."""
+    x = torch.randn(64, N_MELS, 32) - 5
+    model = tiny_codec()
+    model.init_codebooks(x)
+    model.config.coarse_dropout = 0.5
+    z = model._latent(x).detach()
+    levels = torch.tensor([Q, Q + D] * 32)
+    quantised, codes, _, _ = model.quantizer(z, update=False, levels=levels)
+    embeds = model.quantizer.levels
+    for b in (0, 1):  # item 0 sums its coarse levels' codes, item 1 every level's
+        n = int(levels[b])
+        want = sum(embeds[q].embed[codes[b, :, q]] for q in range(n)).T
+        assert torch.allclose(quantised[b], want, atol=1e-5)
+    # every level is still searched: the codes are the same either way
+    assert torch.equal(codes, model.quantizer(z, update=False)[1])
+    # training forward: about half the windows come out as the coarse decode, the rest as every level's
+    model.train()
+    model.quantizer.eval()  # no codebook updates here, so encode() below finds the same codes
+    torch.manual_seed(1)
+    recon = model(x).recon.detach()
+    model.eval()
+    coarse = model.decode(model.encode(x), frames=32)
+    every = model.decode(model.encode(x, detail=True), frames=32)
+    as_coarse = [bool(torch.allclose(recon[i], coarse[i], atol=1e-4)) for i in range(64)]
+    as_every = [bool(torch.allclose(recon[i], every[i], atol=1e-4)) for i in range(64)]
+    assert all(a != b for a, b in zip(as_coarse, as_every))
+    assert 16 <= sum(as_coarse) <= 48
+    assert torch.allclose(model(x).recon, every, atol=1e-4)  # eval: every level, always
+
+
 def material(files=4, steps=30, seed=0):
     rng = np.random.default_rng(seed)
     coarse = [rng.integers(0, K, (steps, Q)) for _ in range(files)]

@@ -155,12 +155,14 @@ class ResidualVQ(nn.Module):
             level.kmeans_init(residual)
             residual = residual - level.embed[level.nearest(residual)]
 
-    def forward(self, z: torch.Tensor, update: bool | None = None):
+    def forward(self, z: torch.Tensor, update: bool | None = None, levels: torch.Tensor | None = None):
         """z [B, D, T'] -> (quantised [B, D, T'] with straight-through gradient, codes [B, T', Q],
         commitment loss (scalar), stats {utilisation, perplexity, dead_codes, codes_reset: [Q]}).
 
         `update` (default: self.training) runs the EMA step and dead-code reset; it is skipped when
-        z holds NaN/inf so one bad batch cannot poison the codebooks."""
+        z holds NaN/inf so one bad batch cannot poison the codebooks. `levels` (LongTensor [B], each
+        1..L): item b's quantised output sums its first levels[b] levels only (every level is still
+        searched, updated and committed to)."""
         update = self.training if update is None else update
         b, d, t = z.shape
         flat = z.permute(0, 2, 1).reshape(b * t, d)  # [N, D]
@@ -185,7 +187,11 @@ class ResidualVQ(nn.Module):
         # commitment: the mean over levels of ||what level l was given - its code||^2, and what level l
         # was given minus its code is z minus the codes up to l
         commit = (flat.unsqueeze(0) - sums).pow(2).mean()
-        quantised = flat + (sums[-1] - flat).detach()  # straight-through: gradient passes to the encoder
+        out = sums[-1]
+        if levels is not None:  # each item's vectors from its own number of levels
+            upto = (levels.to(flat.device).clamp(1, len(self.levels)) - 1).repeat_interleave(t)  # [N]
+            out = sums[upto, torch.arange(b * t, device=flat.device)]
+        quantised = flat + (out - flat).detach()  # straight-through: gradient passes to the encoder
         quantised = quantised.reshape(b, t, d).permute(0, 2, 1)
         idx_all = torch.stack(codes)  # [L, N]
         codes_t = idx_all.T.reshape(b, t, self.num_quantizers)
@@ -404,7 +410,12 @@ class ConvVQVAE(nn.Module):
         z = self._latent(mel)
         if self.training and self.config.kmeans_init and not self.quantizer.initted:
             self.quantizer.kmeans_init(z.detach().permute(0, 2, 1).reshape(-1, z.shape[1]))
-        quantised, codes, commit, stats = self.quantizer(z)
+        levels = None
+        if self.training and self.detail_levels and self.config.coarse_dropout > 0:
+            # some windows decode from the sequence model's levels alone (VQVAEConfig.coarse_dropout)
+            coarse = torch.rand(z.shape[0]) < self.config.coarse_dropout
+            levels = torch.where(coarse, self.coarse_levels, self.coarse_levels + self.detail_levels)
+        quantised, codes, commit, stats = self.quantizer(z, levels=levels)
         recon = self._frames_out(self._decode_latent(quantised), frames)
         return VQVAEOutput(recon=recon, codes=codes, commit_loss=commit, stats=stats)
 
