@@ -213,11 +213,12 @@ def get_adaptive_vqvae_config(
     if not 2 <= num_quantizers <= 4:
         raise ValueError(f"num_quantizers must be 2-4, got {num_quantizers}")
     codebook = {1: 64, 2: 128, 3: 256}[tier_for(file_count)]
+    high_rate = sample_rate >= HIGH_SAMPLE_RATE  # detail levels, trained with coarse dropout
     return VQVAEConfig(
         codebook_size=codebook,
         num_quantizers=num_quantizers,
-        detail_levels=TOTAL_LEVELS - num_quantizers if sample_rate >= HIGH_SAMPLE_RATE else 0,
-        coarse_dropout=COARSE_DROPOUT if sample_rate >= HIGH_SAMPLE_RATE else 0.0,
+        detail_levels=TOTAL_LEVELS - num_quantizers if high_rate else 0,
+        coarse_dropout=COARSE_DROPOUT if high_rate else 0.0,
         codebook_dim=codebook_dim,
         val_fraction=val_fraction_for(file_count),
     )

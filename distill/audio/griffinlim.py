@@ -190,53 +190,50 @@ def griffin_lim(
     dev = magnitude.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     phase = torch.rand(magnitude.shape, generator=gen) * (2 * math.pi)
-    angles = torch.polar(torch.ones_like(phase), phase).to(dev)  # [B, F, T] complex
-    mag = magnitude.to(torch.float32)
-    frames = mag.shape[-1]
+    # frame-major [B, T, F] throughout: the layout torch.stft gives and `_istft` takes
+    angles = torch.polar(torch.ones_like(phase), phase).to(dev).transpose(-1, -2).contiguous()
+    mag = magnitude.to(torch.float32).transpose(-1, -2).contiguous()
+    frames = mag.shape[-2]
     if frames <= block_frames:
         wave = _griffin_lim_block(mag, angles, cfg, n_iter, momentum, kept=0)[0]
     else:
         ctx = BLOCK_CONTEXT
         fade = ctx * hop // 2  # the seam's crossfade, centred on it
         ramp = torch.linspace(0.0, 1.0, fade, device=dev)
-        wave = torch.zeros(*mag.shape[:-2], (frames - 1) * hop, device=dev)
+        wave = torch.zeros(mag.shape[0], (frames - 1) * hop, device=dev)
         for start in range(0, frames, block_frames):
             lo, hi = max(0, start - ctx), min(frames, start + block_frames + ctx)
-            block, block_angles = _griffin_lim_block(mag[..., lo:hi], angles[..., lo:hi], cfg, n_iter, momentum,
-                                                     kept=start - lo)
-            angles[..., lo:hi] = block_angles  # the next block's leading frames start from these phases
+            block, angles[:, lo:hi] = _griffin_lim_block(mag[:, lo:hi], angles[:, lo:hi], cfg, n_iter, momentum,
+                                                         kept=start - lo)  # the next block starts from these phases
             # up to half a fade past the block's end: the next block fades in over it
             seam, end = start * hop, min(wave.shape[-1], (start + block_frames) * hop + fade - fade // 2)
             if start == 0:
-                wave[..., :end] = block[..., :end]
+                wave[:, :end] = block[:, :end]
                 continue
             f0 = seam - fade // 2
-            wave[..., f0 : f0 + fade] = torch.lerp(wave[..., f0 : f0 + fade], block[..., f0 - lo * hop : f0 + fade - lo * hop], ramp)
-            wave[..., f0 + fade : end] = block[..., f0 + fade - lo * hop : end - lo * hop]
+            wave[:, f0 : f0 + fade] = torch.lerp(wave[:, f0 : f0 + fade], block[:, f0 - lo * hop : f0 + fade - lo * hop], ramp)
+            wave[:, f0 + fade : end] = block[:, f0 + fade - lo * hop : end - lo * hop]
     if length is not None:
         wave = wave[..., :length] if wave.shape[-1] >= length else torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
     return wave
 
 
 def _griffin_lim_block(mag, angles, cfg: AudioConfig, n_iter: int, momentum: float, kept: int):
-    """Fast Griffin-Lim over mag [B, F, t] from `angles` -> (wave [B, (t-1)*hop], final angles). The
-    first `kept` frames keep their phases (the block before decided them). Runs frame-major ([B, t, F],
-    the layout torch.stft gives) so the inverse STFT is `_istft`."""
+    """Fast Griffin-Lim over frame-major mag [B, t, F] from `angles` [B, t, F] -> (wave [B, (t-1)*hop],
+    final angles). The first `kept` frames keep their phases (the block before decided them)."""
     n_fft, hop = cfg.n_fft, cfg.hop_length
     win = _window(n_fft, mag.device)
-    mag_t = mag.transpose(-1, -2).contiguous()
-    angles_t = angles.transpose(-1, -2).contiguous()
-    tprev = torch.zeros_like(angles_t)
+    tprev = torch.zeros_like(angles)
     scale = momentum / (1.0 + momentum)
-    inner = (mag.shape[-1] - 1) * hop  # the length whose centred STFT has exactly `frames` frames
+    inner = (mag.shape[-2] - 1) * hop  # the length whose centred STFT has exactly `frames` frames
     for _ in range(max(0, n_iter)):
-        wave = _istft(mag_t * angles_t, cfg, inner)
+        wave = _istft(mag * angles, cfg, inner)
         rebuilt = torch.stft(wave, n_fft, hop_length=hop, window=win, center=True, return_complex=True).transpose(-1, -2)
         if kept:
-            rebuilt[..., :kept, :] = angles_t[..., :kept, :] * rebuilt[..., :kept, :].abs()
-        angles_t = torch.sgn(torch.sub(rebuilt, tprev, alpha=scale))  # z/|z| in one op (0 stays 0)
+            rebuilt[:, :kept] = angles[:, :kept] * rebuilt[:, :kept].abs()
+        angles = torch.sgn(torch.sub(rebuilt, tprev, alpha=scale))  # z/|z| in one op (0 stays 0)
         tprev = rebuilt
-    return _istft(mag_t * angles_t, cfg, inner), angles_t.transpose(-1, -2)
+    return _istft(mag * angles, cfg, inner), angles
 
 
 def _istft(spec: torch.Tensor, cfg: AudioConfig, length: int) -> torch.Tensor:
@@ -256,22 +253,19 @@ def _istft(spec: torch.Tensor, cfg: AudioConfig, length: int) -> torch.Tensor:
         out[:, j : j + t] += frames[:, :, j]
     lo = n_fft // 2  # center=True: the signal starts half a window into the first frame
     out = out.view(b, -1)[:, lo : lo + length]
-    return out / _window_overlap(n_fft, hop, t, spec.device)[lo : lo + length]
+    return out / _window_overlap(n_fft, hop, t).to(spec.device)[lo : lo + length]
 
 
 @lru_cache(maxsize=16)
-def _window_overlap_cpu(n_fft: int, hop: int, frames: int) -> torch.Tensor:
+def _window_overlap(n_fft: int, hop: int, frames: int) -> torch.Tensor:
+    """The squared Hann window overlap-added over `frames` frames (what an inverse STFT divides by), on
+    the CPU; callers only read it."""
     r = n_fft // hop
     w2 = _window(n_fft, "cpu").square().view(r, hop)
     env = torch.zeros(frames + r - 1, hop)
     for j in range(r):
         env[j : j + frames] += w2[j]
     return env.view(-1)
-
-
-def _window_overlap(n_fft: int, hop: int, frames: int, device) -> torch.Tensor:
-    """The squared Hann window overlap-added over `frames` frames (what an inverse STFT divides by)."""
-    return _window_overlap_cpu(n_fft, hop, frames).to(device)
 
 
 def mel_to_audio(
