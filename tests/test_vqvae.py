@@ -1,6 +1,7 @@
 """ConvVQVAE + residual VQ: shapes, round trips, gradients, codebook init/reset, persistence."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -142,6 +143,44 @@ def test_dead_codes_get_reset():
     assert float(book.embed.abs().max()) < 50  # the far codes were moved onto the data
     _, codes, _, stats = rvq(x.T.unsqueeze(0))
     assert float(stats["utilisation"][0]) > 0.5
+
+
+def test_codes_no_vector_uses_split_the_most_crowded_clusters():
+    torch.manual_seed(0)
+    centres = torch.tensor([[10.0, 0], [-10, 0], [0, 10], [0, -10]])
+    x = centres.repeat_interleave(100, 0) + torch.randn(400, 2)
+    rvq = ResidualVQ(2, 8, 2, decay=0.9, dead_code_threshold=1.0).eval()
+    with torch.no_grad():
+        rvq.levels[0].embed.copy_(torch.cat([centres, torch.full((4, 2), 100.0)]))  # 4 codes nowhere near the data
+        rvq.levels[1].embed.copy_(0.3 * torch.randn(8, 2))
+
+    def level0_error():
+        return float((x - rvq.levels[0].embed[rvq.levels[0].nearest(x)]).pow(2).sum(1).mean())
+
+    before = level0_error()
+    moved = rvq.refresh_unused(x, seed=0)
+    assert moved[0] == 4
+    codes = rvq.encode(x.T.unsqueeze(0))[0]  # [N, 2]
+    assert len(set(codes[:, 0].tolist())) == 8  # every code of level 0 is used now
+    level0 = rvq.levels[0].embed
+    assert float(level0.abs().max()) < 20  # the moved codes sit inside the data
+    assert float(torch.cdist(level0[4:], x).min()) > 0  # halfway to a vector, not on one (that memorised)
+    assert level0_error() < before
+    again = copy.deepcopy(rvq)
+    assert again.refresh_unused(x, seed=0) == [0, 0]  # nothing unused: nothing moves
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), rvq.state_dict().values()))
+    twin = ResidualVQ(2, 8, 2, decay=0.9, dead_code_threshold=1.0)
+    with torch.no_grad():
+        twin.levels[0].embed.copy_(torch.cat([centres, torch.full((4, 2), 100.0)]))
+        twin.levels[1].embed.copy_(rvq.levels[1].embed)
+    twin.refresh_unused(x, seed=0)
+    assert torch.equal(twin.levels[0].embed, rvq.levels[0].embed)  # the same seed moves them the same way
+    kept = ResidualVQ(2, 8, 2, decay=0.9, dead_code_threshold=1.0)
+    with torch.no_grad():
+        kept.levels[0].embed.copy_(torch.cat([centres, torch.full((4, 2), 100.0)]))
+    first = kept.levels[0].embed.clone()
+    assert kept.refresh_unused(x, seed=0, from_level=1)[0] == 0
+    assert torch.equal(kept.levels[0].embed, first)  # levels below from_level stay as they are
 
 
 def test_nan_input_does_not_touch_codebooks():

@@ -71,7 +71,9 @@ def test_training_lowers_the_loss_and_reports(trained):
     for key in ("val_loss", "val_mel_l1", "utilisation", "perplexity", "dead_codes", "codes_reset", "val_perplexity"):
         assert key in evals[-1]
     assert len(evals[-1]["utilisation"]) == 2 and len(evals[-1]["dead_codes"]) == 2
-    assert result.best_val_loss == min(e["val_loss"] for e in evals)
+    # codes no training vector used were moved after training: the result reports the moved model's loss
+    refreshed = [e for e in events if e.get("codes_moved")]
+    assert result.best_val_loss == (refreshed[-1]["val_loss"] if refreshed else min(e["val_loss"] for e in evals))
     assert not result.model.training and result.device == "cpu"
     assert result.stop_reason and not result.stopped_early
 
@@ -79,6 +81,22 @@ def test_training_lowers_the_loss_and_reports(trained):
 def test_best_validation_weights_are_returned(trained):
     result, _ = trained
     ev = vt.evaluate(result.model, validation_chunks(tone_dataset().val_mels()), torch.device("cpu"))
+    assert ev["val_loss"] == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+def test_unused_detail_codes_are_moved_where_the_files_are_after_training(trained):
+    _, plain_events = trained
+    assert not any(e.get("codes_moved") for e in plain_events)  # no detail levels: nothing is moved
+    events: list[dict] = []
+    data = tone_dataset()
+    result = train_vqvae(data, tiny_config(max_steps=30, eval_every=10, detail_levels=3), callbacks=[events.append])
+    moved = [e for e in events if e.get("codes_moved")]
+    assert len(moved) == 1 and "not used by any of your training files" in moved[0]["message"]
+    assert moved[0]["codes_moved"][:2] == [0, 0] and sum(moved[0]["codes_moved"][2:]) > 0  # detail levels only
+    hist = vt.code_histogram(result.model, list(data.mels), torch.device("cpu"))  # every file extraction will see
+    assert bool((hist[2:] > 0).all())  # every detail code is used now
+    assert moved[0]["val_loss"] == pytest.approx(result.best_val_loss)  # the result reports the moved model
+    ev = vt.evaluate(result.model, validation_chunks(data.val_mels()), torch.device("cpu"))
     assert ev["val_loss"] == pytest.approx(result.best_val_loss, rel=1e-5)
 
 
