@@ -174,9 +174,9 @@ def cmd_generate(args) -> int:
 def cmd_vary(args) -> int:
     import soundfile as sf
 
-    from distill.generate import codes_to_audio, load_run
+    from distill.generate import load_run
     from distill.sound_input import load_input
-    from distill.variations import VariationSettings, save_variations, vary_codes, with_detail
+    from distill.variations import VariationSettings, render_variation, save_variations, vary_codes
 
     run = load_run(args.run_dir)
     kind, ref = ("file", args.file) if args.file else ("sample", args.sample) if args.sample else ("upload", args.audio)
@@ -190,12 +190,13 @@ def cmd_vary(args) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(source.name).stem or "input"
-    for i, codes in enumerate(results):
+    rendered = [render_variation(run, source, settings, codes) for codes in results]  # decoded once, kept or not
+    for i, (codes, (_, wave)) in enumerate(zip(results, rendered)):
         path = out / f"{stem}-{args.mode}-s{args.seed + i}.wav"
-        sf.write(path, codes_to_audio(run, with_detail(run, source, settings, codes)), run.audio_config.sample_rate)
+        sf.write(path, wave, run.audio_config.sample_rate)
         _err(f"wrote {path} ({len(codes)} code steps)")
     if args.keep:
-        save_variations(run, source, settings, results)
+        save_variations(run, source, settings, results, rendered)
     return 0
 
 

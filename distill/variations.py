@@ -153,18 +153,27 @@ def with_detail(run, source, settings: VariationSettings, codes: np.ndarray) -> 
     return run.with_detail(codes, known)
 
 
-def save_variations(run, source, settings: VariationSettings, results: list[np.ndarray]) -> list[dict]:
-    """Decode each variation and save it in the run's samples/ like any sample (audio, codes, sidecar
-    naming its input and settings) -> the saved samples, with their codes."""
-    from distill.generate import codes_to_audio, save_sample
+def render_variation(run, source, settings: VariationSettings, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A variation's codes [T', Q] -> (the codes it is heard with, `with_detail`; its audio)."""
+    from distill.generate import codes_to_audio
+
+    full = with_detail(run, source, settings, codes)
+    return full, codes_to_audio(run, full)
+
+
+def save_variations(run, source, settings: VariationSettings, results: list[np.ndarray],
+                    rendered: list[tuple[np.ndarray, np.ndarray]] | None = None) -> list[dict]:
+    """Save each variation in the run's samples/ like any sample (audio, codes, sidecar naming its input
+    and settings), decoding it unless `rendered` (`render_variation` of each) has it already -> the
+    saved samples, with their codes."""
+    from distill.generate import save_sample
 
     sr = run.audio_config.sample_rate
     shape = {"keep_levels": int(settings.keep_levels)} if settings.mode == "shape" else \
         {"at_seconds": float(settings.at_seconds), "new_seconds": float(settings.seconds)}
     out = []
     for i, codes in enumerate(results):
-        full = with_detail(run, source, settings, codes)
-        wave = codes_to_audio(run, full)
+        full, wave = rendered[i] if rendered is not None else render_variation(run, source, settings, codes)
         meta = {"kind": "variation", "mode": settings.mode, **shape, "input": source.describe(),
                 "seed": int(settings.seed) + i, "temperature": float(settings.temperature), "top_k": int(settings.top_k),
                 "top_p": float(settings.top_p), "retrieval": float(settings.follow)}

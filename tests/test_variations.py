@@ -161,6 +161,26 @@ def test_continue_from_here_keeps_everything_before_the_point(run):
     assert vary_codes(run, again.codes, VariationSettings(mode="shape", keep_levels=1))[0].shape == out[0].shape
 
 
+def test_cli_vary_keep_writes_and_keeps_the_same_sound_decoding_each_once(run, tmp_path, monkeypatch):
+    import distill.generate as generate
+    from distill.cli import main
+
+    decoded = []
+    real = generate.codes_to_audio
+    monkeypatch.setattr(generate, "codes_to_audio", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
+    before = {p.name for p in (run.run_dir / "samples").glob("*.wav")} if (run.run_dir / "samples").is_dir() else set()
+    out = tmp_path / "out"
+    assert main(["vary", str(run.run_dir), "--file", "a/clip_01.wav", "--count", "2", "--seed", "3",
+                 "--out-dir", str(out), "--keep"]) == 0
+    written = sorted(out.glob("*.wav"))
+    kept = sorted(p for p in (run.run_dir / "samples").glob("*.wav") if p.name not in before)
+    assert len(written) == len(kept) == 2 and len(decoded) == 2  # one decode per variation, kept or not
+    kept_waves = [sf.read(k)[0] for k in kept]
+    for w in written:  # each file written is one of the samples kept
+        wave = sf.read(w)[0]
+        assert any(len(k) == len(wave) and np.allclose(wave, k, atol=1e-4) for k in kept_waves)
+
+
 def test_variation_settings_out_of_range_are_refused_in_words(run):
     codes = from_training_file(run, "a/clip_01.wav").codes
     bad = [(dict(keep_levels=0), "Keep between 1 and 1"), (dict(keep_levels=2), "is a copy"),
