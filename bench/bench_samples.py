@@ -9,7 +9,7 @@
 For each seed: a seeded 80/20 split of the usable files **by file**; the 80 % trained through the same
 code path as `distill train --minutes M` (nothing of the 20 % seen), then `--clips` × `--seconds` of
 audio generated twice (two sets of seeds) at the settings a user gets (`distill.config.SAMPLING_DEFAULTS`;
-`--set NAME=VALUE` changes one for experiments, also the retrieval's `context`, `min_count`, `clip_cap` and `hold_guard`).
+`--set NAME=VALUE` changes one for experiments, also the retrieval's `context`, `min_count`, `clip_cap`, `hold_guard` and `hold_guard_inside`).
 Every set below has the generated set's size and is compared with the held-out files:
 - real material: runs of randomly chosen training files (a random start in the first), as audio
   ("real audio") and as their own codes decoded through the trained codec ("real codes": what a
@@ -329,7 +329,7 @@ def main() -> None:
     folder = dataset_folder(args.dataset)
     entries = scan_dataset(folder, keep_features=False).used
     sampling = {**SAMPLING_DEFAULTS, **parse_sets(args.set)}
-    extra = {k: sampling.pop(k) for k in ("context", "min_count", "clip_cap", "hold_guard") if k in sampling}
+    extra = {k: sampling.pop(k) for k in ("context", "min_count", "clip_cap", "hold_guard", "hold_guard_inside") if k in sampling}
     if extra:  # retrieval settings other than its weight (RetrievalSettings' fields)
         from distill.models.retrieval import RetrievalSettings
 
@@ -337,7 +337,9 @@ def main() -> None:
                                                   max_context_steps=int(extra.get("context", RetrievalSettings.max_context_steps)),
                                                   min_count=int(extra.get("min_count", RetrievalSettings.min_count)),
                                                   max_clip_factor=float(extra.get("clip_cap", RetrievalSettings.max_clip_factor)),
-                                                  hold_guard=bool(float(extra.get("hold_guard", RetrievalSettings.hold_guard))))
+                                                  hold_guard=bool(float(extra.get("hold_guard", RetrievalSettings.hold_guard))),
+                                                  hold_guard_inside=bool(float(extra.get("hold_guard_inside",
+                                                                                         RetrievalSettings.hold_guard_inside))))
     print(f"{args.dataset}: {len(entries)} usable files; budget {args.minutes} min, preset {args.preset}; "
           f"{args.clips} x {args.seconds:.0f} s per set; sampling {sampling}; torch threads {torch.get_num_threads()}",
           flush=True)

@@ -206,7 +206,14 @@ def test_a_held_code_goes_on_as_often_as_the_materials_holds_of_it_did():
         return state._held(np.full(K, 1.0 / K))
 
     uniform = np.full(K, 1.0 / K)
-    assert np.array_equal(after_hold(3), uniform)  # within the context the lookup sees: left to it
+    assert after_hold(3)[1] == 1.0  # the context the lookup matched is the hold itself: the guard decides
+    only_beyond = CodeRetrieval(files, K, Q, RetrievalSettings(weight=0.9, max_context_steps=4, hold_guard_inside=False))
+    assert np.array_equal(after_hold(3, only_beyond), uniform)  # within the context the lookup sees: left to it
+    lead_in = index.start()
+    for t, code in enumerate([2, 2, 1, 1]):  # "2, 2, 1, 1" occurs 9 times: the match reaches back before the hold
+        lead_in.push(code)
+        lead_in.push(8 + t % 4)
+    assert lead_in.hold == 2 and np.array_equal(lead_in._held(uniform), uniform)  # left to the lookup
     assert after_hold(5)[1] == 1.0  # every hold of 1 that reached 5 steps lasted a 6th
     held = after_hold(6)
     assert held[1] == pytest.approx(1 / 11) and held.sum() == pytest.approx(1.0)  # one in eleven went on
@@ -234,6 +241,29 @@ def test_with_the_hold_guard_generated_holds_last_as_the_materials_do():
     assert max(guarded) <= 40
     longer = lambda holds: sum(h > 6 for h in holds) / len(holds)  # noqa: E731
     assert longer(guarded) < 0.3 < longer(unguarded)  # the material: 1 hold in 11 is longer than 6 steps
+
+
+def test_one_long_hold_in_the_material_does_not_make_every_hold_long():
+    # code 1: ten holds of 3 steps, each after a different code, and one of 60. Inside a hold the lookup
+    # backs off to "1, 1, ..." (each lead-in occurs once), which occurs 50-odd times in the long hold and
+    # once in each short one, so its counts said "go on" nearly every time
+    files = [held_file([(1, 60), (2, 5)]), held_file([run for c in range(3, 13) for run in ((c, 2), (1, 3))])]
+    model = untrained_prior(seq_len=32)
+
+    def holds_of_1(inside: bool) -> list[int]:
+        index = CodeRetrieval(files, K, Q, RetrievalSettings(weight=1.0, hold_guard_inside=inside))
+        out = []
+        for seed in range(6):
+            codes = unflatten_codes(model.generate(200 * Q, generator=torch.Generator().manual_seed(seed),
+                                                   retrieval=index, clip_ends=False), Q)[0].numpy()[:, 0]
+            edges = np.flatnonzero(np.diff(codes)) + 1
+            starts, ends = np.concatenate([[0], edges]), np.concatenate([edges, [len(codes)]])
+            out += [int(e - s) for s, e in zip(starts, ends) if codes[s] == 1 and s > 0 and e < len(codes)]
+        return out
+
+    inside, beyond_only = holds_of_1(True), holds_of_1(False)
+    longer = lambda holds: sum(h > 3 for h in holds) / len(holds)  # noqa: E731
+    assert longer(inside) < 0.3 < longer(beyond_only)  # the material: 1 hold in 11 is longer than 3 steps
 
 
 def test_held_share_counts_the_time_inside_long_holds_of_one_coarse_code():

@@ -30,7 +30,9 @@ sound short, so clips came out a fraction of the material's lengths (README).
 A held sound (the same level-0 code step after step) looks the same to the lookup from its 13th step
 to its 130th, and the longest holds, having the most steps, decide what follows: music froze into
 drones. Past the context the lookup sees, a held code goes on as often as the material's holds of
-that code that reached the same length did (`hold_guard`).
+that code that reached the same length did (`hold_guard`); so it does inside that context wherever the
+context matched is the hold itself, for the same reason (`hold_guard_inside`). Where the match reaches
+back before the hold began, its lead-in (a beat, a phrase) decides.
 Contexts are matched by polynomial hashes, two 31-bit moduli (as in `distill.analysis`), kept to 58 bits
 beside the context length.
 """
@@ -63,6 +65,13 @@ class RetrievalSettings:
     # cannot tell a hold's 13th step from its 130th, and the long holds, with the most steps, decide
     # what follows it, so music froze into drones for seconds (README).
     hold_guard: bool = True
+    # The guard also acts inside the context the lookup sees, wherever the context it matched is the hold
+    # itself (only the held code, repeated): a context's counts are occurrences, and a hold of 85 steps
+    # holds 70-odd occurrences of "this code, 12 times" against one for each short hold of the code, so
+    # one long hold decided that every hold went on to 12 steps, and from there (its holds that reached
+    # 12 steps being that one) to 85. Counting each hold once, as the guard does, gives the material's
+    # hold lengths (README).
+    hold_guard_inside: bool = True
 
 
 class CodeRetrieval:
@@ -147,7 +156,13 @@ class CodeRetrieval:
         """`lookup` for several (history, current) contexts: every context length of every context
         at one level is found in one pair of table searches. Rows with the same context (keeping an
         input's shape, every row has its coarse path) are looked up once."""
+        return self.lookup_matched(contexts)[0]
+
+    def lookup_matched(self, contexts: list[tuple[list[int], list[int]]]) -> tuple[list, list]:
+        """`lookup_many`, and for each context the history steps m of the context it matched (None
+        where nothing was found)."""
         found: list = [None] * len(contexts)
+        matched: list = [None] * len(contexts)
         by_level: dict[int, list[int]] = {}
         first: dict[tuple, int] = {}
         twins = []
@@ -170,12 +185,12 @@ class CodeRetrieval:
                 for m in range(len(ks) - 1, -1, -1):
                     a, b = left[at + m], right[at + m]
                     if b - a >= self.settings.min_count:
-                        found[i] = np.bincount(nxt[a:b], minlength=self.k + 2)
+                        found[i], matched[i] = np.bincount(nxt[a:b], minlength=self.k + 2), m
                         break
                 at += len(ks)
         for i, seen in twins:
-            found[i] = found[seen]
-        return found
+            found[i], matched[i] = found[seen], matched[seen]
+        return found, matched
 
 
 def hold_runs(level0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +227,7 @@ class RetrievalState:
         self.pushed = 0
         self.clip_cap = clip_cap  # time steps after which the clip has ended (None: only where the material ends)
         self.hold = 0  # steps the last level-0 code has been held for (0: none yet in this clip)
-        self._cached = (-1, None)  # (pushed, counts): one lookup serves the end check and the code
+        self._cached = (-1, None, None)  # (pushed, counts, matched steps): one lookup serves the end check and the code
 
     def push(self, token: int) -> None:
         """The next token of the stream (tokens come level 0, 1, ..., Q-1, then the next step)."""
@@ -232,13 +247,14 @@ class RetrievalState:
         their next `mix` and `material_end` use them (batched sampling)."""
         todo = [st for st in states if st._cached[0] != st.pushed]
         if todo:
-            found = todo[0].index.lookup_many([(st.history, st.current) for st in todo])
-            for st, counts in zip(todo, found):
-                st._cached = (st.pushed, counts)
+            found, matched = todo[0].index.lookup_matched([(st.history, st.current) for st in todo])
+            for st, counts, m in zip(todo, found, matched):
+                st._cached = (st.pushed, counts, m)
 
     def _counts(self):
         if self._cached[0] != self.pushed:
-            self._cached = (self.pushed, self.index.lookup(self.history, self.current))
+            found, matched = self.index.lookup_matched([(self.history, self.current)])
+            self._cached = (self.pushed, found[0], matched[0])
         return self._cached[1]
 
     def material_end(self) -> float | None:
@@ -266,8 +282,13 @@ class RetrievalState:
     def _held(self, probs: np.ndarray) -> np.ndarray:
         """probs [K] with the hold guard (RetrievalSettings.hold_guard) applied at level 0: the held
         code goes on with the share of the material's holds of it that lasted at least one step more."""
-        index = self.index
-        if self.current or not index.settings.hold_guard or self.hold < index.settings.max_context_steps:
+        index, settings = self.index, self.index.settings
+        if self.current or not settings.hold_guard or not self.hold:
+            return probs
+        self._counts()
+        matched = self._cached[2]  # the history steps of the context the lookup matched
+        inside = settings.hold_guard_inside and matched is not None and matched <= self.hold
+        if self.hold < settings.max_context_steps and not inside:
             return probs
         code = self.history[-1]
         lengths = index.holds[code]
