@@ -251,11 +251,15 @@ class RetrievalState:
             for st, counts, m in zip(todo, found, matched):
                 st._cached = (st.pushed, counts, m)
 
-    def _counts(self):
+    def _lookup(self) -> tuple:
+        """(counts, history steps of the context matched) for the next code, looked up once per token."""
         if self._cached[0] != self.pushed:
             found, matched = self.index.lookup_matched([(self.history, self.current)])
             self._cached = (self.pushed, found[0], matched[0])
-        return self._cached[1]
+        return self._cached[1:]
+
+    def _counts(self):
+        return self._lookup()[0]
 
     def material_end(self) -> float | None:
         """Whether the clip has ended here (a step boundary): how often the material ended after the
@@ -285,8 +289,7 @@ class RetrievalState:
         index, settings = self.index, self.index.settings
         if self.current or not settings.hold_guard or not self.hold:
             return probs
-        self._counts()
-        matched = self._cached[2]  # the history steps of the context the lookup matched
+        matched = self._lookup()[1]
         inside = settings.hold_guard_inside and matched is not None and matched <= self.hold
         if self.hold < settings.max_context_steps and not inside:
             return probs

@@ -181,7 +181,7 @@ class ResidualVQ(nn.Module):
                     break
                 members = (idx == big).nonzero().flatten()
                 pick = members[int(torch.randint(len(members), (1,), generator=gen))]
-                level.embed[code] = level.embed[big] + 0.5 * (residual[pick].to(level.embed.device) - level.embed[big])
+                level.embed[code] = level.embed[big] + 0.5 * (residual[pick] - level.embed[big])
                 level.embed_avg[code] = level.embed[code] * level.threshold
                 level.cluster_size[code] = level.threshold
                 # only the split cluster's vectors are re-assigned here (the exact search follows)
