@@ -70,6 +70,30 @@ def test_batched_rows_give_the_codes_of_sequential_runs_with_the_same_seeds(back
     assert torch.equal(rows.tokens[1], one)
 
 
+def test_draws_taken_ahead_give_the_codes_and_generator_state_of_a_draw_per_code():
+    """Without clip ends a row's draws are drawn ahead in one call (`RowDraws`): the codes, and where
+    the generator is left, are those of one draw per sampled code (torch's global generator, shared by
+    every caller, still draws one at a time). Forced codes draw nothing, with or without retrieval."""
+    model = tiny_prior()
+    index = CodeRetrieval(material(), 16, 3, RetrievalSettings(weight=0.9, max_context_steps=4))
+    forced = np.full(60, -1)
+    forced[::3] = np.arange(20) % 16
+    for retrieval in (index, None):
+        for force in (None, forced):
+            torch.manual_seed(7)
+            per_code = sample_rows(model, 60, [None], forced=force, clip_ends=False, retrieval=retrieval).tokens
+            after_per_code = torch.rand(4)
+            g = torch.Generator().manual_seed(7)
+            ahead = sample_rows(model, 60, [g], forced=force, clip_ends=False, retrieval=retrieval).tokens
+            assert torch.equal(per_code, ahead), (retrieval is not None, force is not None)
+            assert torch.equal(after_per_code, torch.rand(4, generator=g))
+    # two rows on one generator draw in turn, as they always did
+    g = torch.Generator().manual_seed(2)
+    shared = sample_rows(model, 30, [g, g], clip_ends=False, retrieval=index).tokens
+    torch.manual_seed(2)
+    assert torch.equal(shared, sample_rows(model, 30, [None, None], clip_ends=False, retrieval=index).tokens)
+
+
 def naive_lookup(files, k, history, current, max_m, min_count):
     """What followed the longest context seen >= min_count times, by scanning every file step."""
     level = len(current)

@@ -133,6 +133,8 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
         for r in recalls:
             for t in toks[0, max(0, p_len - retrieval.max_len) : p_len]:
                 r.push(int(t))
+    draws = RowDraws.ahead(gens, forced, n_tokens, torch.float64 if recalls is not None else torch.float32) \
+        if not clip_ends and not greedy else None
     n, end = p_len, p_len + n_tokens
     while True:
         if clip_ends and n % q == 0:
@@ -153,7 +155,7 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
         if trace:
             logits_out[n - p_len], starts_out[n - p_len] = logits[0], w0[0]
         want = forced[:, n - p_len] if forced is not None else None
-        tok = pick_rows(logits, recalls, gens, greedy, temperature, top_k, top_p, want)
+        tok = pick_rows(logits, recalls, draws or gens, greedy, temperature, top_k, top_p, want)
         if recalls is not None:
             for r in range(b):
                 recalls[r].push(int(tok[r]))
@@ -177,12 +179,42 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
     return result()
 
 
+class RowDraws:
+    """Each row's uniform draws for its sampled codes, drawn from its generator ahead, in one call.
+
+    Where nothing else draws from the generators while sampling (no clip ends), a row's draws are
+    its sampled codes' draws, one each, in order; `torch.rand(n)` gives the same numbers as n calls of
+    `torch.rand(1)` and leaves the generator where they would, so the codes are those of a draw per
+    code, without a torch call (~2.5 us) per row and code."""
+
+    def __init__(self, values: np.ndarray):
+        self.values, self.used = values, np.zeros(len(values), np.int64)  # [B, most draws], per row
+
+    @classmethod
+    def ahead(cls, gens, forced: np.ndarray | None, n_tokens: int, dtype) -> "RowDraws | None":
+        # rows sharing a generator (or torch's global one) draw in turn: their order is the sampler's
+        if any(g is None for g in gens) or len({id(g) for g in gens}) < len(gens):
+            return None
+        counts = [n_tokens - (0 if forced is None else int((row >= 0).sum())) for row in
+                  (forced if forced is not None else [None] * len(gens))]
+        values = np.zeros((len(gens), max(counts)), np.float64)
+        for r, (g, c) in enumerate(zip(gens, counts)):
+            values[r, :c] = torch.rand(c, generator=g, dtype=dtype).numpy()
+        return cls(values)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The next draw of each of these rows."""
+        u = self.values[rows, self.used[rows]]
+        self.used[rows] += 1
+        return u
+
+
 def pick_rows(logits: np.ndarray, recalls, gens, greedy: bool, temperature: float, top_k: int, top_p: float,
               forced: np.ndarray | None = None) -> np.ndarray:
     """Each row's next code from its logits [B, K] -> int [B]: as `CodePrior._pick` (no retrieval)
     or `_pick_mixed` (each row's distribution mixed by its own RetrievalState), vectorised over the
-    rows, one uniform draw from each row's own generator (of the same dtype as there). Rows with a
-    forced code (>= 0) take it and draw nothing."""
+    rows, one uniform draw from each row's own generator (of the same dtype as there; `gens` may be
+    their `RowDraws`). Rows with a forced code (>= 0) take it and draw nothing."""
     b = logits.shape[0]
     out = np.zeros(b, np.int64)
     todo = np.arange(b) if forced is None else np.flatnonzero(forced < 0)
@@ -218,7 +250,10 @@ def pick_rows(logits: np.ndarray, recalls, gens, greedy: bool, temperature: floa
     if top_p < 1.0:
         probs = _nucleus(probs, top_p)
     cdf = np.cumsum(probs, -1)
-    u = np.array([float(torch.rand(1, generator=gens[r], dtype=dtype)) for r in todo]) * cdf[:, -1]
+    if isinstance(gens, RowDraws):
+        u = gens.take(todo) * cdf[:, -1]
+    else:
+        u = np.array([float(torch.rand(1, generator=gens[r], dtype=dtype)) for r in todo]) * cdf[:, -1]
     # the first code whose cdf passes u (searchsorted right: never a zero-probability code)
     out[todo] = np.minimum((cdf <= u[:, None]).sum(-1), probs.shape[1] - 1)
     return out
