@@ -20,8 +20,9 @@ Distance: MMD between one-second patch descriptions (distill/sample_score.py); t
 distance on log-mel frames + 4-frame deltas is printed beside it. Sample score = (d(generated) −
 d(real codes)) / (d(order-free) − d(real codes)); valid only where real codes beat order-free codes
 by more than 3 × the spread of the real draws (printed per seed). Also: verbatim share (generated time
-steps inside a ≥ 0.5 s run found verbatim in the training codes), longest verbatim stretch, held-out
-bits vs the unigram, and a spectrogram sheet per seed (bench/out/samples/<run>.png) to look at.
+steps inside a ≥ 0.5 s run found verbatim in the training codes; "as heard": the codes after the
+detail stage, which takes stretches of the material's finer codes), longest verbatim stretch, held-out
+bits vs the unigram, flicker (how much spectra change from frame to frame, beside real codes'), and a spectrogram sheet per seed (bench/out/samples/<run>.png) to look at.
 Run it with nothing else busy on the machine. Results: bench/out/samples_<dataset>.json.
 """
 from __future__ import annotations
@@ -97,6 +98,19 @@ def spectral_detail(waves, cfg) -> float:
     level = mel.max(0)
     loud = level > level.max() - 40 / 4.343  # 40 dB in nats of power
     return float(np.abs(np.diff(mel[:, loud], axis=0)).mean()) if loud.any() else 0.0
+
+
+def flicker(waves, cfg) -> float:
+    """How much a set's spectra change from one frame to the next: the mean difference (nats) between
+    neighbouring frames, over pairs of frames within 40 dB of the set's loudest. Detail that jumps from
+    place to place of the material scores high against real audio and real codes."""
+    from distill.sample_score import log_mel_frames
+
+    mel = log_mel_frames(np.concatenate(waves), cfg)
+    level = mel.max(0)
+    loud = level > level.max() - 40 / 4.343
+    pairs = loud[1:] & loud[:-1]
+    return float(np.abs(np.diff(mel, axis=1))[:, pairs].mean()) if pairs.any() else 0.0
 
 
 def normalised(wave: np.ndarray) -> np.ndarray:
@@ -215,6 +229,11 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
     real_sharp = [v for k, v in sharp.items() if k.startswith("real audio")]
     gen_sharp = [v for k, v in sharp.items() if k.startswith("generated")]
     out["spectral_detail_ratio"] = float(np.mean(gen_sharp) / np.mean(real_sharp)) if real_sharp else None
+    flick = {n: flicker(w, audio) for n, w in sets.items() if n.split(" ")[0] in ("generated", "real")}
+    out["flicker"] = {k: round(v, 4) for k, v in flick.items()}
+    real_flick = [v for k, v in flick.items() if k.startswith("real codes")]
+    out["flicker_ratio"] = float(np.mean([v for k, v in flick.items() if k.startswith("generated")])
+                                 / np.mean(real_flick)) if real_flick else None
     for metric, table in (("mmd", mmd), ("frechet", fd)):
         real, real_sd = summary(table, "real codes")
         audio_real, audio_sd = summary(table, "real audio")
@@ -227,6 +246,11 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
         out[f"{metric}.margin"] = (free - real) / max(real_sd, 1e-9)
     min_steps = math.ceil(0.5 * steps_per_s)
     out["verbatim_share"] = float(np.mean([verbatim_share(c, train_codes, min_steps) for c in gen_codes]))
+    # the codes heard: where a step goes on along the material, its finer codes are the material's too
+    heard = [run.with_detail(c)[:, : vq.num_quantizers] for c in gen_codes]
+    out["heard_verbatim_share"] = float(np.mean([verbatim_share(c, train_codes, min_steps) for c in heard]))
+    out["heard_longest_verbatim_s"] = float(max(longest_common_run(c.reshape(-1), [t.reshape(-1) for t in train_codes])
+                                                for c in heard) / vq.num_quantizers / steps_per_s)
     q = vq.num_quantizers
     longest = [longest_common_run(c.reshape(-1), [t.reshape(-1) for t in train_codes]) / q for c in gen_codes]
     out["longest_verbatim_s"] = float(max(longest) / steps_per_s)
@@ -365,7 +389,12 @@ def main() -> None:
               + (f", real audio {np.mean(real_sd):.3f}" if real_sd else "")
               + (f", real codes {np.mean([v for k, v in sd.items() if k.startswith('real codes')]):.3f}"
                  if real_sd else " (references: --sheet)"))
-        print(f"  verbatim share {r['verbatim_share']:.3f}; longest verbatim {r['longest_verbatim_s']:.2f} s "
+        fl = r["flicker"]
+        print(f"  flicker (neighbouring frames, nats): generated {np.mean([v for k, v in fl.items() if k.startswith('generated')]):.3f}"
+              + (f", real audio {np.mean([v for k, v in fl.items() if k.startswith('real audio')]):.3f}, real codes "
+                 f"{np.mean([v for k, v in fl.items() if k.startswith('real codes')]):.3f}" if r["flicker_ratio"] else ""))
+        print(f"  verbatim share {r['verbatim_share']:.3f} (as heard {r['heard_verbatim_share']:.3f}, longest "
+              f"{r['heard_longest_verbatim_s']:.2f} s); longest verbatim {r['longest_verbatim_s']:.2f} s "
               f"({r['longest_verbatim_fraction']:.1%} of a clip); held-out bits {r['bits']:.3f} vs unigram "
               f"{r['unigram_bits']:.3f} = {r['bits_ratio']:.3f}x; time in holds >= {HOLD_SECONDS:g} s "
               f"{r['held_share']:.3f} (training codes {r['held_share_material']:.3f}); generate {args.clips} x {args.seconds:.0f} s in "
@@ -377,11 +406,14 @@ def main() -> None:
 
     print(f"\n{args.dataset} over seeds {args.seeds}: sample score {ms('mmd.score')} (valid on "
           f"{sum(r['mmd.valid'] for r in results)}/{len(results)} seeds; Fréchet's score {ms('frechet.score')}, valid on "
-          f"{sum(r['frechet.valid'] for r in results)}/{len(results)}); verbatim share {ms('verbatim_share')}; "
+          f"{sum(r['frechet.valid'] for r in results)}/{len(results)}); verbatim share {ms('verbatim_share')} (as heard "
+          f"{ms('heard_verbatim_share')}); "
           f"longest verbatim {ms('longest_verbatim_fraction')} of a clip; bits vs unigram {ms('bits_ratio')}; "
           f"time in holds >= {HOLD_SECONDS:g} s {ms('held_share')} (training codes {ms('held_share_material')})"
           + (f"; spectral detail generated / real audio {ms('spectral_detail_ratio')}"
-             if all(r.get("spectral_detail_ratio") is not None for r in results) else ""))
+             if all(r.get("spectral_detail_ratio") is not None for r in results) else "")
+          + (f"; flicker generated / real codes {ms('flicker_ratio')}"
+             if all(r.get("flicker_ratio") is not None for r in results) else ""))
     out = REPO / "bench" / "out" / f"samples_{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "sampling": {k: str(v) for k, v in sampling.items()}, "seeds": results},

@@ -152,17 +152,20 @@ def cmd_resume(args) -> int:
 def cmd_generate(args) -> int:
     import soundfile as sf
 
-    from distill.generate import generate_audio, save_sample
+    from distill.generate import RunCache, generate_audio, save_sample
 
+    cache = RunCache(1)
     wave, sr, codes = generate_audio(args.run_dir, args.seconds, args.temperature, args.top_k, args.top_p, args.seed,
-                                     prompt_file=args.prompt, clip_ends=not args.no_clip_ends, retrieval=args.follow)
+                                     prompt_file=args.prompt, clip_ends=not args.no_clip_ends, retrieval=args.follow,
+                                     cache=cache)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(out, wave, sr)
     if args.codes_out:
         import numpy as np
 
-        np.save(args.codes_out, codes.astype(np.int64), allow_pickle=False)
+        heard = cache.get(args.run_dir).with_detail(codes)  # every level, as heard: `decode` gives this sound back
+        np.save(args.codes_out, heard.astype(np.int64), allow_pickle=False)
     settings = {"seconds": args.seconds, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                 "seed": args.seed, "prompt": args.prompt, "clip_ends": not args.no_clip_ends, "retrieval": args.follow}
     if args.keep:
@@ -257,7 +260,9 @@ def cmd_decode(args) -> int:
         raise ValueError(f"codes must be an integer array [T, {' or '.join(map(str, widths))}] with values below "
                          f"{vq.codebook_size} (the sequence model's levels, or all levels as `encode` writes them)")
     vqvae = load_vqvae(args.run_dir)  # a run stopped before the prior can still decode
-    full = add_detail(load_detail_bank(Path(args.run_dir), vqvae), vqvae, codes.astype(np.int64))
+    full = codes.astype(np.int64)
+    if vq.detail_levels:  # the sequence model's levels alone: heard as a generated sound is
+        full = add_detail(load_detail_bank(Path(args.run_dir), vqvae), vqvae, full)
     wave = decode_codes(vqvae, audio, full)
     sf.write(args.out, wave, audio.sample_rate)
     _err(f"wrote {args.out} ({len(wave) / audio.sample_rate:.2f} s)")
@@ -343,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(0: the model alone; default {SAMPLING_DEFAULTS['retrieval']})")
     g.add_argument("--prompt", default=None, help="continue from this training file's codes (its relative path)")
     g.add_argument("--out", required=True)
-    g.add_argument("--codes-out", default=None)
+    g.add_argument("--codes-out", default=None,
+                   help="also write the codes the sound is heard with, every level (`decode` turns them back into it)")
     g.add_argument("--keep", action="store_true", help="also keep the sample in the run's samples/ folder")
     g.set_defaults(func=cmd_generate)
 

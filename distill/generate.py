@@ -49,10 +49,12 @@ class LoadedRun:
             self._detail["bank"] = load_detail_bank(self.run_dir, self.vqvae)
         return self._detail["bank"]
 
-    def with_detail(self, codes: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
-        """[T', Q] codes -> [T', Q + detail_levels]: their detail from the material (`known`: the
-        detail of the first steps, kept); codes already with detail, or a run without, as they are."""
-        return add_detail(self.detail_bank(), self.vqvae, codes, known)
+    def with_detail(self, codes: np.ndarray, known: np.ndarray | None = None, new_fine_codes: bool = False) -> np.ndarray:
+        """[T', Q] codes -> the codes they are heard with [T', Q + detail_levels] (`DetailBank.realise`:
+        detail, and stretches of the material's finer codes, from the material; `known`: the detail of
+        the first steps, kept; new_fine_codes: the finer codes kept as they are); codes already with
+        detail, or a run without, as they are."""
+        return add_detail(self.detail_bank(), self.vqvae, codes, known, new_fine_codes)
 
     @property
     def audio_config(self):
@@ -64,24 +66,32 @@ class LoadedRun:
 
 
 def load_detail_bank(run_dir: Path, vqvae):
-    """The run's material as a DetailBank (distill/detail.py), or None when its codec has no detail levels."""
+    """The run's material as a DetailBank (distill/detail.py): its codes and detail, or, where the codec
+    has no detail levels, its codes alone (the bank then realises the finer coarse codes only). None
+    where the run has no codes, or its detail is missing."""
     from distill.detail import DetailBank
     from distill.runs import load_detail
 
-    if not getattr(vqvae, "detail_levels", 0):
+    if not (Path(run_dir) / "codes.safetensors").is_file():  # stopped before its codes were extracted
         return None
     codes = load_codes(run_dir)
+    if not codes:
+        return None
+    if not getattr(vqvae, "detail_levels", 0):
+        return DetailBank.from_codec(vqvae, list(codes.values()), [np.zeros((len(c), 0), np.int64) for c in codes.values()])
     detail = load_detail(run_dir, codes)
     return DetailBank.from_codec(vqvae, list(codes.values()), list(detail.values())) if detail else None
 
 
-def add_detail(bank, vqvae, codes: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
-    """[T', Q] codes -> [T', Q + detail_levels] with their detail from `bank` (`known`: the first steps'
-    own detail); codes that already have it, or any codes where `bank` is None, as they are."""
+def add_detail(bank, vqvae, codes: np.ndarray, known: np.ndarray | None = None,
+               new_fine_codes: bool = False) -> np.ndarray:
+    """[T', Q] codes -> the codes they are heard with [T', Q + detail_levels], from `bank`
+    (`DetailBank.realise`); codes that already have their detail, or any codes where `bank` is None,
+    as they are."""
     codes = np.asarray(codes)
     if bank is None or codes.shape[1] != vqvae.coarse_levels:
         return codes
-    return np.concatenate([codes, bank.fill(codes, known)], axis=1)
+    return bank.realise(codes, known, new_fine_codes)
 
 
 def _stamp(run_dir: Path) -> tuple:
@@ -156,8 +166,8 @@ def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top
 
 
 def codes_to_audio(run: LoadedRun, codes: np.ndarray, normalise: bool = True) -> np.ndarray:
-    """Codes of the run's sequence model [T', Q] (their detail taken from the material) or with their
-    own detail [T', Q + detail_levels] -> audio."""
+    """Codes of the run's sequence model [T', Q] (heard with detail from the material: `LoadedRun.with_detail`)
+    or with their own detail [T', Q + detail_levels] -> audio."""
     return decode_codes(run.vqvae, run_configs(run.manifest)[0], run.with_detail(codes), normalise)
 
 

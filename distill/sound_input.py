@@ -23,8 +23,9 @@ class InputSound:
     name: str  # how the page names it
     codes: np.ndarray  # [T', Q] int64
     note: str = ""  # what happened on the way in (e.g. cut to its first 30 s)
-    # [T', detail_levels] int64: the sound's own detail, where the codec has detail levels and the
-    # sound's is known (a generated sound saved without it takes detail from the material)
+    # [T', detail_levels] int64: the detail the sound is heard with (width 0 where the codec has no
+    # detail levels: then `codes` are heard as they are). None: not known, so the sound is heard as a
+    # generated sound is (`LoadedRun.with_detail`)
     detail: np.ndarray | None = None
 
     def describe(self) -> dict:
@@ -38,6 +39,8 @@ def from_training_file(run, name: str) -> InputSound:
     if name not in codes:
         raise InputError(f"'{str(name)[:200]}' is not one of this run's training files.")
     detail = load_detail(run.run_dir, codes).get(name)
+    if detail is None and not run.vqvae_config.detail_levels:
+        detail = np.zeros((len(codes[name]), 0), np.int64)  # the file's codes are all it has
     return InputSound("file", name, name, np.asarray(codes[name], dtype=np.int64),
                       detail=None if detail is None else detail.astype(np.int64))
 
@@ -52,9 +55,12 @@ def from_sample(run, sample_id: str) -> InputSound:
             if codes is None or codes.ndim != 2 or codes.shape[1] != vq.num_quantizers or not len(codes) \
                     or codes.min() < 0 or codes.max() >= vq.codebook_size:
                 raise InputError(f"The codes of sample '{sample_id}' are missing or damaged.")
-            if detail is not None and (detail.shape != (len(codes), vq.detail_levels) or not detail.size
-                                       or detail.min() < 0 or detail.max() >= vq.codebook_size):
+            if detail is not None and (detail.shape != (len(codes), vq.detail_levels) or (
+                    detail.size and (detail.min() < 0 or detail.max() >= vq.codebook_size))):
                 detail = None  # not this codec's: the sound takes its detail from the material instead
+            if detail is None:  # the sequence model's codes (a generated sound): heard as they were, the same every time
+                heard = run.with_detail(codes)
+                codes, detail = heard[:, : codes.shape[1]], heard[:, codes.shape[1] :]
             return InputSound("sample", sample_id, sample_id, codes, detail=detail)
     raise InputError(f"'{str(sample_id)[:200]}' is not one of this run's saved samples.")
 
@@ -76,7 +82,7 @@ def from_audio_file(run, path: str | Path, name: str | None = None) -> InputSoun
     note = ""
     if entry.truncated:
         note = f"'{name}' is {entry.seconds:.0f} s long: only its first {cfg.max_seconds:.0f} s are used."
-    return InputSound("upload", str(path), name, every[:, :q], note, detail=every[:, q:] if every.shape[1] > q else None)
+    return InputSound("upload", str(path), name, every[:, :q], note, detail=every[:, q:])  # heard as encoded
 
 
 def load_input(run, kind: str, ref: str, name: str | None = None) -> InputSound:

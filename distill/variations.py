@@ -144,21 +144,22 @@ def retrieval_for(run, follow: float, whole_sounds: bool = False):
 
 
 def with_detail(run, source, settings: VariationSettings, codes: np.ndarray) -> np.ndarray:
-    """A variation's codes [T', Q] with the detail it is heard with [T', Q + detail_levels]: what is kept
+    """A variation's codes [T', Q] -> the codes it is heard with [T', Q + detail_levels]: what is kept
     of the input before a continuation keeps the input's own detail; everything new takes its detail
-    from the material (a kept shape has new finer codes, which the input's detail would not fit)."""
+    from the material (a kept shape has new finer codes, which the input's detail would not fit, and
+    which it keeps: `new_fine_codes`)."""
     known = None
     if settings.mode == "continue" and source.detail is not None:
         known = source.detail[: continue_step(run, settings, len(source.codes))]
-    return run.with_detail(codes, known)
+    return run.with_detail(codes, known, new_fine_codes=settings.mode == "shape")
 
 
 def render_variation(run, source, settings: VariationSettings, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A variation's codes [T', Q] -> (the codes it is heard with, `with_detail`; its audio)."""
-    from distill.generate import codes_to_audio
+    from distill.generate import decode_codes
 
     full = with_detail(run, source, settings, codes)
-    return full, codes_to_audio(run, full)
+    return full, decode_codes(run.vqvae, run.audio_config, full)  # as they are: `full` is what is heard
 
 
 def save_variations(run, source, settings: VariationSettings, results: list[np.ndarray],
@@ -178,6 +179,7 @@ def save_variations(run, source, settings: VariationSettings, results: list[np.n
                 "seed": int(settings.seed) + i, "temperature": float(settings.temperature), "top_k": int(settings.top_k),
                 "top_p": float(settings.top_p), "retrieval": float(settings.follow)}
         q = codes.shape[1]
-        saved = save_sample(run.run_dir, wave, sr, codes, meta, detail=full[:, q:] if full.shape[1] > q else None)
-        out.append({**saved, "seconds": round(len(wave) / sr, 3), "seed": meta["seed"], "codes": codes})
+        heard = full[:, :q]  # the finer codes of stretches taken from the material, where it went on along one
+        saved = save_sample(run.run_dir, wave, sr, heard, meta, detail=full[:, q:])  # (width 0: no detail levels)
+        out.append({**saved, "seconds": round(len(wave) / sr, 3), "seed": meta["seed"], "codes": heard})
     return out

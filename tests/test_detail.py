@@ -99,10 +99,10 @@ def test_a_files_own_coarse_codes_get_its_own_detail_back():
     coarse, detail, embeds = material()
     bank = DetailBank(coarse, detail, embeds)
     for c, d in zip(coarse, detail):
-        assert np.array_equal(bank.fill(c), d)
+        assert np.array_equal(bank.realise(c), np.concatenate([c, d], 1))
     # a new path made of two stretches of the material takes each stretch's detail
     path = np.concatenate([coarse[0][:12], coarse[2][5:20]])
-    filled = bank.fill(path)
+    filled = bank.realise(path)[:, Q:]
     assert np.array_equal(filled[2:10], detail[0][2:10]) and np.array_equal(filled[14:18], detail[2][7:11])
 
 
@@ -110,9 +110,10 @@ def test_known_detail_is_kept_and_the_rest_taken_from_the_material():
     coarse, detail, embeds = material()
     bank = DetailBank(coarse, detail, embeds)
     own = np.full((8, D), 3)
-    filled = bank.fill(coarse[1], known=own)
-    assert np.array_equal(filled[:8], own) and np.array_equal(filled[10:], detail[1][10:])
-    assert np.array_equal(bank.fill(coarse[1][:5], known=np.full((9, D), 2)), np.full((5, D), 2))
+    filled = bank.realise(coarse[1], known=own)
+    assert np.array_equal(filled[:, :Q], coarse[1])
+    assert np.array_equal(filled[:8, Q:], own) and np.array_equal(filled[10:, Q:], detail[1][10:])
+    assert np.array_equal(bank.realise(coarse[1][:5], known=np.full((9, D), 2))[:, Q:], np.full((5, D), 2))
 
 
 def test_codes_the_material_never_used_still_get_detail_the_same_way_each_time():
@@ -122,10 +123,11 @@ def test_codes_the_material_never_used_still_get_detail_the_same_way_each_time()
     bank = DetailBank(coarse, detail, embeds)
     new = np.random.default_rng(5).integers(0, K, (20, Q))
     new[:, 0] = np.arange(20) % 8 + 8
-    a, b = bank.fill(new), bank.fill(new)
-    assert a.shape == (20, D) and np.array_equal(a, b)
+    a, b = bank.realise(new), bank.realise(new)
+    assert a.shape == (20, Q + D) and np.array_equal(a, b)
+    assert np.array_equal(a[:, :Q], new)  # no place has their level-0 codes: nothing goes on, the codes stay
     rows = {tuple(r) for d in detail for r in d}
-    assert all(tuple(r) in rows for r in a)  # every step's detail is a step of the material
+    assert all(tuple(r) in rows for r in a[:, Q:])  # every step's detail is a step of the material
     with pytest.raises(ValueError, match="no material"):
         DetailBank([], [], embeds)
 
@@ -134,8 +136,33 @@ def test_going_on_from_the_last_place_is_preferred_within_the_stay_margin():
     coarse, detail, embeds = material(files=2, steps=40)
     coarse[1] = coarse[0].copy()  # the same coarse sound twice, with different detail
     bank = DetailBank(coarse, detail, embeds, DetailSettings(stay=0.5))
-    filled = bank.fill(coarse[0])
-    assert np.array_equal(filled, detail[0])  # the first place found, then on from there: never a jump
+    filled = bank.realise(coarse[0])[:, Q:]
+    assert np.array_equal(filled, detail[0]) or np.array_equal(filled, detail[1])  # one take all through: never a jump
+
+
+def test_a_new_sound_goes_on_along_the_material_where_its_level_0_codes_do():
+    """Where a new sound's level-0 path runs along the material's with other finer codes, the detail is
+    taken in one stretch, with that stretch's finer codes (the step is the material's own latent); level 0
+    stays the new sound's. Chosen step by step among places with all three of its codes, the detail came
+    from a new place almost every step. A kept shape keeps its new finer codes."""
+    coarse, detail, embeds = material(files=4, steps=40)
+    bank = DetailBank(coarse, detail, embeds)
+    new = coarse[1].copy()
+    new[:, 1:] = np.random.default_rng(3).integers(0, K, (40, Q - 1))  # new finer codes on file 1's level-0 path
+    heard = bank.realise(new)
+    assert np.array_equal(heard[:, 0], new[:, 0])
+    taken = (heard[:, 1:Q] == coarse[1][:, 1:]).all(1) & (heard[:, Q:] == detail[1]).all(1)
+    assert taken.mean() >= 0.9, taken.mean()  # file 1 itself, step after step
+    places = bank.places(new)
+    assert (np.diff(places) == 1).mean() >= 0.9
+    step_by_step = bank.places(new, go_on=False)  # places with the step's own codes only
+    assert (np.diff(step_by_step) == 1).mean() < 0.5
+    shaped = bank.realise(new, new_fine_codes=True)
+    assert np.array_equal(shaped[:, :Q], new)
+    # a codec without detail levels: the finer coarse codes alone go on along the material
+    plain = DetailBank(coarse, [np.zeros((len(c), 0), np.int64) for c in coarse], embeds)
+    assert np.array_equal(plain.realise(new), heard[:, :Q])
+    assert np.array_equal(plain.realise(new, new_fine_codes=True), new)
 
 
 def test_a_place_whose_detail_outweighs_its_coarse_codes_is_never_copied():
@@ -149,7 +176,7 @@ def test_a_place_whose_detail_outweighs_its_coarse_codes_is_never_copied():
     bank = DetailBank(coarse, detail, embeds, detail_embeds=detail_embeds)
     assert not bank.usable[10] and bank.usable.sum() == len(bank.usable) - 1
     assert 10 not in bank.candidates(coarse[0][10])  # its exact coarse codes find other places instead
-    assert all(tuple(r) != tuple(detail[0][10]) for r in bank.fill(new))
+    assert all(tuple(r) != tuple(detail[0][10]) for r in bank.realise(new)[:, Q:])
     assert DetailBank(coarse, detail, embeds).usable.all()  # without the detail codebooks nothing is left out
 
 
@@ -211,9 +238,12 @@ def test_continuing_an_upload_keeps_its_own_detail_before_the_point(run_dir, tmp
     saved = save_variations(run, src, settings, out)
     codes, detail = load_sample_codes(saved[0], detail=True)
     at = round(0.5 * run.audio_config.frames_per_second / run.vqvae_config.downsample)
-    assert np.array_equal(codes, out[0]) and np.array_equal(detail[:at], src.detail[:at])
+    # the codes it was heard with: the input's before the point, the prior's level 0 after it
+    assert np.array_equal(codes[:at], src.codes[:at]) and np.array_equal(codes[:, 0], out[0][:, 0])
+    assert np.array_equal(np.concatenate([codes, detail], 1), run.with_detail(out[0], src.detail[:at]))
+    assert np.array_equal(detail[:at], src.detail[:at])
     again = from_sample(run, saved[0]["id"])  # "vary this": the result comes back with the detail it was heard with
-    assert np.array_equal(again.detail, detail)
+    assert np.array_equal(again.codes, codes) and np.array_equal(again.detail, detail)
     assert from_training_file(run, next(iter(load_codes(run_dir)))).detail is not None
 
 
@@ -229,9 +259,9 @@ def test_a_samples_damaged_detail_is_not_trusted(run_dir):
         path = Path(saved["path"]).with_suffix("").with_suffix(".codes.safetensors")
         save_tensors(path, {"codes": torch.as_tensor(codes, dtype=torch.int16),
                             "detail": torch.as_tensor(bad, dtype=torch.int16)})
-        src = from_sample(run, saved["id"])
-        assert src.detail is None and np.array_equal(src.codes, codes)  # it takes its detail from the material
-        assert run.with_detail(src.codes).shape == (len(codes), Q + D)
+        src = from_sample(run, saved["id"])  # it is heard with detail from the material, as a generated sound is
+        heard = run.with_detail(codes)
+        assert np.array_equal(src.codes, heard[:, :Q]) and np.array_equal(src.detail, heard[:, Q:])
 
 
 def test_encode_and_decode_on_the_command_line_keep_every_level(run_dir, tmp_path):
@@ -290,9 +320,9 @@ def test_runs_without_detail_levels_load_and_decode_as_before(tmp_path):
     from test_saved_runs import saved_copy
 
     run = load_run(saved_copy(tmp_path, "finished"))
-    assert run.vqvae_config.detail_levels == 0 and run.detail_bank() is None
+    assert run.vqvae_config.detail_levels == 0 and run.detail_bank().detail_levels == 0
     codes = next(iter(load_codes(run.run_dir).values()))
-    assert np.array_equal(run.with_detail(codes), codes)
+    assert np.array_equal(run.with_detail(codes), codes)  # a file's own codes are heard as they are
     assert load_detail(run.run_dir) == {}
     assert json.loads(json.dumps(read_manifest(run.run_dir)["vqvae_config"])).get("detail_levels", 0) == 0
     assert math.isfinite(float(np.abs(reconstruct_file(run.run_dir, next(iter(load_codes(run.run_dir)))).wave).max()))

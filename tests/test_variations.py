@@ -180,8 +180,10 @@ def test_continue_from_here_keeps_everything_before_the_point(run):
     wave, sr = sf.read(saved[0]["path"])
     assert sr == SR and np.abs(wave).max() > 0.1
     # a saved result is an input in its turn ("vary this")
-    again = from_sample(run, saved[0]["id"])
-    assert np.array_equal(again.codes, out[0])
+    again = from_sample(run, saved[0]["id"])  # with the codes it is heard with: its own before the point,
+    heard = run.with_detail(out[0], src.detail[:at])  # the new part's finer codes going on along the material
+    assert np.array_equal(again.codes, heard) and np.array_equal(again.codes, saved[0]["codes"])
+    assert np.array_equal(again.codes[:at], src.codes[:at]) and np.array_equal(again.codes[:, 0], out[0][:, 0])
     assert vary_codes(run, again.codes, VariationSettings(mode="shape", keep_levels=1))[0].shape == out[0].shape
 
 
@@ -190,8 +192,8 @@ def test_cli_vary_keep_writes_and_keeps_the_same_sound_decoding_each_once(run, t
     from distill.cli import main
 
     decoded = []
-    real = generate.codes_to_audio
-    monkeypatch.setattr(generate, "codes_to_audio", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
+    real = generate.decode_codes
+    monkeypatch.setattr(generate, "decode_codes", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
     before = {p.name for p in (run.run_dir / "samples").glob("*.wav")} if (run.run_dir / "samples").is_dir() else set()
     out = tmp_path / "out"
     assert main(["vary", str(run.run_dir), "--file", "a/clip_01.wav", "--count", "2", "--seed", "3",
