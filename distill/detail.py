@@ -42,6 +42,10 @@ class DetailSettings:
     # the same sound)
     stay: float = 0.5
     beam: int = 32  # places kept per step in the search (the cheapest paths so far)
+    # the most steps a stretch of the material goes on for with finer codes other than the sound's own
+    # (~1 s; 0: no limit): past it the detail stage would be replaying a file rather than recombining
+    # the material (steps with the sound's own codes do not count: that is the sequence model's doing)
+    longest: int = 24
 
 
 class DetailBank:
@@ -162,8 +166,9 @@ class DetailBank:
         t_len, beam, jump = len(coarse), self.settings.beam, self.settings.stay
         offsets = np.arange(-self.settings.window, self.settings.window + 1)
         gen = self._latent(coarse)
+        cap = self.settings.longest or t_len + 1
         states, backs = [], []  # per step: its places (sorted), and each one's best previous state
-        prev = prev_cost = None
+        prev = prev_cost = prev_run = None
         for t in range(t0, t_len):
             cand = np.unique(self.candidates(coarse[t]))  # in place order, for the search below
             if go_on and prev is not None:  # on from any kept place, where its next one has this level-0 code
@@ -171,20 +176,29 @@ class DetailBank:
                 nxt = nxt[self.usable[nxt] & (self.coarse[nxt, 0] == coarse[t, 0])]
                 cand = np.union1d(cand, nxt)
             cost = self._costs(cand, gen[np.clip(t + offsets, 0, t_len - 1)])
+            other = (self.coarse[cand, 1:] != coarse[t, 1:]).any(1).astype(np.int64)  # finer codes not the step's
             if prev is None:
-                back = np.full(len(cand), -1)
+                back, run = np.full(len(cand), -1), other
             else:
-                best = int(prev_cost.argmin())
                 i = np.minimum(np.searchsorted(prev, cand - 1), len(prev) - 1)
-                on = np.where(prev[i] == cand - 1, prev_cost[i], np.inf)  # going on costs nothing more
-                back = np.where(on <= prev_cost[best] + jump, i, best)
-                cost = cost + np.minimum(on, prev_cost[best] + jump)
+                after = prev[i] == cand - 1  # the place after a kept one
+                on = np.where(after & (prev_run[i] + other <= cap), prev_cost[i], np.inf)  # going on costs nothing more
+                # a jump comes from the cheapest state, or the next cheapest where that one would go on past the cap
+                order = np.argsort(prev_cost, kind="stable")[:2]
+                src = np.full(len(cand), order[0])
+                capped = (prev[order[0]] == cand - 1) & (prev_run[order[0]] + other > cap)
+                src[capped] = order[1] if len(order) > 1 else -1
+                jumped = np.where(src >= 0, prev_cost[np.maximum(src, 0)] + jump, np.inf)
+                back = np.where(on <= jumped, i, src)
+                cost = cost + np.minimum(on, jumped)
+                b = np.maximum(back, 0)
+                run = np.where((back >= 0) & (prev[b] == cand - 1), prev_run[b] + other, other)
             if len(cand) > beam:  # the cheapest paths only, kept in place order
                 keep = np.sort(np.argpartition(cost, beam)[:beam])
-                cand, cost, back = cand[keep], cost[keep], back[keep]
+                cand, cost, back, run = cand[keep], cost[keep], back[keep], run[keep]
             states.append(cand)
             backs.append(back)
-            prev, prev_cost = cand, cost
+            prev, prev_cost, prev_run = cand, cost, run
         path = np.zeros(len(states), np.int64)
         i = int(prev_cost.argmin())
         for j in range(len(states) - 1, -1, -1):

@@ -135,9 +135,18 @@ def test_codes_the_material_never_used_still_get_detail_the_same_way_each_time()
 def test_going_on_from_the_last_place_is_preferred_within_the_stay_margin():
     coarse, detail, embeds = material(files=2, steps=40)
     coarse[1] = coarse[0].copy()  # the same coarse sound twice, with different detail
-    bank = DetailBank(coarse, detail, embeds, DetailSettings(stay=0.5))
+    bank = DetailBank(coarse, detail, embeds, DetailSettings(stay=0.5, longest=0))
     filled = bank.realise(coarse[0])[:, Q:]
     assert np.array_equal(filled, detail[0]) or np.array_equal(filled, detail[1])  # one take all through: never a jump
+    # with finer codes of its own, a sound goes on along a take for `longest` steps at most (then the
+    # other take goes on, and so on); its own codes are never cut short
+    capped = DetailBank(coarse, detail, embeds, DetailSettings(stay=0.5, longest=10))
+    assert np.array_equal(np.diff(capped.places(coarse[0])), np.ones(39))
+    new = coarse[0].copy()
+    new[:, 1:] = (new[:, 1:] + 1) % K
+    places = capped.places(new)
+    runs = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(places) != 1) + 1, [len(places)]]))
+    assert runs.max() == 10 and len(runs) >= 4
 
 
 def test_a_new_sound_goes_on_along_the_material_where_its_level_0_codes_do():
@@ -146,7 +155,7 @@ def test_a_new_sound_goes_on_along_the_material_where_its_level_0_codes_do():
     stays the new sound's. Chosen step by step among places with all three of its codes, the detail came
     from a new place almost every step. A kept shape keeps its new finer codes."""
     coarse, detail, embeds = material(files=4, steps=40)
-    bank = DetailBank(coarse, detail, embeds)
+    bank = DetailBank(coarse, detail, embeds, DetailSettings(longest=0))  # (stretches as long as they go)
     new = coarse[1].copy()
     new[:, 1:] = np.random.default_rng(3).integers(0, K, (40, Q - 1))  # new finer codes on file 1's level-0 path
     heard = bank.realise(new)
@@ -160,7 +169,7 @@ def test_a_new_sound_goes_on_along_the_material_where_its_level_0_codes_do():
     shaped = bank.realise(new, new_fine_codes=True)
     assert np.array_equal(shaped[:, :Q], new)
     # a codec without detail levels: the finer coarse codes alone go on along the material
-    plain = DetailBank(coarse, [np.zeros((len(c), 0), np.int64) for c in coarse], embeds)
+    plain = DetailBank(coarse, [np.zeros((len(c), 0), np.int64) for c in coarse], embeds, DetailSettings(longest=0))
     assert np.array_equal(plain.realise(new), heard[:, :Q])
     assert np.array_equal(plain.realise(new, new_fine_codes=True), new)
 
