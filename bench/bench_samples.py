@@ -88,15 +88,20 @@ def frame_features(waves, cfg) -> np.ndarray:
     return np.concatenate([mel[:, 4:], delta]).T
 
 
-def spectral_detail(waves, cfg) -> float:
-    """How sharp a set's spectra are: the mean difference (nats) between neighbouring mel bands, over
-    frames within 40 dB of the set's loudest. Partials standing out of their neighbours score high, a
-    spectrum smeared into a blur low; compare a set with real audio of the same size."""
+def loud_frames(waves, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """A set's log-mel [bands, frames] and which frames lie within 40 dB of its loudest."""
     from distill.sample_score import log_mel_frames
 
     mel = log_mel_frames(np.concatenate(waves), cfg)
     level = mel.max(0)
-    loud = level > level.max() - 40 / 4.343  # 40 dB in nats of power
+    return mel, level > level.max() - 40 / 4.343  # 40 dB in nats of power
+
+
+def spectral_detail(waves, cfg) -> float:
+    """How sharp a set's spectra are: the mean difference (nats) between neighbouring mel bands, over
+    frames within 40 dB of the set's loudest. Partials standing out of their neighbours score high, a
+    spectrum smeared into a blur low; compare a set with real audio of the same size."""
+    mel, loud = loud_frames(waves, cfg)
     return float(np.abs(np.diff(mel[:, loud], axis=0)).mean()) if loud.any() else 0.0
 
 
@@ -104,11 +109,7 @@ def flicker(waves, cfg) -> float:
     """How much a set's spectra change from one frame to the next: the mean difference (nats) between
     neighbouring frames, over pairs of frames within 40 dB of the set's loudest. Detail that jumps from
     place to place of the material scores high against real audio and real codes."""
-    from distill.sample_score import log_mel_frames
-
-    mel = log_mel_frames(np.concatenate(waves), cfg)
-    level = mel.max(0)
-    loud = level > level.max() - 40 / 4.343
+    mel, loud = loud_frames(waves, cfg)
     pairs = loud[1:] & loud[:-1]
     return float(np.abs(np.diff(mel, axis=1))[:, pairs].mean()) if pairs.any() else 0.0
 
@@ -154,7 +155,7 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
     from distill.analysis import longest_common_run, nll_bits, unigram_bits
     from distill.audio.io import decode_file
     from distill.codes import extract_code_sequences
-    from distill.generate import codes_to_audio, generate_codes, load_run
+    from distill.generate import codes_to_audio, decode_codes, generate_codes, load_run
     from distill.runs import load_codes, read_manifest, run_configs
     from distill.sample_score import (FeatureSpace, held_share, order_free_codes, sample_score, set_features,
                                       verbatim_share)
@@ -181,13 +182,15 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
                 for g in range(2)]
     gen_codes = gen_sets[0] + gen_sets[1]
     gen_s = time.perf_counter() - t1
+    # the codes each generated clip is heard with (detail, and stretches of the material's finer codes)
+    heard_sets = [[run.with_detail(c) for c in codes] for codes in gen_sets]
     if args.no_detail:  # every set decoded from the sequence model's levels alone
-        from distill.generate import decode_codes
-
         decode = lambda codes: decode_codes(run.vqvae, audio, codes)[:samples_per_chunk]  # noqa: E731
+        sets = {f"generated {g}": [decode(c) for c in codes] for g, codes in enumerate(gen_sets)}
     else:
         decode = lambda codes: codes_to_audio(run, codes)[:samples_per_chunk]  # noqa: E731
-    sets = {f"generated {g}": [decode(c) for c in codes] for g, codes in enumerate(gen_sets)}
+        sets = {f"generated {g}": [decode_codes(run.vqvae, audio, h)[:samples_per_chunk] for h in heard]
+                for g, heard in enumerate(heard_sets)}
     train_waves = [decode_file(Path(e.abs_path), audio).wave for e in train_entries]
     held_waves = [decode_file(Path(e.abs_path), audio).wave for e in held_entries]
     # The references depend only on the run and the set size: kept beside the run, so trying other
@@ -246,13 +249,16 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
         out[f"{metric}.margin"] = (free - real) / max(real_sd, 1e-9)
     min_steps = math.ceil(0.5 * steps_per_s)
     out["verbatim_share"] = float(np.mean([verbatim_share(c, train_codes, min_steps) for c in gen_codes]))
-    # the codes heard: where a step goes on along the material, its finer codes are the material's too
-    heard = [run.with_detail(c)[:, : vq.num_quantizers] for c in gen_codes]
-    out["heard_verbatim_share"] = float(np.mean([verbatim_share(c, train_codes, min_steps) for c in heard]))
-    out["heard_longest_verbatim_s"] = float(max(longest_common_run(c.reshape(-1), [t.reshape(-1) for t in train_codes])
-                                                for c in heard) / vq.num_quantizers / steps_per_s)
     q = vq.num_quantizers
-    longest = [longest_common_run(c.reshape(-1), [t.reshape(-1) for t in train_codes]) / q for c in gen_codes]
+    # the codes heard: where a step goes on along the material, its finer codes are the material's too
+    heard = [h[:, :q] for hs in heard_sets for h in hs]
+    out["heard_verbatim_share"] = float(np.mean([verbatim_share(c, train_codes, min_steps) for c in heard]))
+
+    def longest_steps(codes) -> float:  # the longest run of steps found verbatim in one training file
+        return longest_common_run(codes.reshape(-1), [t.reshape(-1) for t in train_codes]) / q
+
+    out["heard_longest_verbatim_s"] = float(max(longest_steps(c) for c in heard) / steps_per_s)
+    longest = [longest_steps(c) for c in gen_codes]
     out["longest_verbatim_s"] = float(max(longest) / steps_per_s)
     out["longest_verbatim_fraction"] = float(max(longest) / steps)
     # frozen sound: time in holds of one coarse code for 2 s or more, generated and in the training codes

@@ -149,7 +149,7 @@ class DetailBank:
         if known is not None and len(known):
             t0 = min(len(known), t_len)
             out[:t0, q:] = np.asarray(known)[:t0]
-        if t0 < t_len:
+        if t0 < t_len and (self.detail_levels or not new_fine_codes):  # (else nothing would change)
             places = self.places(coarse, t0, go_on=not new_fine_codes)
             out[t0:, q:] = self.detail[places]
             if not new_fine_codes:

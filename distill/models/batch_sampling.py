@@ -155,7 +155,7 @@ def _sample(model, n_tokens, gens, temperature, top_k, top_p, prompt, forced, cl
         if trace:
             logits_out[n - p_len], starts_out[n - p_len] = logits[0], w0[0]
         want = forced[:, n - p_len] if forced is not None else None
-        tok = pick_rows(logits, recalls, draws or gens, greedy, temperature, top_k, top_p, want)
+        tok = pick_rows(logits, recalls, gens if draws is None else draws, greedy, temperature, top_k, top_p, want)
         if recalls is not None:
             for r in range(b):
                 recalls[r].push(int(tok[r]))
@@ -195,8 +195,7 @@ class RowDraws:
         # rows sharing a generator (or torch's global one) draw in turn: their order is the sampler's
         if any(g is None for g in gens) or len({id(g) for g in gens}) < len(gens):
             return None
-        counts = [n_tokens - (0 if forced is None else int((row >= 0).sum())) for row in
-                  (forced if forced is not None else [None] * len(gens))]
+        counts = [n_tokens] * len(gens) if forced is None else [n_tokens - int((row >= 0).sum()) for row in forced]
         values = np.zeros((len(gens), max(counts)), np.float64)
         for r, (g, c) in enumerate(zip(gens, counts)):
             values[r, :c] = torch.rand(c, generator=g, dtype=dtype).numpy()
