@@ -34,15 +34,30 @@ def some_mels(lengths=(5, 40, 41, 44, 100, 3, 40)) -> list[torch.Tensor]:
 def test_extraction_shapes_order_and_determinism():
     model = tiny_model()
     mels = some_mels()
-    a = extract_code_sequences(model, mels, batch_frames=100)
-    b = extract_code_sequences(model, mels, batch_frames=100_000)
+    a = extract_code_sequences(model, mels)
+    b = extract_code_sequences(model, mels, batch_frames=100_000)  # same-length files batched, for speed
     assert [tuple(c.shape) for c in a] == [(math.ceil(m.shape[-1] / 4), 3) for m in mels]
     assert all(c.dtype == torch.long and c.device.type == "cpu" for c in a)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))  # batching changes nothing
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # the same padding either way (this model has no near-ties)
     assert model.training  # mode restored
     model.eval()
     for m, c in zip(mels, a):  # same as encoding each file alone
         assert torch.equal(model.encode(m[None])[0], c)
+
+
+def test_each_file_is_encoded_on_its_own_by_default(monkeypatch):
+    """A batch's arithmetic differs in the last bits, which flips near-ties deep in the residual levels:
+    a training file's saved codes must be the codes it gets when encoded alone (an upload of it, `encode`)."""
+    model = tiny_model()
+    mels = some_mels((40, 40, 40, 41, 44))  # padded to 40, 40, 40, 44, 44: batching joins 3 and 2
+    calls = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda mel, **kw: calls.append(mel.shape[0]) or encode(mel, **kw))
+    extract_code_sequences(model, mels)
+    assert calls == [1] * len(mels)
+    calls.clear()
+    extract_code_sequences(model, mels, batch_frames=100_000)
+    assert sorted(calls) == [2, 3]
 
 
 def test_extraction_accepts_a_dataset():

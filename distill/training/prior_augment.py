@@ -53,9 +53,10 @@ def augmented_codes(vq_model, train_mels: list[torch.Tensor], frames_per_second:
                     seed: int, copies: int = -1) -> list[torch.Tensor]:
     """The codes of varied copies of the training files, for the prior only ([] when the collection
     is large enough). copies: as `copies_for`'s `requested`."""
-    from distill.codes import extract_code_sequences
+    from distill.codes import BATCH_FRAMES, extract_code_sequences
 
     copies = copies_for(sum(int(m.shape[-1]) for m in train_mels) / frames_per_second, copies)
     if copies <= 0 or not train_mels:
         return []
-    return extract_code_sequences(vq_model, varied_mels(train_mels, copies, floor, seed))
+    # batched: these codes are compared with nothing, so only speed matters
+    return extract_code_sequences(vq_model, varied_mels(train_mels, copies, floor, seed), batch_frames=BATCH_FRAMES)
