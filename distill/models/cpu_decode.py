@@ -160,12 +160,11 @@ class CpuStepper:
         return float(xc[b] @ self.end[0]) * float(r[b]) + self.end[1]
 
 
-def _erf(z: np.ndarray) -> np.ndarray:
-    # scipy's erf: ~6 % faster a whole one-row generation than torch.erf (tier 1: 957 -> 897 ms for
-    # 4 x 10 s; tier 2: 727 -> 686 ms for 10 s), the batched one unchanged, though torch.erf alone is
-    # faster on a [4, 512] array (2 against 14 us): between NumPy calls each torch call costs far more
-    # than in a loop of its own. Within 1 ulp of torch.erf.
-    return _special_erf(z)
+# GELU's erf: scipy's makes a whole one-row generation ~6 % faster than torch.erf (tier 1: 957 -> 897 ms
+# for 4 x 10 s; tier 2: 727 -> 686 ms for 10 s), the batched one unchanged, though torch.erf alone is
+# faster on a [4, 512] array (2 against 14 us): between NumPy calls each torch call costs far more than
+# in a loop of its own. Within 1 ulp of torch.erf.
+_erf = _special_erf
 
 
 # Folded weights per model, reused while its parameters are unchanged (each parameter's storage and
