@@ -161,11 +161,13 @@ def measure_seed(entries, args, seed: int, api) -> dict:
             mel_to_audio(model.decode(c[None], frames=m.shape[-1])[0], audio)
         decode_cpu = (time.process_time() - cpu0) / secs
 
+    levels = cfg.num_quantizers + cfg.detail_levels  # the codec's residual levels (then the spectral detail)
     row = {"seed": seed, "train_files": len(train_entries), "held_files": len(held_entries),
            "held_seconds": round(sum(e.seconds for e in held.used), 1), "steps": steps, "stop": stop,
            "train_s": round(train_s, 1), "budget_s": cfg.time_budget_s, "ratio": round(ratio, 4),
-           "coarse_ratio": round(coarse_ratio, 4), "sample_rate": audio.sample_rate, "utilisation": use, "extraction_x": round(extraction_x), "decode_cpu_per_s": round(decode_cpu, 4),
-           "config": {k: getattr(cfg, k) for k in ("num_quantizers", "detail_levels", "codebook_size", "codebook_dim",
+           "coarse_ratio": round(coarse_ratio, 4), "sample_rate": audio.sample_rate, "utilisation": use, "levels": levels, "extraction_x": round(extraction_x), "decode_cpu_per_s": round(decode_cpu, 4),
+           "config": {k: getattr(cfg, k) for k in ("num_quantizers", "detail_levels", "spectral_levels", "spectral_bands",
+                                                   "codebook_size", "codebook_dim",
                                                    "downsample", "hidden_channels", "num_res_blocks", "window_frames",
                                                    "batch_size")}}
     if api is not None:
@@ -174,8 +176,10 @@ def measure_seed(entries, args, seed: int, api) -> dict:
                    visqol_gap=round(statistics.mean(v - c for c, v in zip(codec, vocoder)), 3) if codec else None)
     print(f"seed {seed}: {row['train_files']} training / {row['held_files']} held-out files ({row['held_seconds']} s); "
           f"{steps} steps in {train_s:.0f} s ({stop}); {audio.sample_rate} Hz, {cfg.num_quantizers} + {cfg.detail_levels} "
-          f"levels; held-out L1 ratio {ratio:.3f} (the sequence model's levels alone {coarse_ratio:.3f}); "
-          f"lowest code use {min(use):.2f}; "
+          f"levels" + (f" + spectral detail {cfg.spectral_levels} x {cfg.spectral_bands}" if cfg.spectral_levels else "") + ";"
+          f" held-out L1 ratio {ratio:.3f} (the sequence model's levels alone {coarse_ratio:.3f}); "
+          f"lowest code use {min(use[:levels]):.2f}"
+          + (f" (spectral detail {min(use[levels:]):.2f})" if len(use) > levels else "") + "; "
           f"extraction {extraction_x:.0f}x; decode+GL {decode_cpu:.4f} CPU s/s"
           + (f"; ViSQOL codec {np.mean(row['visqol_codec']):.2f} vs Griffin-Lim of the real mel "
              f"{np.mean(row['visqol_vocoder']):.2f} on {len(row['visqol_codec'])} files (gap {row['visqol_gap']})"
@@ -221,7 +225,8 @@ def main() -> None:
     rows = [measure_seed(entries, args, s, api) for s in args.seeds]
     summary = {"ratio": spread([r["ratio"] for r in rows]),
                "coarse_ratio": spread([r["coarse_ratio"] for r in rows]),
-               "utilisation_min": spread([min(r["utilisation"]) for r in rows]),
+               "utilisation_min": spread([min(r["utilisation"][: r["levels"]]) for r in rows]),
+               "spectral_utilisation_min": spread([min(r["utilisation"][r["levels"]:], default=None) for r in rows]),
                "visqol_codec": spread([float(np.mean(r["visqol_codec"])) for r in rows if r.get("visqol_codec")]),
                "visqol_vocoder": spread([float(np.mean(r["visqol_vocoder"])) for r in rows if r.get("visqol_vocoder")]),
                "visqol_gap": spread([r.get("visqol_gap") for r in rows]),

@@ -175,8 +175,8 @@ def bench_generate_audio(seconds: float, runs: int, sample_rate: int = 24_000) -
         rng = np.random.default_rng(0)
         names = [f"f{i}.wav" for i in range(60)]
         save_codes(d, names, [rng.integers(0, vq.codebook_size, size=(steps, vq.num_quantizers)) for _ in range(60)])
-        if vq.detail_levels:  # material worked on at 48 kHz
-            save_detail(d, names, [rng.integers(0, vq.codebook_size, size=(steps, vq.detail_levels)) for _ in range(60)])
+        if vq.detail_width:  # material worked on at 48 kHz
+            save_detail(d, names, [rng.integers(0, vq.codebook_size, size=(steps, vq.detail_width)) for _ in range(60)])
         cache = RunCache()
         generate_audio(d, 1.0, cache=cache)  # loading the models is not generation
         run = cache.get(d)

@@ -184,6 +184,8 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
     gen_s = time.perf_counter() - t1
     # the codes each generated clip is heard with (detail, and stretches of the material's finer codes)
     heard_sets = [[run.with_detail(c) for c in codes] for codes in gen_sets]
+    if args.no_spectral:  # the generated sets without the spectral detail (the references keep theirs)
+        heard_sets = [[h[:, : run.vqvae.coarse_levels + run.vqvae.detail_levels] for h in heard] for heard in heard_sets]
     if args.no_detail:  # every set decoded from the sequence model's levels alone
         decode = lambda codes: decode_codes(run.vqvae, audio, codes)[:samples_per_chunk]  # noqa: E731
         sets = {f"generated {g}": [decode(c) for c in codes] for g, codes in enumerate(gen_sets)}
@@ -272,8 +274,9 @@ def measure_seed(entries, args, seed: int, sampling: dict) -> dict:
     out["prior_steps"], out["prior_stop"] = prior_results.get("steps"), prior_results.get("stop_reason")
     out["prior_size"] = f"{run.prior.num_layers}x{run.prior.hidden_size}"
     if "real audio 0" in sets:
-        sheet(run_dir.parent / f"{tag}{'-nodetail' if args.no_detail else ''}.png", sets, held_waves, audio, tag, out)
-        out["sheet"] = str(run_dir.parent / f"{tag}{'-nodetail' if args.no_detail else ''}.png")
+        variant = ("-nodetail" if args.no_detail else "") + ("-nospectral" if args.no_spectral else "")
+        sheet(run_dir.parent / f"{tag}{variant}.png", sets, held_waves, audio, tag, out)
+        out["sheet"] = str(run_dir.parent / f"{tag}{variant}.png")
     return out
 
 
@@ -346,6 +349,8 @@ def main() -> None:
                     help="a codec setting other than the default (any VQVAEConfig field); names the run folder")
     ap.add_argument("--sample-rate", type=int, default=0, choices=[0, 24000, 48000],
                     help="the rate to work at (0: what `distill train` chooses for the files); names the run folder")
+    ap.add_argument("--no-spectral", action="store_true",
+                    help="decode the generated sets without the spectral detail they take from the material")
     ap.add_argument("--no-detail", action="store_true",
                     help="decode every set from the sequence model's levels alone (no detail from the material)")
     args = ap.parse_args()

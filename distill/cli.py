@@ -254,14 +254,14 @@ def cmd_decode(args) -> int:
     codes = np.load(args.codes, allow_pickle=False)  # never unpickle a user's file
     manifest = read_manifest(args.run_dir)
     audio, vq, _ = run_configs(manifest)
-    widths = sorted({vq.num_quantizers, vq.num_quantizers + vq.detail_levels})
+    widths = sorted({vq.num_quantizers, vq.num_quantizers + vq.detail_width})
     if codes.ndim != 2 or codes.shape[1] not in widths or not codes.size or codes.min() < 0 \
             or codes.max() >= vq.codebook_size:
         raise ValueError(f"codes must be an integer array [T, {' or '.join(map(str, widths))}] with values below "
                          f"{vq.codebook_size} (the sequence model's levels, or all levels as `encode` writes them)")
     vqvae = load_vqvae(args.run_dir)  # a run stopped before the prior can still decode
     full = codes.astype(np.int64)
-    if vq.detail_levels:  # the sequence model's levels alone: heard as a generated sound is
+    if vq.detail_width:  # the sequence model's levels alone: heard as a generated sound is
         full = add_detail(load_detail_bank(Path(args.run_dir), vqvae), vqvae, full)
     wave = decode_codes(vqvae, audio, full)
     sf.write(args.out, wave, audio.sample_rate)

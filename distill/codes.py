@@ -28,7 +28,7 @@ def extract_code_sequences(
     detail: bool = False,
 ) -> list[torch.Tensor]:
     """Codes [ceil(frames / downsample), Q] (CPU, long) for every mel [n_mels, frames], in input order
-    (detail=True: [.., Q + detail_levels], the codec's detail levels too).
+    (detail=True: [.., Q + detail_width], the codec's detail levels and spectral detail too).
 
     Accepts a MelDataset (all its files) or a list of mels. No gradients, eval mode (the model's mode
     is restored afterwards); `device` (default: the model's) runs a copy of the model there.

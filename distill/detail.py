@@ -21,7 +21,9 @@ the step's coarse codes, 83 % of a generated drascula clip's steps took their de
 its spectra jumped from step to step (README). A variation that keeps a sound's shape asks for new
 finer codes, so there nothing goes on to places with other finer codes (`new_fine_codes`). A place
 whose detail carries more than its coarse codes (the codec's coarse levels did not describe it) is
-never copied.
+never copied. The codec's spectral detail (the log-mel its decoder leaves out) is copied only well
+inside those stretches (`spectral_context`), where the decoded sound is the material's own; elsewhere
+its codes are 0 (no change).
 
 Deterministic: the same codes and material give the same detail. Memory stays small for long
 collections: the detail codes as int16, the coarse codes and one sorted key per place, and coarse
@@ -46,13 +48,18 @@ class DetailSettings:
     # (~1 s; 0: no limit): past it the detail stage would be replaying a file rather than recombining
     # the material (steps with the sound's own codes do not count: that is the sequence model's doing)
     longest: int = 24
+    # Spectral detail (the log-mel the codec's decoder leaves out) is the material's only at steps whose
+    # neighbours this many steps each side go on along the material too: the decoder's output at a step
+    # depends on its neighbours, so only there is the decoded sound the one the residual was taken from.
+    spectral_context: int = 2
 
 
 class DetailBank:
     """The material's coarse codes and detail codes, searched by the coarse codes of a new sound."""
 
     def __init__(self, coarse_codes: list, detail_codes: list, level_embeds: list,
-                 settings: DetailSettings = DetailSettings(), detail_embeds: list | None = None):
+                 settings: DetailSettings = DetailSettings(), detail_embeds: list | None = None,
+                 spectral_from: int | None = None):
         """coarse_codes, detail_codes: per training file [T', Q] and [T', D] integer codes (the same
         files, the same lengths); level_embeds: the codec's Q coarse codebooks, each [K, dim];
         detail_embeds: its D detail codebooks (to leave out places whose detail outweighs their coarse
@@ -61,6 +68,8 @@ class DetailBank:
         if not pairs:
             raise ValueError("no material to take detail from")
         self.settings = settings
+        # detail columns from this one on are spectral detail (distill/models/spectral_detail.py)
+        self.spectral_from = spectral_from
         self.embeds = [np.asarray(e, np.float32) for e in level_embeds]
         self.q, self.k = len(self.embeds), len(self.embeds[0])
         self.coarse = np.concatenate([c for c, _ in pairs]).astype(np.int32)  # [N, Q]
@@ -90,7 +99,8 @@ class DetailBank:
                    settings: DetailSettings = DetailSettings()) -> "DetailBank":
         embeds = [lvl.embed.detach().cpu().numpy() for lvl in codec.quantizer.levels]
         q = codec.coarse_levels
-        return cls(coarse_codes, detail_codes, embeds[:q], settings, detail_embeds=embeds[q:])
+        spectral_from = codec.detail_levels if getattr(codec, "spectral", None) is not None else None
+        return cls(coarse_codes, detail_codes, embeds[:q], settings, detail_embeds=embeds[q:], spectral_from=spectral_from)
 
     def _usable_places(self, detail_embeds: list | None) -> np.ndarray:
         """[N] bool: places whose detail may be copied. Where the detail levels carry more than the
@@ -140,7 +150,8 @@ class DetailBank:
         from the material, and, where a step goes on along a stretch of the material with its level-0
         code, that stretch's finer coarse codes too. `known` [T0, D]: the detail of the first T0 steps,
         kept as it is with their codes (a continuation of a sound with its own). new_fine_codes: the
-        finer coarse codes are kept everywhere (a variation made to have new ones)."""
+        finer coarse codes are kept everywhere (a variation made to have new ones). Spectral detail
+        columns (`spectral_from` on) are the place's only well inside a stretch (`_plays_as_material`), else 0."""
         coarse = np.asarray(coarse, np.int64)
         t_len, q = len(coarse), self.q
         out = np.zeros((t_len, q + self.detail_levels), np.int64)
@@ -152,10 +163,27 @@ class DetailBank:
         if t0 < t_len and (self.detail_levels or not new_fine_codes):  # (else nothing would change)
             places = self.places(coarse, t0, go_on=not new_fine_codes)
             out[t0:, q:] = self.detail[places]
+            same = np.zeros(len(places), bool)
             if not new_fine_codes:
                 same = self.coarse[places, 0] == coarse[t0:, 0]
                 out[t0:, 1:q][same] = self.coarse[places[same], 1:]
+            if self.spectral_from is not None:
+                # the material's spectral detail only where the decoded sound is the material's own:
+                # elsewhere it is the residual of another sound
+                out[t0:, q + self.spectral_from :][~self._plays_as_material(places, same)] = 0
         return out
+
+    def _plays_as_material(self, places: np.ndarray, same: np.ndarray) -> np.ndarray:
+        """[n] bool: steps that, with `spectral_context` neighbours on each side, go on along one file
+        of the material, each the place after the previous step's, with that place's coarse codes."""
+        n, w = len(places), self.settings.spectral_context
+        link = np.zeros(n, bool)  # link[t]: step t goes on from step t - 1
+        link[1:] = (places[1:] == places[:-1] + 1) & same[1:] & same[:-1] \
+            & (self.file_of[places[1:]] == self.file_of[places[:-1]])
+        broken = np.concatenate([[0], np.cumsum(~link[1:])])  # broken[t]: broken links among steps 1..t
+        t = np.arange(n)
+        lo, hi = np.clip(t - w, 0, n - 1), np.clip(t + w, 0, n - 1)
+        return same & (broken[hi] == broken[lo])
 
     def places(self, coarse: np.ndarray, t0: int = 0, go_on: bool = True) -> np.ndarray:
         """The material's place each step t0.. of coarse [T, Q] takes: the path of places with the least

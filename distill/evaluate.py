@@ -39,7 +39,8 @@ def evaluate_run(run_dir, data_dir, samples: int = 4, sample_seconds: float = 10
     hist = level_histograms(every, vq.codebook_size)
     levels = codebook_health(hist[: model.coarse_levels])
     if model.detail_levels:
-        levels.append(detail_health(utilisation(hist[model.coarse_levels:]).tolist(), model.coarse_levels))
+        levels.append(detail_health(utilisation(hist[model.coarse_levels : model.coarse_levels + model.detail_levels]).tolist(),
+                                    model.coarse_levels))
     out: dict = {
         "files": len(mels),
         "vqvae.mel_l1": total_err / frames,

@@ -50,7 +50,7 @@ class LoadedRun:
         return self._detail["bank"]
 
     def with_detail(self, codes: np.ndarray, known: np.ndarray | None = None, new_fine_codes: bool = False) -> np.ndarray:
-        """[T', Q] codes -> the codes they are heard with [T', Q + detail_levels] (`DetailBank.realise`:
+        """[T', Q] codes -> the codes they are heard with [T', Q + detail_width] (`DetailBank.realise`:
         detail, and stretches of the material's finer codes, from the material; `known`: the detail of
         the first steps, kept; new_fine_codes: the finer codes kept as they are); codes already with
         detail, or a run without, as they are."""
@@ -77,7 +77,7 @@ def load_detail_bank(run_dir: Path, vqvae):
     codes = load_codes(run_dir)
     if not codes:
         return None
-    if not getattr(vqvae, "detail_levels", 0):
+    if not getattr(vqvae, "detail_width", 0):
         return DetailBank.from_codec(vqvae, list(codes.values()), [np.zeros((len(c), 0), np.int64) for c in codes.values()])
     detail = load_detail(run_dir, codes)
     return DetailBank.from_codec(vqvae, list(codes.values()), list(detail.values())) if detail else None
@@ -85,7 +85,7 @@ def load_detail_bank(run_dir: Path, vqvae):
 
 def add_detail(bank, vqvae, codes: np.ndarray, known: np.ndarray | None = None,
                new_fine_codes: bool = False) -> np.ndarray:
-    """[T', Q] codes -> the codes they are heard with [T', Q + detail_levels], from `bank`
+    """[T', Q] codes -> the codes they are heard with [T', Q + detail_width], from `bank`
     (`DetailBank.realise`); codes that already have their detail, or any codes where `bank` is None,
     as they are."""
     codes = np.asarray(codes)
@@ -167,7 +167,7 @@ def generate_codes(run: LoadedRun, seconds: float, temperature: float = 1.0, top
 
 def codes_to_audio(run: LoadedRun, codes: np.ndarray, normalise: bool = True) -> np.ndarray:
     """Codes of the run's sequence model [T', Q] (heard with detail from the material: `LoadedRun.with_detail`)
-    or with their own detail [T', Q + detail_levels] -> audio."""
+    or with their own detail [T', Q + detail_width] -> audio."""
     return decode_codes(run.vqvae, run_configs(run.manifest)[0], run.with_detail(codes), normalise)
 
 

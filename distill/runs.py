@@ -45,7 +45,7 @@ MAX_METRICS_BYTES = 64 * 1024**2  # a 4-hour run logs a few MB
 # Sanity bounds for settings read from a file: far above anything Distill trains, far below
 # anything that would exhaust memory when the model is built.
 LIMITS = {
-    "codebook_size": (2, 4096), "num_quantizers": (1, 8), "detail_levels": (0, 64), "codebook_dim": (1, 1024), "hidden_channels": (1, 2048),
+    "codebook_size": (2, 4096), "num_quantizers": (1, 8), "detail_levels": (0, 64), "spectral_levels": (0, 32), "spectral_bands": (1, 128), "codebook_dim": (1, 1024), "hidden_channels": (1, 2048),
     "num_res_blocks": (0, 16), "downsample": (1, 16), "hidden_size": (8, 2048), "num_layers": (1, 48),
     "num_heads": (1, 64), "context_steps": (1, 8192), "n_mels": (8, 512), "n_fft": (64, 16384),
     "hop_length": (16, 8192), "sample_rate": (4000, 192_000),
@@ -481,7 +481,7 @@ def load_codes(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def save_detail(run_dir: str | os.PathLike, names: list[str], detail: list) -> None:
-    """detail: per file [T', detail_levels] integer codes (the codec's detail levels), stored as int16."""
+    """detail: per file [T', detail_width] integer codes (the codec's detail levels and spectral detail), stored as int16."""
     import torch
 
     tensors = {f"{i:05d}": torch.as_tensor(np.asarray(d), dtype=torch.int16) for i, d in enumerate(detail)}
@@ -489,18 +489,18 @@ def save_detail(run_dir: str | os.PathLike, names: list[str], detail: list) -> N
 
 
 def load_detail(run_dir: str | os.PathLike, codes: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """{file name: int16 [T', detail_levels]} in training order, or {} for a run without detail levels
+    """{file name: int16 [T', detail_width]} in training order, or {} for a run without detail levels
     (int16 as stored: 45 levels of a long collection are many numbers).
     Validated against the manifest's settings and, entry for entry, against the run's codes (`codes`:
     load_codes' answer, read here when not given): same files, same lengths."""
     manifest = read_manifest(run_dir)
     _, vq, _ = run_configs(manifest)
     path = Path(run_dir) / DETAIL_FILE
-    if not vq.detail_levels or not path.is_file():
+    if not vq.detail_width or not path.is_file():
         return {}
     codes = load_codes(run_dir) if codes is None else codes
     # names, shapes and types are checked from the header, before any data is read
-    expected = {f"{i:05d}": ((len(c), vq.detail_levels), "I16") for i, c in enumerate(codes.values())}
+    expected = {f"{i:05d}": ((len(c), vq.detail_width), "I16") for i, c in enumerate(codes.values())}
     tensors = load_tensors(path, expected=expected)
     out: dict[str, np.ndarray] = {}
     for name, key in zip(codes, expected):

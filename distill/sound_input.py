@@ -23,7 +23,7 @@ class InputSound:
     name: str  # how the page names it
     codes: np.ndarray  # [T', Q] int64
     note: str = ""  # what happened on the way in (e.g. cut to its first 30 s)
-    # [T', detail_levels] int64: the detail the sound is heard with (width 0 where the codec has no
+    # [T', detail_width] int64: the detail the sound is heard with (width 0 where the codec has no
     # detail levels: then `codes` are heard as they are). None: not known, so the sound is heard as a
     # generated sound is (`LoadedRun.with_detail`)
     detail: np.ndarray | None = None
@@ -39,7 +39,7 @@ def from_training_file(run, name: str) -> InputSound:
     if name not in codes:
         raise InputError(f"'{str(name)[:200]}' is not one of this run's training files.")
     detail = load_detail(run.run_dir, codes).get(name)
-    if detail is None and not run.vqvae_config.detail_levels:
+    if detail is None and not run.vqvae_config.detail_width:
         detail = np.zeros((len(codes[name]), 0), np.int64)  # the file's codes are all it has
     return InputSound("file", name, name, np.asarray(codes[name], dtype=np.int64),
                       detail=None if detail is None else detail.astype(np.int64))
@@ -55,7 +55,7 @@ def from_sample(run, sample_id: str) -> InputSound:
             if codes is None or codes.ndim != 2 or codes.shape[1] != vq.num_quantizers or not len(codes) \
                     or codes.min() < 0 or codes.max() >= vq.codebook_size:
                 raise InputError(f"The codes of sample '{sample_id}' are missing or damaged.")
-            if detail is not None and (detail.shape != (len(codes), vq.detail_levels) or (
+            if detail is not None and (detail.shape != (len(codes), vq.detail_width) or (
                     detail.size and (detail.min() < 0 or detail.max() >= vq.codebook_size))):
                 detail = None  # not this codec's: the sound takes its detail from the material instead
             if detail is None:  # the sequence model's codes (a generated sound): heard as they were, the same every time

@@ -282,7 +282,7 @@ def extract_and_save_codes(run_dir: Path, model, dataset) -> tuple[list, list | 
     every = extract_code_sequences(model, dataset, detail=True)
     q = model.coarse_levels
     codes = [c[:, :q].contiguous() for c in every]
-    detail = [c[:, q:].contiguous() for c in every] if model.detail_levels else None
+    detail = [c[:, q:].contiguous() for c in every] if model.detail_width else None
     detail_path = run_dir / DETAIL_FILE
     if detail is not None:
         save_detail(run_dir, dataset.names, detail)

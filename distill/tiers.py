@@ -110,6 +110,8 @@ def describe_tier(
         f"Codebook of {vq.codebook_size} codes per level, {vq.num_quantizers} residual levels"
         + (f" that the sequence model learns, and {vq.detail_levels} detail levels that keep the fine texture of "
            "your own sounds (a new sound takes its texture from your material)" if vq.detail_levels else "")
+        + (f", with {vq.spectral_levels} levels of spectral detail for what the codec would otherwise smooth over"
+           if vq.spectral_levels else "")
         + f"; sequence model of {prior.num_layers} layers × {prior.hidden_size} wide, dropout {prior.dropout}. "
         "Before it trains, a one-second speed test may make it smaller to fit the time budget on this machine; "
         "the Training tab then says what changed.",

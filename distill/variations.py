@@ -144,7 +144,7 @@ def retrieval_for(run, follow: float, whole_sounds: bool = False):
 
 
 def with_detail(run, source, settings: VariationSettings, codes: np.ndarray) -> np.ndarray:
-    """A variation's codes [T', Q] -> the codes it is heard with [T', Q + detail_levels]: what is kept
+    """A variation's codes [T', Q] -> the codes it is heard with [T', Q + detail_width]: what is kept
     of the input before a continuation keeps the input's own detail; everything new takes its detail
     from the material (a kept shape has new finer codes, which the input's detail would not fit, and
     which it keeps: `new_fine_codes`)."""

@@ -174,6 +174,36 @@ def test_a_new_sound_goes_on_along_the_material_where_its_level_0_codes_do():
     assert np.array_equal(plain.realise(new, new_fine_codes=True), new)
 
 
+def test_spectral_detail_is_the_materials_only_where_a_step_plays_as_the_material_did():
+    """Columns from `spectral_from` on are spectral detail: the material's residual of its own decoded
+    sound. A step that goes on along the material (its coarse codes and detail the place's own) takes it;
+    any other step gets code 0 (no change), and a kept shape, with new finer codes, gets none."""
+    coarse, detail, embeds = material(files=4, steps=40)
+    for c in coarse:
+        c[:, 0] %= 8  # level-0 codes 8..15 never occur in the material
+    spectral = [np.random.default_rng(i).integers(1, K, (len(c), 6)) for i, c in enumerate(coarse)]
+    both = [np.concatenate([d, s], 1) for d, s in zip(detail, spectral)]
+    bank = DetailBank(coarse, both, embeds, DetailSettings(longest=0), spectral_from=D)
+    assert np.array_equal(bank.realise(coarse[2]), np.concatenate([coarse[2], both[2]], 1))  # a file's own path
+    new = coarse[1].copy()
+    new[:, 1:] = np.random.default_rng(3).integers(0, K, (40, Q - 1))
+    new[20:, 0] += 8  # from step 20 on, level-0 codes the material never has: nothing goes on there
+    heard = bank.realise(new)
+    places = bank.places(new)
+    along = bank.coarse[places, 0] == new[:, 0]
+    assert along[:20].mean() >= 0.9 and not along[20:].any()
+    # inside: the step and two steps each side go on along one file with the places' coarse codes
+    inside = np.array([all(along[u] and (u == lo or places[u] == places[u - 1] + 1) for u in range(lo, hi + 1))
+                       for lo, hi in ((max(0, t - 2), min(39, t + 2)) for t in range(40))])
+    assert inside[:16].sum() >= 10 and not inside[18:].any()
+    assert np.array_equal(heard[inside, Q + D :], bank.detail[places[inside], D:])  # the place's own
+    assert (heard[~inside, Q + D :] == 0).all()  # elsewhere no change
+    assert np.array_equal(heard[:, Q : Q + D], bank.detail[places, :D])  # the detail levels come from the places as before
+    shaped = bank.realise(new, new_fine_codes=True)
+    assert (shaped[:, Q + D :] == 0).all() and np.array_equal(shaped[:, :Q], new)
+    assert np.array_equal(bank.realise(new, known=heard[:5, Q:])[:5, Q:], heard[:5, Q:])  # known detail is kept whole
+
+
 def test_a_place_whose_detail_outweighs_its_coarse_codes_is_never_copied():
     coarse, detail, embeds = material(files=2, steps=30)
     detail_embeds = [np.full((K, 8), 0.01, np.float32) for _ in range(D)]

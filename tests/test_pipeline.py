@@ -73,8 +73,9 @@ def test_generate_cli_and_determinism(trained):
     wave, sr = sf.read(root / "g.wav")
     assert sr == 48_000 and abs(len(wave) - 2 * sr) <= 512 and np.isfinite(wave).all() and np.abs(wave).max() > 0.01
     heard = np.load(root / "g.npy")  # every level the sound is heard with
-    detail_levels = read_manifest(run)["vqvae_config"]["detail_levels"]
-    assert heard.shape[1] == 3 + detail_levels and heard.max() < 64
+    vq = read_manifest(run)["vqvae_config"]
+    assert vq["spectral_levels"] > 0  # worked on at 48 kHz: the detail levels, then the spectral detail
+    assert heard.shape[1] == 3 + vq["detail_levels"] + vq["spectral_levels"] * vq["spectral_bands"] and heard.max() < 64
     w1, _, c1 = generate_audio(run, 2.0, 0.9, 20, 1.0, seed=7)
     w2, _, c2 = generate_audio(run, 2.0, 0.9, 20, 1.0, seed=7)
     w3, _, c3 = generate_audio(run, 2.0, 0.9, 20, 1.0, seed=8)

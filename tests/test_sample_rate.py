@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from distill.config import AudioConfig, sample_rate_for
+from distill.config import SPECTRAL_LEVELS, AudioConfig, sample_rate_for
 from distill.planning import TrainOptions, audio_config_for, plan_training
 from distill.scan import scan_dataset, source_rates
 
@@ -49,6 +49,7 @@ def test_the_rate_is_chosen_from_the_headers_and_said_on_the_tier_card(tmp_path)
         assert card["settings"]["audio"]["sample_rate"] == rate
         # detail levels where the material is worked on at 48 kHz; the three-level codec at 24 kHz
         assert plan.vqvae_config.detail_levels == (45 if rate == 48_000 else 0)
+        assert plan.vqvae_config.spectral_levels == (SPECTRAL_LEVELS if rate == 48_000 else 0)
         assert plan.vqvae_config.coarse_dropout == (0.5 if rate == 48_000 else 0.0)  # the coarse levels trained to stand alone
         assert ("detail levels" in " ".join(card["reasons"])) == (rate == 48_000)
         assert any(words in r for r in card["reasons"]), card["reasons"]

@@ -6,7 +6,8 @@
 
 The first Q levels are what the sequence model learns; the detail levels after them quantise what those
 leave, finer and finer, so a sound's own round trip keeps its detail (`encode(..., detail=True)` gives
-them, `decode` takes codes with or without them). Three levels of 128 codes carry ~21 bits per step,
+them, `decode` takes codes with or without them). Past them, the spectral detail codes what the decoder
+still leaves out of the log-mel (distill/models/spectral_detail.py). Three levels of 128 codes carry ~21 bits per step,
 far too little for the partials of dense music; 48 levels come within 5 % of the same network with an
 unquantised latent (README).
 
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.config import VQVAEConfig
+from distill.models.spectral_detail import SpectralDetail
 
 KMEANS_ITERS = 10
 # Usage counts are kept per this many assigned vectors, whatever the batch size, so that
@@ -344,6 +346,10 @@ class ConvVQVAE(nn.Module):
             config.dead_code_threshold,
         )
         self.coarse_levels, self.detail_levels = config.num_quantizers, config.detail_levels
+        # codes of what the decoder leaves out of a sound's log-mel (distill/models/spectral_detail.py),
+        # after the detail levels; fitted once the codec has trained (fit_spectral_detail)
+        self.spectral = (SpectralDetail(n_mels, config.downsample, config.spectral_levels, config.spectral_bands,
+                                        config.codebook_size) if config.spectral_levels else None)
         self.decoder = Decoder(n_mels, config.hidden_channels, config.codebook_dim, n_stages, config.num_res_blocks)
         self.linear_path = bool(config.linear_path)
         if self.linear_path:
@@ -384,7 +390,10 @@ class ConvVQVAE(nn.Module):
 
     def _frames_out(self, y: torch.Tensor, frames: int | None) -> torch.Tensor:
         """Normalised decoder output [B, n_mels, T'*ds] -> log-mel, cropped/padded to `frames`."""
-        y = y * self.mel_std[:, None] + self.mel_mean[:, None]
+        return self._frames_out_crop(y * self.mel_std[:, None] + self.mel_mean[:, None], frames)
+
+    @staticmethod
+    def _frames_out_crop(y: torch.Tensor, frames: int | None) -> torch.Tensor:
         if frames is None or frames == y.shape[-1]:
             return y
         if frames < y.shape[-1]:
@@ -444,22 +453,60 @@ class ConvVQVAE(nn.Module):
             return [0] * len(self.quantizer.levels)
         return self.quantizer.refresh_unused(torch.cat([x[0].T for x in z]), seed, from_level=self.coarse_levels)
 
+    def _padded(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel [B, n_mels, F] with its tail padded as `_latent` pads it, to T' * downsample frames."""
+        pad = (-mel.shape[-1]) % self.downsample
+        return F.pad(mel, (0, pad), mode="replicate") if pad else mel
+
+    @torch.no_grad()
+    def fit_spectral_detail(self, mels: list[torch.Tensor], seed: int = 0) -> float | None:
+        """Fit the spectral detail's codebooks to what the decoder leaves out of `mels` (each
+        [n_mels, frames], encoded one file at a time with every level) -> the mean absolute log-mel
+        left after them on those files (None: the codec has no spectral detail)."""
+        if self.spectral is None:
+            return None
+        dev = self.mel_mean.device
+        residuals = []
+        for m in mels:
+            if m.shape[-1]:
+                mel = m[None].to(dev, torch.float32)
+                codes = self.quantizer.encode(self._latent(mel))
+                residuals.append((self._padded(mel) - self._frames_out(self._decode_latent(self.quantizer.decode(codes)), None))[0])
+        return self.spectral.fit(residuals, seed) if residuals else None
+
+    @property
+    def detail_width(self) -> int:
+        """Detail codes per step past the sequence model's levels: the detail levels, then the
+        spectral detail's."""
+        return self.detail_levels + (self.spectral.width if self.spectral is not None else 0)
+
     # -- public API --
     @torch.no_grad()
-    def encode(self, mel: torch.Tensor, detail: bool = False) -> torch.Tensor:
+    def encode(self, mel: torch.Tensor, detail: bool = False, spectral: bool = True) -> torch.Tensor:
         """mel [B, n_mels, frames] -> codes [B, ceil(frames / downsample), Q] long: the levels the
-        sequence model learns (detail=True: all Q + detail_levels levels)."""
+        sequence model learns (detail=True: all Q + detail_width: every level, then the spectral
+        detail of what those levels decode to; spectral=False: every level only)."""
         self._check(mel)
-        return self.quantizer.encode(self._latent(mel), levels=None if detail else self.coarse_levels)
+        codes = self.quantizer.encode(self._latent(mel), levels=None if detail else self.coarse_levels)
+        if not detail or not spectral or self.spectral is None:
+            return codes
+        left_out = self._padded(mel) - self._frames_out(self._decode_latent(self.quantizer.decode(codes)), None)
+        return torch.cat([codes, self.spectral.encode(left_out)], -1)
 
     def decode(self, codes: torch.Tensor, frames: int | None = None) -> torch.Tensor:
-        """codes [B, T', Q] (the sequence model's levels alone) or [B, T', Q + detail_levels] (with
-        the detail) -> log-mel [B, n_mels, frames] (frames None: T' * downsample)."""
-        allowed = {self.coarse_levels, self.coarse_levels + self.detail_levels}
+        """codes [B, T', Q] (the sequence model's levels alone), [B, T', Q + detail_levels] (with the
+        detail levels) or [B, T', Q + detail_width] (and the spectral detail) -> log-mel [B, n_mels,
+        frames] (frames None: T' * downsample)."""
+        levels = self.coarse_levels + self.detail_levels
+        allowed = {self.coarse_levels, levels, self.coarse_levels + self.detail_width}
         if codes.dim() != 3 or codes.shape[-1] not in allowed:
             raise ValueError(f"expected codes [B, T', {' or '.join(map(str, sorted(allowed)))}], got {tuple(codes.shape)}")
-        codes = codes.long().clamp(0, self.quantizer.codebook_size - 1)
-        return self._frames_out(self._decode_latent(self.quantizer.decode(codes)), frames)
+        codes = codes.long()
+        y = self._decode_latent(self.quantizer.decode(codes[..., :levels].clamp(0, self.quantizer.codebook_size - 1)))
+        y = self._frames_out(y, None)
+        if codes.shape[-1] > levels:
+            y = y + self.spectral.decode(codes[..., levels:])
+        return self._frames_out_crop(y, frames)
 
     def forward(self, mel: torch.Tensor) -> VQVAEOutput:
         """mel [B, n_mels, F] -> VQVAEOutput; in training mode also k-means-initialises (first call,

@@ -70,6 +70,9 @@ INIT_BATCHES = 8  # batches of windows the k-means initialisation sees
 LOW_UTILISATION = 0.3
 VAL_MAX_FRAMES = 24_000  # validation material cap (~4 min of audio): keeps each eval to about a second
 VAL_CHUNK_FRAMES = 4_096  # long validation files are measured in chunks of this many frames
+# Share of the codec's time budget kept for fitting its spectral detail after training (~8 s of 162 on
+# drascula's 6-minute budget); twice the codec's training time changed none of its figures (README).
+SPECTRAL_FIT_SHARE = 0.05
 TRAIN_STATS_MAX_FRAMES = 16_384  # training material re-encoded at each eval for codebook statistics
 # Augmentation (random gain and mel-band shift of training windows) helps small collections and hurts
 # large ones (README), so each window is augmented with a probability that falls from AUG_MAX_PROB at
@@ -252,12 +255,12 @@ def _plain(values: Iterable) -> list:
 
 @torch.no_grad()
 def code_histogram(model: ConvVQVAE, chunks: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """[levels, K] code counts of `chunks` (every level, detail too) encoded in eval mode (no codebook
-    updates, no resets)."""
+    """[levels, K] code counts of `chunks` (every level, detail too, not the spectral detail) encoded in
+    eval mode (no codebook updates, no resets)."""
     was_training = model.training
     model.eval()
     try:
-        codes = [model.encode(m.to(device, torch.float32).unsqueeze(0), detail=True)[0].cpu() for m in chunks]
+        codes = [model.encode(m.to(device, torch.float32).unsqueeze(0), detail=True, spectral=False)[0].cpu() for m in chunks]
     finally:
         model.train(was_training)
     return level_histograms(codes, model.quantizer.codebook_size)
@@ -296,7 +299,9 @@ def evaluate(model: ConvVQVAE, chunks: list[torch.Tensor], device: torch.device)
 def _fingerprint(config: VQVAEConfig, n_mels: int, train_mels: list, val_mels: list, floor: float) -> str:
     """What a checkpoint must share with this call to continue it: settings (except the time
     budget and device, which a resume may change) and the shape of the data."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("time_budget_s", "device")}
+    # (the spectral detail is fitted after training, so it does not change what a checkpoint holds)
+    settings = {k: v for k, v in asdict(config).items()
+                if k not in ("time_budget_s", "device", "spectral_levels", "spectral_bands")}
     if not settings.get("detail_levels"):  # as checkpoints written before detail levels existed have it
         settings.pop("detail_levels", None)
     return settings_fingerprint(settings, n_mels, [int(m.shape[-1]) for m in train_mels],
@@ -387,6 +392,8 @@ def train_vqvae(
     device = resolve_device(config.device)
     pad_value = math.log(dataset.audio_config.log_floor)  # log-mel of silence
     budget = config.time_budget_s
+    if budget and config.spectral_levels:  # the spectral detail's fit comes out of the codec's time
+        budget *= 1.0 - SPECTRAL_FIT_SHARE
     warmup = max(1, min(WARMUP_STEPS, config.max_steps // 10))
 
     with torch.random.fork_rng(devices=[]):  # seed without disturbing the caller's RNG
@@ -507,6 +514,13 @@ def train_vqvae(
             emit("info", codes_moved=moved, val_loss_before=finite_or_none(before), val_loss=finite_or_none(state.best_val),
                  message=f"{sum(moved)} of the codec's codes were not used by any of your training files; they now "
                  "split its most crowded codes, so they add detail where your sounds are.")
+        if model.spectral is not None:
+            fit_t0 = time.perf_counter()
+            left = model.fit_spectral_detail(list(dataset.mels), seed=config.seed)
+            emit("info", spectral_levels=config.spectral_levels, spectral_seconds=round(time.perf_counter() - fit_t0, 3),
+                 spectral_left_l1=left,
+                 message=f"Fitted {config.spectral_levels} levels of spectral detail to what the codec's decoder leaves "
+                 "out of your sounds, so a sound heard through its codes keeps more of its own texture.")
         seconds = loop.seconds
         words = stop_words(loop.stop, max_steps=config.max_steps, budget_s=budget)
         emit("info", step=loop.steps, seconds=round(seconds, 3), best_step=state.best_step,
