@@ -62,7 +62,10 @@ class SpectralDetail(nn.Module):
 
     def _vectors(self, codes: torch.Tensor, level: int) -> torch.Tensor:
         """codes [B, bands, N] of one level -> their vectors [B, bands, N, d]."""
-        book = self.books[level]  # [bands, K, d]
+        return self._lookup(self.books[level], codes)
+
+    def _lookup(self, book: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """book [bands, K, d], codes [B, bands, N] -> [B, bands, N, d]."""
         idx = codes + torch.arange(self.bands, device=codes.device)[None, :, None] * self.k
         return book.reshape(-1, book.shape[-1])[idx]
 
@@ -106,5 +109,5 @@ class SpectralDetail(nn.Module):
                 book = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], book)
                 book[:, 0] = 0.0
             self.books[level] = book.to(self.books.device)
-            x -= self._vectors(self._nearest(x[None], book), level)[0]
+            x -= self._lookup(book, self._nearest(x[None], book))[0]  # (on the CPU, wherever the model is)
         return float(x.abs().mean())
