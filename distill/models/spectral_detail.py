@@ -60,10 +60,6 @@ class SpectralDetail(nn.Module):
         dist = (book * book).sum(-1)[None, :, None, :] - 2.0 * torch.einsum("bntd,nkd->bntk", x, book)
         return dist.argmin(-1)
 
-    def _vectors(self, codes: torch.Tensor, level: int) -> torch.Tensor:
-        """codes [B, bands, N] of one level -> their vectors [B, bands, N, d]."""
-        return self._lookup(self.books[level], codes)
-
     def _lookup(self, book: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """book [bands, K, d], codes [B, bands, N] -> [B, bands, N, d]."""
         idx = codes + torch.arange(self.bands, device=codes.device)[None, :, None] * self.k
@@ -76,7 +72,7 @@ class SpectralDetail(nn.Module):
         out = []
         for level in range(self.levels):
             codes = self._nearest(x, self.books[level])
-            x -= self._vectors(codes, level)
+            x -= self._lookup(self.books[level], codes)
             out.append(codes)
         return torch.stack(out, 1).flatten(1, 2).permute(0, 2, 1).contiguous()  # [B, T', levels * bands]
 
@@ -84,7 +80,7 @@ class SpectralDetail(nn.Module):
         """codes [B, T', levels * bands] -> the log-mel they add [B, n_mels, T' * ds]."""
         b, t, _ = codes.shape
         c = codes.long().clamp(0, self.k - 1).permute(0, 2, 1).reshape(b, self.levels, self.bands, t)
-        x = sum(self._vectors(c[:, level], level) for level in range(self.levels))
+        x = sum(self._lookup(self.books[level], c[:, level]) for level in range(self.levels))
         return self.from_blocks(x)
 
     @torch.no_grad()
@@ -94,7 +90,6 @@ class SpectralDetail(nn.Module):
         x = torch.cat([self.to_blocks(r[None].float().cpu())[0] for r in residuals], 1)  # [bands, N, d]
         if x.shape[1] > FIT_VECTORS:
             x = x[:, torch.linspace(0, x.shape[1] - 1, FIT_VECTORS).long()]
-        x = x.clone()
         gen = torch.Generator().manual_seed(seed)
         n = x.shape[1]
         for level in range(self.levels):

@@ -470,15 +470,19 @@ class ConvVQVAE(nn.Module):
         for m in mels:
             if m.shape[-1]:
                 mel = m[None].to(dev, torch.float32)
-                codes = self.quantizer.encode(self._latent(mel))
-                residuals.append((self._padded(mel) - self._frames_out(self._decode_latent(self.quantizer.decode(codes)), None))[0])
+                residuals.append(self._left_out(mel, self.quantizer.encode(self._latent(mel)))[0])
         return self.spectral.fit(residuals, seed) if residuals else None
+
+    def _left_out(self, mel: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """What the decoder leaves out of mel [B, n_mels, F] given its codes at every level: the
+        padded mel minus the decoded codes, [B, n_mels, T' * downsample]."""
+        return self._padded(mel) - self._frames_out(self._decode_latent(self.quantizer.decode(codes)), None)
 
     @property
     def detail_width(self) -> int:
         """Detail codes per step past the sequence model's levels: the detail levels, then the
         spectral detail's."""
-        return self.detail_levels + (self.spectral.width if self.spectral is not None else 0)
+        return self.config.detail_width
 
     # -- public API --
     @torch.no_grad()
@@ -490,8 +494,7 @@ class ConvVQVAE(nn.Module):
         codes = self.quantizer.encode(self._latent(mel), levels=None if detail else self.coarse_levels)
         if not detail or not spectral or self.spectral is None:
             return codes
-        left_out = self._padded(mel) - self._frames_out(self._decode_latent(self.quantizer.decode(codes)), None)
-        return torch.cat([codes, self.spectral.encode(left_out)], -1)
+        return torch.cat([codes, self.spectral.encode(self._left_out(mel, codes))], -1)
 
     def decode(self, codes: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """codes [B, T', Q] (the sequence model's levels alone), [B, T', Q + detail_levels] (with the

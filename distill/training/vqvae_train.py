@@ -299,7 +299,8 @@ def evaluate(model: ConvVQVAE, chunks: list[torch.Tensor], device: torch.device)
 def _fingerprint(config: VQVAEConfig, n_mels: int, train_mels: list, val_mels: list, floor: float) -> str:
     """What a checkpoint must share with this call to continue it: settings (except the time
     budget and device, which a resume may change) and the shape of the data."""
-    # (the spectral detail is fitted after training, so it does not change what a checkpoint holds)
+    # (the spectral detail is fitted after training, not by the steps a checkpoint continues; left out,
+    # checkpoints written before it existed still match)
     settings = {k: v for k, v in asdict(config).items()
                 if k not in ("time_budget_s", "device", "spectral_levels", "spectral_bands")}
     if not settings.get("detail_levels"):  # as checkpoints written before detail levels existed have it
