@@ -94,3 +94,15 @@ def test_blocks_cut_and_join_the_mel_exactly():
     assert torch.equal(blocks[1, 2, 3], mel[1, 8:12, 12:16].reshape(-1))  # band 2, step 3: its bins x frames
     with pytest.raises(ValueError, match="bands dividing"):
         SpectralDetail(N_MELS, 4, 2, 5, 8)
+
+
+def test_every_spectral_code_is_used_on_the_training_files_even_with_silent_tails():
+    # short clips with long silent tails: most vectors are the same, so a random start draws many
+    # near-identical codes that no vector then chooses; k-means moves those onto the worst-fitting vectors
+    sd = SpectralDetail(N_MELS, 4, levels=LEVELS, bands=BANDS, codebook_size=16)
+    g = torch.Generator().manual_seed(4)
+    residuals = [torch.cat([torch.randn(N_MELS, 96, generator=g), torch.zeros(N_MELS, 400)], 1) for _ in range(3)]
+    sd.fit(residuals, seed=0)
+    codes = sd.encode(torch.cat(residuals, 1)[None])[0]  # [T', levels * bands]
+    for column in codes.T:
+        assert len(column.unique()) == 16, column.unique()

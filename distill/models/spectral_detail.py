@@ -97,12 +97,26 @@ class SpectralDetail(nn.Module):
             pick = torch.randperm(n, generator=gen)[: self.k] if n >= self.k else torch.randint(0, n, (self.k,), generator=gen)
             book = x[:, pick].clone()  # [bands, K, d]
             book[:, 0] = 0.0  # code 0: no change
-            for _ in range(FIT_ITERS):
+            for it in range(FIT_ITERS):
                 a = self._nearest(x[None], book)[0]  # [bands, N]
                 sums = torch.zeros_like(book).scatter_add_(1, a[..., None].expand_as(x), x)
                 counts = torch.zeros(self.bands, self.k).scatter_add_(1, a, torch.ones_like(a, dtype=torch.float32))
                 book = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], book)
                 book[:, 0] = 0.0
+                if it < FIT_ITERS - 1:
+                    self._reseed_unused(book, counts, x, a)
             self.books[level] = book.to(self.books.device)
             x -= self._lookup(book, self._nearest(x[None], book))[0]  # (on the CPU, wherever the model is)
         return float(x.abs().mean())
+
+    def _reseed_unused(self, book: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, assigned: torch.Tensor) -> None:
+        """Move each band's codes that no vector chose (past code 0) onto the vectors its codes fit
+        worst, in place. Short clips with silent tails drew near-identical starting vectors, and a
+        third of freedesktop's deepest codes went unused; these codes only encode (no model predicts
+        them), so a code spent on a rare training shape costs nothing where it is not needed."""
+        err = ((x - self._lookup(book, assigned[None])[0]) ** 2).sum(-1)  # [bands, N]
+        for band in range(self.bands):
+            unused = (counts[band, 1:] == 0).nonzero()[:, 0] + 1
+            if len(unused):
+                worst = err[band].topk(min(len(unused), err.shape[1])).indices
+                book[band, unused[: len(worst)]] = x[band, worst]
