@@ -19,7 +19,8 @@ as mean ± spread over seeds:
   decode + Griffin-Lim CPU s per audio s (target <= 0.1)
 `--steps N` trains a fixed number of steps instead of the budget: variants compare at equal work
 while the machine is busy (time-budgeted figures need the machine to itself). `--from-runs` measures
-the codecs in bench/out/samples/ (trained by bench_samples.py with the same splits) instead.
+the codecs in bench/out/samples/ (trained by bench_samples.py with the same splits) instead;
+`--refit-spectral` with it fits their spectral detail again, as training now would, before measuring.
 ViSQOL needs `pip install -r bench/requirements.txt` (a benchmark requirement, not the app's).
 """
 from __future__ import annotations
@@ -127,6 +128,8 @@ def measure_seed(entries, args, seed: int, api) -> dict:
         model, cfg, audio, trained = codec_from_run(args, seed)
         train_mels = [e.mel for e in scan_dataset([Path(e.abs_path) for e in train_entries], audio).used]
         steps, stop = trained["steps"], trained.get("stop_reason")
+        if args.refit_spectral:
+            model.fit_spectral_detail(train_mels, seed=cfg.seed)
     else:
         model, cfg, audio, report, result = train_codec(train_entries, args, seed)
         train_mels = [e.mel for e in report.used]
@@ -204,6 +207,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a VQVAEConfig field")
     ap.add_argument("--visqol", action="store_true", help="ViSQOL columns (pip install -r bench/requirements.txt)")
     ap.add_argument("--from-runs", action="store_true", help="measure the codecs bench_samples.py trained")
+    ap.add_argument("--refit-spectral", action="store_true",
+                    help="with --from-runs: fit the spectral detail again as training does now")
     ap.add_argument("--device", default="cpu", help="auto|cpu|cuda|mps")
     ap.add_argument("--sample-rate", type=int, default=0, choices=[0, 24000, 48000],
                     help="the rate to work at (0: what `distill train` chooses for the files)")
