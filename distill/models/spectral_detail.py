@@ -114,9 +114,12 @@ class SpectralDetail(nn.Module):
         worst, in place. Short clips with silent tails drew near-identical starting vectors, and a
         third of freedesktop's deepest codes went unused; these codes only encode (no model predicts
         them), so a code spent on a rare training shape costs nothing where it is not needed."""
+        unused = counts[:, 1:] == 0
+        if not bool(unused.any()):
+            return
         err = ((x - self._lookup(book, assigned[None])[0]) ** 2).sum(-1)  # [bands, N]
         for band in range(self.bands):
-            unused = (counts[band, 1:] == 0).nonzero()[:, 0] + 1
-            if len(unused):
-                worst = err[band].topk(min(len(unused), err.shape[1])).indices
-                book[band, unused[: len(worst)]] = x[band, worst]
+            codes = unused[band].nonzero()[:, 0] + 1
+            if len(codes):
+                worst = err[band].topk(min(len(codes), err.shape[1])).indices
+                book[band, codes[: len(worst)]] = x[band, worst]
