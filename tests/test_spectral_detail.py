@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distill.config import VQVAEConfig
-from distill.models.spectral_detail import SpectralDetail
+from distill.models.spectral_detail import SpectralDetail, fit_excerpts
 from distill.models.vqvae import ConvVQVAE
 from distill.storage import load_tensors, save_tensors
 
@@ -106,3 +106,21 @@ def test_every_spectral_code_is_used_on_the_training_files_even_with_silent_tail
     codes = sd.encode(torch.cat(residuals, 1)[None])[0]  # [T', levels * bands]
     for column in codes.T:
         assert len(column.unique()) == 16, column.unique()
+
+
+def test_a_long_collection_is_fitted_on_excerpts_from_every_file_and_a_short_one_whole():
+    ds = 4
+    short = [torch.randn(N_MELS, n) for n in (30, 41)]
+    assert all(a is b for a, b in zip(fit_excerpts(short, ds, max_steps=100, excerpt_steps=8), short))
+    long = [torch.arange(n, dtype=torch.float32).expand(N_MELS, n) for n in (4000, 1000, 20)]  # frame indices
+    parts = fit_excerpts(long, ds, max_steps=200, excerpt_steps=16)
+    steps = sum(-(-p.shape[-1] // ds) for p in parts)
+    assert 150 <= steps <= 260, steps  # about max_steps in all
+    firsts = [int(p[0, 0]) for p in parts]
+    assert all(f % ds == 0 for f in firsts)  # excerpts start on a code step
+    # in file order: the longest file gives most, from its start to its end; the next its share; the
+    # shortest comes whole
+    assert [p.shape[-1] for p in parts] == [64] * 10 + [64] * 2 + [20]
+    assert int(parts[0][0, 0]) == 0 and int(parts[9][0, -1]) == 3999
+    assert int(parts[10][0, 0]) == 0 and int(parts[11][0, -1]) == 999
+    assert sum(p.shape[-1] for p in parts) < sum(m.shape[-1] for m in long) / 3

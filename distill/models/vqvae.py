@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.config import VQVAEConfig
-from distill.models.spectral_detail import SpectralDetail
+from distill.models.spectral_detail import SpectralDetail, fit_excerpts
 
 KMEANS_ITERS = 10
 # Usage counts are kept per this many assigned vectors, whatever the batch size, so that
@@ -461,13 +461,14 @@ class ConvVQVAE(nn.Module):
     @torch.no_grad()
     def fit_spectral_detail(self, mels: list[torch.Tensor], seed: int = 0) -> float | None:
         """Fit the spectral detail's codebooks to what the decoder leaves out of `mels` (each
-        [n_mels, frames], encoded one file at a time with every level) -> the mean absolute log-mel
-        left after them on those files (None: the codec has no spectral detail)."""
+        [n_mels, frames], encoded one file at a time with every level; past FIT_STEPS code steps in
+        all, excerpts spread over every file) -> the mean absolute log-mel left after them there
+        (None: the codec has no spectral detail)."""
         if self.spectral is None:
             return None
         dev = self.mel_mean.device
         residuals = []
-        for m in mels:
+        for m in fit_excerpts([m for m in mels if m.shape[-1]], self.downsample):
             if m.shape[-1]:
                 mel = m[None].to(dev, torch.float32)
                 residuals.append(self._left_out(mel, self.quantizer.encode(self._latent(mel)))[0])
