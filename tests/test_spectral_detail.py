@@ -119,8 +119,14 @@ def test_a_long_collection_is_fitted_on_excerpts_from_every_file_and_a_short_one
     firsts = [int(p[0, 0]) for p in parts]
     assert all(f % ds == 0 for f in firsts)  # excerpts start on a code step
     # in file order: the longest file gives most, from its start to its end; the next its share; the
-    # shortest comes whole
-    assert [p.shape[-1] for p in parts] == [64] * 10 + [64] * 2 + [20]
+    # shortest (its share a sixth of it) none
+    assert [p.shape[-1] for p in parts] == [64] * 10 + [64] * 2
     assert int(parts[0][0, 0]) == 0 and int(parts[9][0, -1]) == 3999
     assert int(parts[10][0, 0]) == 0 and int(parts[11][0, -1]) == 999
     assert sum(p.shape[-1] for p in parts) < sum(m.shape[-1] for m in long) / 3
+    # hundreds of short files: whole ones, spread over the collection, about max_steps in all
+    many = [torch.full((N_MELS, 40), float(i)) for i in range(300)]
+    parts = fit_excerpts(many, ds, max_steps=300, excerpt_steps=16)
+    taken = [int(p[0, 0]) for p in parts]
+    assert all(p.shape[-1] == 40 for p in parts) and 25 <= len(taken) <= 35, len(taken)
+    assert taken[0] < 15 and taken[-1] > 285 and max(b - a for a, b in zip(taken, taken[1:])) <= 11

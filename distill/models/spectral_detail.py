@@ -138,19 +138,23 @@ class SpectralDetail(nn.Module):
 def fit_excerpts(mels: list[torch.Tensor], downsample: int, max_steps: int = FIT_STEPS,
                  excerpt_steps: int = EXCERPT_STEPS) -> list[torch.Tensor]:
     """The parts of `mels` (each [n_mels, frames]) whose residuals the fit takes: every file whole
-    where they come to at most `max_steps` code steps; else from each file its share of them, as
-    excerpts of `excerpt_steps` steps spread evenly over it, so every file and every part of a long
-    one is heard."""
+    where they come to at most `max_steps` code steps; else each file's share of them: from a file
+    longer than an excerpt, excerpts of `excerpt_steps` steps spread evenly over it (so every part of
+    a long file is heard), and of the shorter files, whole ones spread evenly over the collection
+    (every k-th, as their shares add up)."""
     total = sum(-(-m.shape[-1] // downsample) for m in mels)
     if total <= max_steps:
         return list(mels)
     frames = excerpt_steps * downsample
-    out = []
+    out, owed = [], 0.0  # owed: the short files' shares not yet taken, in frames
     for m in mels:
         n = m.shape[-1]
         keep = n * max_steps / total  # this file's share, in frames
-        if n <= frames or keep >= n:
-            out.append(m)
+        if n <= frames:
+            owed += keep
+            if owed >= n / 2:
+                out.append(m)
+                owed -= n
             continue
         count = max(1, round(keep / frames))
         for start in torch.linspace(0, n - frames, count).tolist():
