@@ -25,10 +25,10 @@ from torch import nn
 
 FIT_VECTORS = 16_384  # per band: the training vectors k-means fits each level to (evenly thinned)
 FIT_ITERS = 10
-# The residuals are taken from at most this many code steps of the training files, in excerpts spread
-# over every file (`fit_excerpts`): the fit then takes about as long for hours of material as for
-# minutes, where encoding and decoding all of it grew with the collection (drascula's 36 minutes:
-# 9-10 s of the codec's 8-s share).
+# The residuals are taken from at most this many code steps of the training files (`fit_excerpts`:
+# excerpts of the long files, a spread of the short ones): the fit then takes about as long for hours
+# of material as for minutes, where encoding and decoding all of it grew with the collection
+# (drascula's 36 minutes: 9-10 s of the codec's 8-s share).
 FIT_STEPS = 2 * FIT_VECTORS
 EXCERPT_STEPS = 512  # an excerpt's length (~22 s at 48 kHz): its edges, encoded alone, are a small part
 

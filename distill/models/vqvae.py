@@ -462,16 +462,15 @@ class ConvVQVAE(nn.Module):
     def fit_spectral_detail(self, mels: list[torch.Tensor], seed: int = 0) -> float | None:
         """Fit the spectral detail's codebooks to what the decoder leaves out of `mels` (each
         [n_mels, frames], encoded one file at a time with every level; past FIT_STEPS code steps in
-        all, excerpts spread over every file) -> the mean absolute log-mel left after them there
-        (None: the codec has no spectral detail)."""
+        all, excerpts of the long files and a spread of the short ones) -> the mean absolute log-mel
+        left after them there (None: the codec has no spectral detail)."""
         if self.spectral is None:
             return None
         dev = self.mel_mean.device
         residuals = []
         for m in fit_excerpts([m for m in mels if m.shape[-1]], self.downsample):
-            if m.shape[-1]:
-                mel = m[None].to(dev, torch.float32)
-                residuals.append(self._left_out(mel, self.quantizer.encode(self._latent(mel)))[0])
+            mel = m[None].to(dev, torch.float32)
+            residuals.append(self._left_out(mel, self.quantizer.encode(self._latent(mel)))[0])
         return self.spectral.fit(residuals, seed) if residuals else None
 
     def _left_out(self, mel: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
