@@ -217,7 +217,7 @@ TOTAL_LEVELS = 48
 # every level 0.226 -> 0.230 (drascula), 0.143 -> 0.147 (freedesktop); ViSQOL 4.16 -> 4.07 (README).
 COARSE_DROPOUT = 0.5
 # Levels of spectral detail for material worked on at 48 kHz, 8 bands each, fitted after the codec has
-# trained (~8 s). drascula seed 0, 6 held-out tracks, ViSQOL of the round trip: 4.04 with none, 4.31 /
+# trained (6-7 s on drascula). drascula seed 0, 6 held-out tracks, ViSQOL of the round trip: 4.04 with none, 4.31 /
 # 4.43 / 4.50 / 4.54 with 2 / 4 / 6 / 8 levels (README).
 SPECTRAL_LEVELS = 6
 

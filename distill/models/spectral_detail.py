@@ -44,10 +44,6 @@ class SpectralDetail(nn.Module):
         # [levels, bands, K, band_mels * downsample]: zeros until fitted, which decode as no change
         self.register_buffer("books", torch.zeros(levels, bands, codebook_size, self.band_mels * downsample))
 
-    @property
-    def width(self) -> int:
-        return self.levels * self.bands
-
     def to_blocks(self, mel: torch.Tensor) -> torch.Tensor:
         """[B, n_mels, T' * ds] -> [B, bands, T', band_mels * ds]."""
         b, _, f = mel.shape

@@ -377,10 +377,7 @@ class ConvVQVAE(nn.Module):
     def _latent(self, mel: torch.Tensor) -> torch.Tensor:
         """mel [B, n_mels, F] -> z [B, D, ceil(F / downsample)]; the tail is padded by repeating the
         last frame (cropped away again by decode)."""
-        x = (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
-        pad = (-x.shape[-1]) % self.downsample
-        if pad:
-            x = F.pad(x, (0, pad), mode="replicate")
+        x = (self._padded(mel) - self.mel_mean[:, None]) / self.mel_std[:, None]
         z = self.encoder(x)
         return z + self.enc_linear(x) if self.linear_path else z
 
@@ -454,7 +451,8 @@ class ConvVQVAE(nn.Module):
         return self.quantizer.refresh_unused(torch.cat([x[0].T for x in z]), seed, from_level=self.coarse_levels)
 
     def _padded(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel [B, n_mels, F] with its tail padded as `_latent` pads it, to T' * downsample frames."""
+        """mel [B, n_mels, F] with its tail padded by repeating the last frame, to T' * downsample frames
+        (what the encoder reads, and what the decoder's output is compared with)."""
         pad = (-mel.shape[-1]) % self.downsample
         return F.pad(mel, (0, pad), mode="replicate") if pad else mel
 

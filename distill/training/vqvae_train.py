@@ -70,8 +70,8 @@ INIT_BATCHES = 8  # batches of windows the k-means initialisation sees
 LOW_UTILISATION = 0.3
 VAL_MAX_FRAMES = 24_000  # validation material cap (~4 min of audio): keeps each eval to about a second
 VAL_CHUNK_FRAMES = 4_096  # long validation files are measured in chunks of this many frames
-# Share of the codec's time budget kept for fitting its spectral detail after training (~8 s of 162 on
-# drascula's 6-minute budget); twice the codec's training time changed none of its figures (README).
+# Share of the codec's time budget kept for fitting its spectral detail after training (8 s of 162 on
+# drascula's 6-minute budget; its fit takes 6-7 s); twice the codec's training time changed none of its figures (README).
 SPECTRAL_FIT_SHARE = 0.05
 TRAIN_STATS_MAX_FRAMES = 16_384  # training material re-encoded at each eval for codebook statistics
 # Augmentation (random gain and mel-band shift of training windows) helps small collections and hurts
