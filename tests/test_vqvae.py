@@ -246,3 +246,49 @@ def test_runs_saved_before_the_linear_path_still_load(tmp_path):
     x = mels(1, 40)
     assert torch.equal(loaded.encode(x), model.encode(x))
     assert VQVAEConfig().linear_path is True  # new runs get it
+
+
+def test_short_files_take_onednn_for_dilated_convs_with_the_same_result():
+    # torch runs a batch-1 dilated conv under ~20,000 input values on its generic kernel, 3-4x slower:
+    # encoding or decoding a short one-shot goes through oneDNN instead, with the same numbers
+    from torch.profiler import profile
+
+    from distill.models.vqvae import _dilated_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(32, 32, 3, padding=3, dilation=3)
+    x = torch.randn(1, 32, 20)
+    with torch.inference_mode():
+        assert torch.allclose(_dilated_conv(conv, x), conv(x), atol=1e-5)
+        model = tiny_model(num_res_blocks=2).eval()  # its second block per stage is dilated
+        with profile() as prof:
+            model.encode(mels(1, 40), detail=True)
+            model.decode(model.encode(mels(1, 40)))
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in ops and "aten::slow_conv_dilated2d" not in ops
+    # with gradients (training) the module's own path runs
+    y = _dilated_conv(conv, x.requires_grad_())
+    y.sum().backward()
+    assert x.grad is not None
+
+
+def test_codebook_norms_follow_every_change_to_the_codebook():
+    torch.manual_seed(0)
+    book = EMACodebook(8, 4, decay=0.9, dead_code_threshold=1.0)
+    x = torch.randn(50, 4)
+
+    def fresh():
+        e = book.embed
+        return torch.addmm(e.pow(2).sum(1), x, e.T, alpha=-2).min(dim=1).indices
+
+    assert torch.equal(book.nearest(x), fresh())
+    with torch.no_grad():
+        book.embed.mul_(3.0).add_(1.0)  # in place, as EMA steps and reseeds change it
+    assert torch.equal(book.nearest(x), fresh())
+    book.ema_update(x, book.nearest(x))
+    assert torch.equal(book.nearest(x), fresh())
+    book.load_state_dict({**book.state_dict(), "embed": torch.randn(8, 4)})
+    assert torch.equal(book.nearest(x), fresh())
+    with torch.inference_mode():  # a codebook made in inference mode has no version counter: never cached
+        made = EMACodebook(8, 4, decay=0.9, dead_code_threshold=1.0)
+        assert torch.equal(made.nearest(x), torch.addmm(made.embed.pow(2).sum(1), x, made.embed.T, alpha=-2).min(1).indices)
