@@ -5,6 +5,7 @@
     python bench/bench_codec.py --dataset asterisk-en --minutes 10 --seeds 0 1
     python bench/bench_codec.py --dataset drascula --from-runs     # the codecs bench_samples.py trained
     python bench/bench_codec.py --dataset freedesktop --steps 1000 --set num_quantizers=4   # a variant
+    python bench/bench_codec.py --dataset freedesktop --steps 30 --extraction-baseline 5764d76  # extraction vs a commit
 
 For each seed: the same seeded 80/20 split **by file** as `bench/bench_samples.py`; the codec is
 planned and trained exactly as `distill train --minutes M` does on the 80 % (tier, budget share,
@@ -15,7 +16,7 @@ as mean ± spread over seeds:
   per-level code use on the training files                                (target >= 80 % each)
   ViSQOL (audio mode, 48 kHz) of original -> codec -> Griffin-Lim, beside Griffin-Lim of the real
   mel (the vocoder's own cost), on held-out files >= 3 s (--visqol; target: within 0.4)
-  code extraction speed, x real time (target >= 300)
+  code extraction speed, x real time, the median of --extraction-passes passes (target >= 300)
   decode + Griffin-Lim CPU s per audio s (target <= 0.1)
 `--steps N` trains a fixed number of steps instead of the budget: variants compare at equal work
 while the machine is busy (time-budgeted figures need the machine to itself). `--from-runs` measures
@@ -152,9 +153,14 @@ def measure_seed(entries, args, seed: int, api) -> dict:
         every = train_mels + held_mels
         total_s = sum(m.shape[-1] for m in every) / audio.frames_per_second
         extract_code_sequences(model, every[:4], detail=True)  # warm-up
-        t = time.perf_counter()
-        extract_code_sequences(model, every, detail=True)  # as the codes stage does: every level
-        extraction_x = total_s / (time.perf_counter() - t)
+        passes = []
+        for _ in range(args.extraction_passes):  # the median pass: one pass on a shared machine varies ~2x
+            t = time.perf_counter()
+            extract_code_sequences(model, every, detail=True)  # as the codes stage does: every level
+            passes.append(time.perf_counter() - t)
+        extraction_x = total_s / statistics.median(passes)
+        if args.extraction_baseline:
+            extraction_side_by_side(model, every, total_s, args)
 
         picked = held_mels[: max(1, len(held_mels))]
         secs = sum(m.shape[-1] for m in picked) / audio.frames_per_second
@@ -190,6 +196,38 @@ def measure_seed(entries, args, seed: int, api) -> dict:
     return row
 
 
+def extraction_side_by_side(model, mels, total_s: float, args) -> None:
+    """Extraction with this checkout's codec against the codec code of git revision
+    --extraction-baseline (its distill/models/vqvae.py, the same weights), passes alternated in this
+    process: a shared machine's speed drifts between runs more than a change moves it."""
+    import subprocess
+    import types
+
+    from distill.codes import extract_code_sequences
+
+    rev = args.extraction_baseline
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:distill/models/vqvae.py"],
+                            capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType("baseline_vqvae")
+    sys.modules[module.__name__] = module  # (dataclasses look their module up)
+    exec(compile(source, f"{rev}:distill/models/vqvae.py", "exec"), module.__dict__)
+    baseline = module.ConvVQVAE(model.n_mels, model.config)
+    baseline.load_state_dict(model.state_dict())
+    baseline.eval()
+    times: dict[str, list[float]] = {"now": [], rev: []}
+    codes = {}
+    for r in range(2 * args.extraction_passes):
+        for name, m in (("now", model), (rev, baseline))[:: 1 if r % 2 == 0 else -1]:
+            t = time.perf_counter()
+            codes[name] = extract_code_sequences(m, mels, detail=True)
+            times[name].append(time.perf_counter() - t)
+    ratios = sorted(b / a for a, b in zip(times["now"], times[rev]))
+    same = all(torch.equal(a, b) for a, b in zip(codes["now"], codes[rev]))
+    print(f"  extraction side by side, {len(ratios)} alternated pairs: now {total_s / statistics.median(times['now']):.0f}x, "
+          f"{rev} {total_s / statistics.median(times[rev]):.0f}x; now faster by {statistics.median(ratios):.2f}x "
+          f"(pairs {ratios[0]:.2f}-{ratios[-1]:.2f}); the same codes: {'yes' if same else 'NO'}", flush=True)
+
+
 def spread(values) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -213,6 +251,9 @@ def main() -> None:
     ap.add_argument("--sample-rate", type=int, default=0, choices=[0, 24000, 48000],
                     help="the rate to work at (0: what `distill train` chooses for the files)")
     ap.add_argument("--tag", default="", help="a name for this variant in the output file")
+    ap.add_argument("--extraction-passes", type=int, default=5, help="timed extraction passes (the median is reported)")
+    ap.add_argument("--extraction-baseline", default="", metavar="REV",
+                    help="also time extraction side by side with the codec code of this git revision (same weights)")
     args = ap.parse_args()
 
     from distill.scan import scan_dataset
