@@ -214,6 +214,7 @@ def extraction_side_by_side(model, mels, total_s: float, args) -> None:
     baseline = module.ConvVQVAE(model.n_mels, model.config)
     baseline.load_state_dict(model.state_dict())
     baseline.eval()
+    extract_code_sequences(baseline, mels[:4], detail=True)  # warm-up, as the checkout's codec had
     times: dict[str, list[float]] = {"now": [], rev: []}
     codes = {}
     for r in range(2 * args.extraction_passes):
