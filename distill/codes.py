@@ -12,7 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-BATCH_FRAMES = 32_768  # mel frames per encoder call where files are batched (~6 min of audio): ~0.1 GB
+from distill.models.vqvae import BATCH_FRAMES as BATCH_FRAMES_PER_CALL
+
+BATCH_FRAMES = 32_768  # padded mel frames per pass of files (~6 min at 48 kHz): their blocks ~70 MB
 
 
 def _as_mel_list(dataset_or_mels) -> list[torch.Tensor]:
@@ -20,10 +22,24 @@ def _as_mel_list(dataset_or_mels) -> list[torch.Tensor]:
     return [m if isinstance(m, torch.Tensor) else torch.as_tensor(np.asarray(m)) for m in mels]
 
 
+def _passes(frames: list[int], batch_frames: int) -> list[list[int]]:
+    """Consecutive files up to `batch_frames` padded frames a pass (at least one file; 0: one each)."""
+    parts: list[list[int]] = []
+    total = 0
+    for i, f in enumerate(frames):
+        if parts and batch_frames > 0 and total + f <= batch_frames:
+            parts[-1].append(i)
+            total += f
+        else:
+            parts.append([i])
+            total = f
+    return parts
+
+
 def extract_code_sequences(
     model,
     dataset_or_mels,
-    batch_frames: int = 0,
+    batch_frames: int = BATCH_FRAMES,
     device: str | torch.device | None = None,
     detail: bool = False,
 ) -> list[torch.Tensor]:
@@ -33,12 +49,12 @@ def extract_code_sequences(
     Accepts a MelDataset (all its files) or a list of mels. No gradients, eval mode (the model's mode
     is restored afterwards); `device` (default: the model's) runs a copy of the model there.
 
-    Each file is encoded on its own by default (`batch_frames=0`), so its codes are exactly what
-    `model.encode` gives it alone, whatever files come with it: a batch's arithmetic differs in the
-    last bits, which flips near-ties deep in the residual levels (asterisk-en: 21 of 558 files came out
-    different when batched). `batch_frames` > 0 batches files of the same padded length, up to that
-    many frames per call, where only speed matters (the prior's varied copies): ~25 % faster on many
-    short files. Either way each file sees the padding it would get alone."""
+    Files pass through the codec together, up to `batch_frames` padded frames a pass
+    (`ConvVQVAE.encode_files`: on a CPU, files of similar lengths share each convolution call, and all
+    of a pass's vectors take their codes together), and each file gets bit for bit the codes it gets
+    alone, so a training file's saved codes are those of an upload of it. Elsewhere (CUDA, MPS) each
+    file goes through the convolutions on its own: there a batch is not known to keep a row's last
+    bits."""
     mels = _as_mel_list(dataset_or_mels)
     if not mels:
         return []
@@ -46,34 +62,21 @@ def extract_code_sequences(
     dev = torch.device(device) if device is not None else own
     if dev != own:  # work on a copy: the caller's model stays where it is
         model = copy.deepcopy(model).to(dev)
-    ds = int(model.downsample)
-    out: list[torch.Tensor | None] = [None] * len(mels)
-    # group files by padded length; within a group take up to batch_frames frames per call
-    groups: dict[int, list[int]] = {}
     for i, m in enumerate(mels):
         if m.dim() != 2 or m.shape[-1] == 0:
             raise ValueError(f"mel {i}: expected [n_mels, frames>0], got {tuple(m.shape)}")
-        padded = -(-m.shape[-1] // ds) * ds
-        groups.setdefault(padded, []).append(i)
+    ds = int(model.downsample)
+    padded = [-(-m.shape[-1] // ds) * ds for m in mels]
+    out: list[torch.Tensor | None] = [None] * len(mels)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for padded in sorted(groups):
-                members = groups[padded]
-                per_call = max(1, batch_frames // padded) if batch_frames > 0 else 1
-                for start in range(0, len(members), per_call):
-                    chunk = members[start : start + per_call]
-                    batch = []
-                    for i in chunk:
-                        m = mels[i].to(torch.float32)
-                        pad = padded - m.shape[-1]
-                        if pad:  # same right-edge replicate padding encode() applies
-                            m = torch.cat([m, m[:, -1:].expand(-1, pad)], dim=-1)
-                        batch.append(m)
-                    codes = model.encode(torch.stack(batch).to(dev), detail=detail).cpu()  # [b, T', Q (+ detail)]
-                    for j, i in enumerate(chunk):
-                        out[i] = codes[j].clone()
+            for part in _passes(padded, batch_frames):
+                codes = model.encode_files([mels[i] for i in part], detail=detail,
+                                           batch_frames=BATCH_FRAMES_PER_CALL if dev.type == "cpu" else 0)
+                for i, c in zip(part, codes):
+                    out[i] = c.cpu().clone()
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]

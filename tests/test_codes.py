@@ -35,29 +35,58 @@ def test_extraction_shapes_order_and_determinism():
     model = tiny_model()
     mels = some_mels()
     a = extract_code_sequences(model, mels)
-    b = extract_code_sequences(model, mels, batch_frames=100_000)  # same-length files batched, for speed
+    b = extract_code_sequences(model, mels, batch_frames=0)  # one file a pass
     assert [tuple(c.shape) for c in a] == [(math.ceil(m.shape[-1] / 4), 3) for m in mels]
     assert all(c.dtype == torch.long and c.device.type == "cpu" for c in a)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))  # the same padding either way (this model has no near-ties)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert model.training  # mode restored
     model.eval()
     for m, c in zip(mels, a):  # same as encoding each file alone
         assert torch.equal(model.encode(m[None])[0], c)
 
 
-def test_each_file_is_encoded_on_its_own_by_default(monkeypatch):
-    """A batch's arithmetic differs in the last bits, which flips near-ties deep in the residual levels:
-    a training file's saved codes must be the codes it gets when encoded alone (an upload of it, `encode`)."""
-    model = tiny_model()
-    mels = some_mels((40, 40, 40, 41, 44))  # padded to 40, 40, 40, 44, 44: batching joins 3 and 2
-    calls = []
-    encode = model.encode
-    monkeypatch.setattr(model, "encode", lambda mel, **kw: calls.append(mel.shape[0]) or encode(mel, **kw))
-    extract_code_sequences(model, mels)
-    assert calls == [1] * len(mels)
-    calls.clear()
-    extract_code_sequences(model, mels, batch_frames=100_000)
-    assert sorted(calls) == [2, 3]
+TIE = 1e-8
+
+
+def codec_with_near_ties() -> tuple[ConvVQVAE, list[torch.Tensor]]:
+    """A codec with detail levels and spectral detail, and files of many lengths whose first latent
+    vectors lie halfway between two codes of the first level: where a batch's last bits decide."""
+    torch.manual_seed(0)
+    cfg = VQVAEConfig(codebook_size=16, num_quantizers=2, detail_levels=3, spectral_levels=2, spectral_bands=4,
+                      codebook_dim=64, hidden_channels=32, num_res_blocks=2, downsample=4, linear_path=False)
+    model = ConvVQVAE(N_MELS, cfg).train()
+    model(torch.randn(4, N_MELS, 64))  # k-means init
+    model.eval()
+    mels = some_mels((1, 2, 3, 4, 5, 7, 8, 13, 40, 41, 44, 64, 100, 250, 2100, 2400))  # the last two: alone (SHORT_FRAMES)
+    model.fit_spectral_detail(mels)
+    with torch.no_grad():
+        book = model.quantizer.levels[0].embed
+        g = torch.Generator().manual_seed(5)
+        for i, m in enumerate(mels[:7]):
+            z = model._latent(m[None])[0, :, 0]
+            book[2 * i] = z + 0.01 * torch.randn(z.shape[0], generator=g)
+            book[2 * i + 1] = book[2 * i] + TIE * torch.randn(z.shape[0], generator=g)  # all but equally near
+    return model, mels
+
+
+def test_files_encoded_together_get_bit_for_bit_the_codes_they_get_alone():
+    """A training file's saved codes must be those it gets alone (an upload of it, `encode`): files
+    pass through together (their convs on oneDNN, zero past each end; exact nearest codes), and
+    whatever files come with them, in whatever order, the codes are each file's own."""
+    from distill.models.nearest import nearest_codes
+
+    model, mels = codec_with_near_ties()
+    alone = [model.encode(m[None], detail=True)[0] for m in mels]
+    ways = [extract_code_sequences(model, mels, detail=True),  # one pass, files of like lengths together
+            extract_code_sequences(model, mels[::-1], detail=True)[::-1],
+            extract_code_sequences(model, mels, detail=True, batch_frames=120),  # passes of a few files
+            model.encode_files(mels, detail=True, batch_frames=10**6)]  # every file in one call
+    for codes in ways:
+        assert all(torch.equal(a, c) for a, c in zip(alone, codes))
+    # the planted ties are decided exactly: each first vector's first code is its exact nearest
+    for m, c in zip(mels[:7], alone):
+        z = model._latent(m[None])[0, :, :1].T
+        assert int(c[0, 0]) == int(nearest_codes(z, model.quantizer.levels[0].embed)[0])
 
 
 def test_extraction_accepts_a_dataset():

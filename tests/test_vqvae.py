@@ -248,28 +248,62 @@ def test_runs_saved_before_the_linear_path_still_load(tmp_path):
     assert VQVAEConfig().linear_path is True  # new runs get it
 
 
-def test_short_files_take_onednn_for_dilated_convs_with_the_same_result():
-    # torch runs a batch-1 dilated conv under ~20,000 input values on its generic kernel, 3-4x slower:
-    # encoding or decoding a short one-shot goes through oneDNN instead, with the same numbers
+def test_inference_runs_every_convolution_on_onednn_with_the_modules_numbers():
+    # torch runs a one-file conv under ~20,000 input values on its generic kernels (im2col and a
+    # product whose last bits depend on the width; dilated ones 3-4x slower): encoding goes through
+    # oneDNN instead, transposed convs as their polyphase ordinary conv, with the modules' numbers
+    from torch import nn
     from torch.profiler import profile
 
-    from distill.models.vqvae import _dilated_conv
+    from distill.models.vqvae import inference_conv
 
     torch.manual_seed(0)
-    conv = torch.nn.Conv1d(32, 32, 3, padding=3, dilation=3)
-    x = torch.randn(1, 32, 20)
+    convs = [nn.Conv1d(32, 32, 3, padding=3, dilation=3), nn.Conv1d(16, 32, 4, stride=2, padding=1),
+             nn.Conv1d(32, 8, 1), nn.ConvTranspose1d(32, 16, 4, stride=2, padding=1),
+             nn.ConvTranspose1d(8, 16, 4, stride=4), nn.ConvTranspose1d(8, 6, 6, stride=2, padding=2),
+             nn.ConvTranspose1d(8, 6, 5, stride=3, padding=1)]
+    for conv in convs:
+        for width in (1, 2, 7, 20):
+            x = torch.randn(2, conv.in_channels, width)
+            with torch.inference_mode():
+                if isinstance(conv, nn.Conv1d) and width + 2 * conv.padding[0] < conv.kernel_size[0]:
+                    continue  # too short for this conv, on either path
+                assert torch.allclose(inference_conv(conv, x), conv(x), atol=1e-5), (conv, width)
     with torch.inference_mode():
-        assert torch.allclose(_dilated_conv(conv, x), conv(x), atol=1e-5)
-        model = tiny_model(num_res_blocks=2).eval()  # its second block per stage is dilated
+        model = tiny_model(num_res_blocks=2, detail_levels=2, spectral_levels=1).eval()  # dilated blocks too
         with profile() as prof:
             model.encode(mels(1, 40), detail=True)
-            model.decode(model.encode(mels(1, 40)))
+            model.encode_files([mels(1, 40)[0], mels(1, 13)[0]], detail=True)
     ops = {e.key for e in prof.key_averages()}
-    assert "aten::mkldnn_convolution" in ops and "aten::slow_conv_dilated2d" not in ops
+    assert "aten::mkldnn_convolution" in ops
+    assert not ops & {"aten::slow_conv_dilated2d", "aten::_slow_conv2d_forward", "aten::slow_conv_transpose2d"}
     # with gradients (training) the module's own path runs
-    y = _dilated_conv(conv, x.requires_grad_())
-    y.sum().backward()
-    assert x.grad is not None
+    conv = convs[0]
+    x = torch.randn(1, 32, 20, requires_grad=True)
+    inference_conv(conv, x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_a_file_batched_with_others_gets_its_values_alone_bit_for_bit():
+    """Files of other lengths beside it, zero past its end before every layer, on oneDNN: each row
+    of the encoder and decoder is what the file gives alone, to the last bit."""
+    from distill.models.vqvae import run_layers
+
+    # dilations 1, 3, 9 (a fresh linear path's last convs start at zero: none here)
+    model = tiny_model(num_res_blocks=3, linear_path=False).eval()
+    g = torch.Generator().manual_seed(3)
+    lengths = [4, 8, 12, 40, 44, 100, 400]
+    with torch.inference_mode():
+        for net, channels, scale in ((model.encoder.net, N_MELS, 1), (model.decoder.net, 8, 4)):
+            xs = [torch.randn(channels, max(1, n // scale), generator=g) for n in lengths]  # (latent rate)
+            width = max(x.shape[-1] for x in xs) + 16
+            batch = torch.zeros(len(xs), channels, width)
+            for row, x in enumerate(xs):
+                batch[row, :, : x.shape[-1]] = x
+            together = run_layers(net, batch, torch.tensor([x.shape[-1] for x in xs]))
+            for row, x in enumerate(xs):
+                alone = run_layers(net, x[None])[0]
+                assert torch.equal(together[row, :, : alone.shape[-1]], alone), (row, x.shape[-1])
 
 
 def test_codebook_norms_follow_every_change_to_the_codebook():

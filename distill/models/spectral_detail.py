@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distill.models.nearest import nearest_codes
+
 FIT_VECTORS = 16_384  # per band: the training vectors k-means fits each level to (evenly thinned)
 FIT_ITERS = 10
 # The residuals are taken from at most this many code steps of the training files (`fit_excerpts`:
@@ -60,7 +62,8 @@ class SpectralDetail(nn.Module):
     def _nearest(self, x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
         """x [B, bands, N, d], book [bands, K, d] -> each vector's nearest code [B, bands, N] (first on
         ties). ||e||^2 - 2 x.e in one batched product per band, and min().indices: 2.4x an einsum, a
-        subtraction and argmin on the fit's 8 x 16,384 vectors, which is most of the fit's time."""
+        subtraction and argmin on the fit's 8 x 16,384 vectors, which is most of the fit's time. For the
+        fit's k-means float32's choice is enough; `encode` takes the exact nearest."""
         b, n, t, d = x.shape
         rows = x.transpose(0, 1).reshape(n, b * t, d)
         dist = torch.baddbmm((book * book).sum(-1)[:, None, :], rows, book.transpose(1, 2), alpha=-2.0)
@@ -74,13 +77,23 @@ class SpectralDetail(nn.Module):
     @torch.no_grad()
     def encode(self, residual: torch.Tensor) -> torch.Tensor:
         """The log-mel the decoder left out [B, n_mels, T' * ds] -> codes [B, T', levels * bands]."""
-        x = self.to_blocks(residual.float()).clone()
+        x = self.to_blocks(residual.float())
+        b, _, t, d = x.shape
+        return self.encode_blocks(x.transpose(0, 1).reshape(self.bands, b * t, d)).reshape(b, t, -1)
+
+    @torch.no_grad()
+    def encode_blocks(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """Blocks [bands, N, band_mels * ds] (`to_blocks`, any files' steps side by side) -> codes
+        [N, levels * bands]: each vector's exact nearest code (models/nearest.py), so a step's codes
+        do not depend on the steps beside it (exact=False: float32's choice, for one long file's)."""
+        x = x.float().clone()
         out = []
         for level in range(self.levels):
-            codes = self._nearest(x, self.books[level])
-            x -= self._lookup(self.books[level], codes)
+            book = self.books[level]
+            codes = nearest_codes(x, book) if exact else self._nearest(x[None], book)[0]  # [bands, N]
+            x -= self._lookup(book, codes[None])[0]
             out.append(codes)
-        return torch.stack(out, 1).flatten(1, 2).permute(0, 2, 1).contiguous()  # [B, T', levels * bands]
+        return torch.stack(out).reshape(self.levels * self.bands, -1).T.contiguous()
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, T', levels * bands] -> the log-mel they add [B, n_mels, T' * ds]."""

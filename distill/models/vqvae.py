@@ -31,9 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.config import VQVAEConfig
+from distill.models.nearest import nearest_codes
 from distill.models.spectral_detail import SpectralDetail, fit_excerpts
 
 KMEANS_ITERS = 10
+BATCH_FRAMES = 4_096  # padded mel frames per encoder call where files go through together (~45 s at 48 kHz)
+# A file of more padded frames (~22 s at 48 kHz) always goes through alone, its codes float32's choice
+# over its own vectors: it gains nothing from company, and certifying each code costs its extraction
+# ~25 % (drascula). Shorter files are batched and take exact codes (encode_files).
+SHORT_FRAMES = BATCH_FRAMES // 2
+PADDING_GROWTH = 1.5  # a call's longest file is at most this many times its shortest: padding stays < 1/3
 # Usage counts are kept per this many assigned vectors, whatever the batch size, so that
 # `dead_code_threshold` means the same for every batch size and window length: with the default 1.0,
 # a code is re-seeded once it serves fewer than 1 in 1024 vectors (on an EMA over ~1/(1-decay) steps).
@@ -261,13 +268,19 @@ class ResidualVQ(nn.Module):
     def encode(self, z: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """z [B, D, T'] -> codes [B, T', n] long of the first n = `levels` levels (None: all; no state changes)."""
         b, d, t = z.shape
-        residual = z.permute(0, 2, 1).reshape(b * t, d)
-        codes = []
+        return self.encode_rows(z.permute(0, 2, 1).reshape(b * t, d), levels).reshape(b, t, -1)
+
+    @torch.no_grad()
+    def encode_rows(self, rows: torch.Tensor, levels: int | None = None, exact: bool = True) -> torch.Tensor:
+        """Latent vectors [N, D] -> codes [N, n]: each vector's exact nearest code at every level
+        (models/nearest.py), so a vector's codes do not depend on the rows beside it; exact=False:
+        float32's choice, the same only for the same rows (one long file's, always alone)."""
+        residual, codes = rows, []
         for level in self.levels[:levels]:
-            idx = level.nearest(residual)
+            idx = nearest_codes(residual, level.embed, level._norms()) if exact else level.nearest(residual)
             codes.append(idx)
             residual = residual - level.embed.index_select(0, idx)  # (a third cheaper than embed[idx])
-        return torch.stack(codes, dim=-1).reshape(b, t, len(codes))
+        return torch.stack(codes, dim=-1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, T', n] -> z [B, D, T'] (sum of the chosen codes over the first n levels)."""
@@ -289,19 +302,117 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv1d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T] -> [B, C, T]
-        return x + self.conv2(F.relu(_dilated_conv(self.conv1, F.relu(x))))
+        return x + inference_conv(self.conv2, F.relu(inference_conv(self.conv1, F.relu(x))))
 
 
-def _dilated_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x), on oneDNN's kernel wherever a CPU runs it without gradients. For one file under
-    ~20,000 input values (a 1.7-s clip at 48 kHz past the first stride) torch picks its generic
-    dilated kernel instead, 3-4x slower here (~620 against ~190 us for 256 channels x 30 steps):
-    most of the time to encode or decode a short one-shot."""
-    if (conv.dilation[0] > 1 and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()):
-        return torch.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation,
-                                        conv.groups)
-    return conv(x)
+def _on_onednn(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.is_available())
+
+
+def inference_conv(conv: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x); on a CPU without gradients, always on oneDNN's kernels.
+
+    Why: (1) for one file under ~20,000 input values (a 1.7-s clip at 48 kHz) torch picks its generic
+    kernels instead (im2col and a product whose last bits depend on the width; for dilated convs
+    3-4x slower than oneDNN's), most of the time to encode a short one-shot; (2) oneDNN's result for a
+    row is the same bit for bit whatever the batch around it and however far zeros pad it on the right
+    (800 shapes checked: widths 4-6,000, batches 1-40, 1 and 2 threads), which lets files of different
+    lengths be encoded together with the codes they get alone (`ConvVQVAE.encode_files`). A transposed
+    conv runs as its polyphase ordinary conv: oneDNN's own transposed kernel is not width-invariant."""
+    if not _on_onednn(x):
+        return conv(x)
+    if isinstance(conv, nn.ConvTranspose1d):
+        phased = _polyphase(conv)
+        if phased is None:
+            return conv(x)
+        weight, bias, (left, right), shifts = phased
+        s, w = conv.stride[0], x.shape[-1]
+        y = torch.mkldnn_convolution(F.pad(x, (left, right)), weight, bias, [0], [1], [1], 1)
+        y = y.reshape(y.shape[0], s, -1, y.shape[-1])  # [B, s, C_out, W + max shift]
+        if len(set(shifts)) == 1:
+            phases = y[..., shifts[0] : shifts[0] + w].permute(0, 2, 3, 1)
+        else:
+            phases = torch.stack([y[:, r, :, shift : shift + w] for r, shift in enumerate(shifts)], -1)
+        return phases.reshape(y.shape[0], -1, w * s)  # [B, C_out, W * s]: out[j * s + r] = phase r at j
+    return torch.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+
+
+def _polyphase(conv: nn.ConvTranspose1d):
+    """A stride-s transposed conv as one ordinary conv with s x its output channels, one per output
+    phase r: out[j*s + r] = sum over m of x[j - m] . w[r + p + m*s]. Phase r's taps span x[j - max m
+    .. j - min m]; all phases share one kernel over the input padded on both sides, each phase read
+    from its own shift. -> (weight [s * C_out, C_in, taps], bias, (left, right) padding, shifts), or
+    None where the output is not s x the input's length. Kept while the weights are unchanged."""
+    w = conv.weight  # [C_in, C_out, K]
+    s, p, k = conv.stride[0], conv.padding[0], w.shape[-1]
+    if conv.groups != 1 or conv.dilation[0] != 1 or conv.output_padding[0] != 0 or k - 2 * p != s:
+        return None
+    key = None  # tensors made in inference mode have no version counter: never kept
+    if not w.is_inference() and (conv.bias is None or not conv.bias.is_inference()):
+        key = (w.data_ptr(), w._version, None if conv.bias is None else (conv.bias.data_ptr(), conv.bias._version))
+    if key is not None and getattr(conv, "_polyphase_key", None) == key:
+        return conv._polyphase_value
+    phases = [[((tap - r - p) // s, tap) for tap in range(k) if (tap - r - p) % s == 0] for r in range(s)]
+    top = [max(m for m, _ in taps) for taps in phases]
+    span = max(t - min(m for m, _ in taps) for t, taps in zip(top, phases)) + 1
+    left = max(top)
+    shifts = [left - t for t in top]
+    weight = w.new_zeros(s, w.shape[1], w.shape[0], span)
+    for r, taps in enumerate(phases):
+        for m, tap in taps:
+            weight[r, :, :, top[r] - m] = w[:, :, tap].T  # kernel position i reads x[j - top + i]
+    # outputs needed: W + max shift, each reading `span` inputs from the left-padded start
+    right = max(shifts) + span - 1 - left
+    bias = (conv.bias if conv.bias is not None else w.new_zeros(w.shape[1])).repeat(s)
+    value = (weight.reshape(-1, w.shape[0], span).contiguous(), bias.contiguous(), (left, max(right, 0)), shifts)
+    if key is not None:
+        conv._polyphase_key, conv._polyphase_value = key, value
+    return value
+
+
+def _reach(layer: nn.Module) -> int:
+    """The input width a layer's widest convolution spans (dilated kernel extent)."""
+    conv = layer.conv1 if isinstance(layer, ResBlock) else layer
+    if not isinstance(conv, (nn.Conv1d, nn.ConvTranspose1d)):
+        return 0
+    return conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
+
+
+MIN_WIDTH = 16  # on oneDNN a conv reads at least this wide (see run_layers)
+
+
+def run_layers(layers: nn.Sequential, x: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+    """The layers on x [B, C, W] in order, convolutions through `inference_conv`. steps [B]: each
+    row's own length at x's rate; past it a row is set back to zero after every layer, the zero padding
+    its file gets alone, so that on oneDNN a row's values do not depend on the rows beside it.
+
+    On oneDNN a conv narrower than its kernel's reach (a 0.1-s file's 2 steps under a dilation of 3)
+    takes another kernel with other last bits than the same row inside a wider batch; so every conv
+    reads at least MIN_WIDTH (and its reach) wide, zero-padded, alone or batched, and the output is cut
+    back to the width it would have had."""
+    width = x.shape[-1]
+    pad_narrow = _on_onednn(x)
+    for layer in layers:
+        need = max(MIN_WIDTH, _reach(layer))
+        if pad_narrow and _reach(layer) and x.shape[-1] < need:
+            if steps is None:
+                steps = torch.full((x.shape[0],), x.shape[-1], device=x.device)
+            x = F.pad(x, (0, need - x.shape[-1]))
+        if isinstance(layer, (nn.Conv1d, nn.ConvTranspose1d)):
+            x = inference_conv(layer, x)
+            if layer.stride[0] != 1:
+                s = layer.stride[0]
+                grow = isinstance(layer, nn.ConvTranspose1d)
+                width = width * s if grow else width // s
+                if steps is not None:
+                    steps = steps * s if grow else steps // s
+        else:
+            x = layer(x)
+        if steps is not None and not isinstance(layer, nn.ReLU) and bool((steps < x.shape[-1]).any()):
+            past = torch.arange(x.shape[-1], device=x.device)[None, :] >= steps[:, None]
+            x = x.masked_fill(past[:, None, :], 0.0)
+    return x[..., :width]
 
 
 def _res_stack(channels: int, n: int) -> list[nn.Module]:
@@ -322,8 +433,9 @@ class Encoder(nn.Module):
         layers += [nn.ReLU(), nn.Conv1d(hidden, dim, 1)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, n_mels, F] -> [B, D, F / 2^n_down]
-        return self.net(x)
+    def forward(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, n_mels, F] -> [B, D, F / 2^n_down]; frames [B]: each row's own length (run_layers)."""
+        return run_layers(self.net, x, frames)
 
 
 class Decoder(nn.Module):
@@ -339,8 +451,25 @@ class Decoder(nn.Module):
                        nn.ConvTranspose1d(hidden, n_mels if last else hidden, 4, stride=2, padding=1)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:  # [B, D, T'] -> [B, n_mels, T' * 2^n_up]
-        return self.net(z)
+    def forward(self, z: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, D, T'] -> [B, n_mels, T' * 2^n_up]; steps [B]: each row's own length (run_layers)."""
+        return run_layers(self.net, z, steps)
+
+
+def length_groups(frames: list[int], batch_frames: int = BATCH_FRAMES) -> list[list[int]]:
+    """Indices of files grouped for one call each: by length, at most `batch_frames` padded frames a
+    call and PADDING_GROWTH between a call's shortest and longest file (0: one file a call; a file
+    past SHORT_FRAMES always alone)."""
+    order = sorted(range(len(frames)), key=lambda i: frames[i])
+    groups: list[list[int]] = []
+    for i in order:
+        current = groups[-1] if groups else None
+        if (current and frames[i] <= SHORT_FRAMES and (len(current) + 1) * frames[i] <= batch_frames
+                and frames[i] <= PADDING_GROWTH * frames[current[0]]):
+            current.append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -399,13 +528,17 @@ class ConvVQVAE(nn.Module):
     def _latent(self, mel: torch.Tensor) -> torch.Tensor:
         """mel [B, n_mels, F] -> z [B, D, ceil(F / downsample)]; the tail is padded by repeating the
         last frame (cropped away again by decode)."""
-        x = (self._padded(mel) - self.mel_mean[:, None]) / self.mel_std[:, None]
-        z = self.encoder(x)
-        return z + self.enc_linear(x) if self.linear_path else z
+        return self._latent_normalised((self._padded(mel) - self.mel_mean[:, None]) / self.mel_std[:, None])
 
-    def _decode_latent(self, q: torch.Tensor) -> torch.Tensor:
-        y = self.decoder(q)
-        return y + self.dec_linear(q) if self.linear_path else y
+    def _latent_normalised(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised, padded mel x [B, n_mels, F] (frames [B]: each row's own length, zeros past it)
+        -> z [B, D, F / downsample] (past a row's own length: not its file's)."""
+        z = self.encoder(x, frames)
+        return z + inference_conv(self.enc_linear, x) if self.linear_path else z
+
+    def _decode_latent(self, q: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.decoder(q, steps)
+        return y + inference_conv(self.dec_linear, q) if self.linear_path else y
 
     def _frames_out(self, y: torch.Tensor, frames: int | None) -> torch.Tensor:
         """Normalised decoder output [B, n_mels, T'*ds] -> log-mel, cropped/padded to `frames`."""
@@ -511,10 +644,74 @@ class ConvVQVAE(nn.Module):
         sequence model learns (detail=True: all Q + detail_width: every level, then the spectral
         detail of what those levels decode to; spectral=False: every level only)."""
         self._check(mel)
-        codes = self.quantizer.encode(self._latent(mel), levels=None if detail else self.coarse_levels)
-        if not detail or not spectral or self.spectral is None:
-            return codes
-        return torch.cat([codes, self.spectral.encode(self._left_out(mel, codes))], -1)
+        return torch.stack(self.encode_files(list(mel), detail=detail, spectral=spectral))
+
+    @torch.no_grad()
+    def encode_files(self, mels: list[torch.Tensor], detail: bool = False, spectral: bool = True,
+                     batch_frames: int = BATCH_FRAMES) -> list[torch.Tensor]:
+        """Mels [n_mels, frames] of any lengths -> each one's codes [ceil(frames / downsample), Q
+        (+ detail_width)], as `encode` describes, bit for bit what each file gets alone.
+
+        Files of similar lengths go through the convolutions together (`length_groups`, up to
+        `batch_frames` padded frames a call; 0: one file a call), each zero past its own end before
+        every layer, as the padding it gets alone; on a CPU the convolutions run on oneDNN
+        (`inference_conv`), whose rows do not depend on the rows beside them. Every file's vectors
+        then take their codes in one pass per level, each its exact nearest (models/nearest.py). So
+        27 short one-shots cost a few calls per layer and level rather than a few per file."""
+        if not mels:
+            return []
+        dev = self.mel_mean.device
+        mean, std = self.mel_mean[:, None], self.mel_std[:, None]
+        padded = []
+        for m in mels:
+            if m.dim() != 2 or m.shape[0] != self.n_mels or m.shape[-1] == 0:
+                raise ValueError(f"expected mel [{self.n_mels}, frames > 0], got {tuple(m.shape)}")
+            padded.append(self._padded(m[None].to(dev, torch.float32))[0])
+        frames = [p.shape[-1] for p in padded]
+        steps = [f // self.downsample for f in frames]
+        groups = length_groups(frames, batch_frames)
+        starts = [0]
+        for t in steps:
+            starts.append(starts[-1] + t)
+
+        def batch(group: list[int], rows: list[torch.Tensor], width: int, channels: int) -> torch.Tensor:
+            x = torch.zeros(len(group), channels, width, device=dev)
+            for row, part in enumerate(rows):
+                x[row, :, : part.shape[-1]] = part
+            return x
+
+        vectors: list[torch.Tensor | None] = [None] * len(mels)
+        for group in groups:
+            x = batch(group, [(padded[i] - mean) / std for i in group], max(frames[i] for i in group), self.n_mels)
+            z = self._latent_normalised(x, torch.tensor([frames[i] for i in group], device=dev))
+            for row, i in enumerate(group):
+                vectors[i] = z[row, :, : steps[i]].T
+        # the short files' vectors together, exactly; each long file's on its own (SHORT_FRAMES)
+        short = [i for i in range(len(mels)) if frames[i] <= SHORT_FRAMES]
+        parts = ([short] if short else []) + [[i] for i in range(len(mels)) if frames[i] > SHORT_FRAMES]
+        levels = None if detail else self.coarse_levels
+        codes = torch.zeros(starts[-1], self.quantizer.num_quantizers if detail else self.coarse_levels,
+                            dtype=torch.long, device=dev)
+        rows = [torch.cat([torch.arange(starts[i], starts[i + 1], device=dev) for i in part]) for part in parts]
+        for part, where in zip(parts, rows):
+            exact = frames[part[0]] <= SHORT_FRAMES
+            codes[where] = self.quantizer.encode_rows(torch.cat([vectors[i] for i in part]), levels, exact=exact)
+        if detail and spectral and self.spectral is not None:
+            # what the decoder leaves out of each file, decoded from its codes as `decode` does
+            summed = self.quantizer.decode(codes[None])[0]  # [D, N]
+            blocks: list[torch.Tensor | None] = [None] * len(mels)
+            for group in groups:
+                q = batch(group, [summed[:, starts[i] : starts[i + 1]] for i in group],
+                          max(steps[i] for i in group), summed.shape[0])
+                y = self._frames_out(self._decode_latent(q, torch.tensor([steps[i] for i in group], device=dev)), None)
+                for row, i in enumerate(group):
+                    blocks[i] = self.spectral.to_blocks((padded[i] - y[row, :, : frames[i]])[None])[0]  # [bands, T', d]
+            detail_codes = codes.new_zeros(starts[-1], self.spectral.levels * self.spectral.bands)
+            for part, where in zip(parts, rows):
+                exact = frames[part[0]] <= SHORT_FRAMES
+                detail_codes[where] = self.spectral.encode_blocks(torch.cat([blocks[i] for i in part], 1), exact=exact)
+            codes = torch.cat([codes, detail_codes], -1)
+        return [codes[starts[i] : starts[i + 1]] for i in range(len(mels))]
 
     def decode(self, codes: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """codes [B, T', Q] (the sequence model's levels alone), [B, T', Q + detail_levels] (with the

@@ -260,7 +260,7 @@ def code_histogram(model: ConvVQVAE, chunks: list[torch.Tensor], device: torch.d
     was_training = model.training
     model.eval()
     try:
-        codes = [model.encode(m.to(device, torch.float32).unsqueeze(0), detail=True, spectral=False)[0].cpu() for m in chunks]
+        codes = [c.cpu() for c in model.encode_files([m.to(device, torch.float32) for m in chunks], detail=True, spectral=False)]
     finally:
         model.train(was_training)
     return level_histograms(codes, model.quantizer.codebook_size)
