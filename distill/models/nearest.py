@@ -23,9 +23,12 @@ def _error_bound(dim: int) -> float:
     return 2 * (dim + 1) * 2.0**-24
 
 
-def nearest_codes(x: torch.Tensor, book: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+def nearest_codes(x: torch.Tensor, book: torch.Tensor, norms: torch.Tensor | None = None,
+                  exact: bool = True) -> torch.Tensor:
     """x [N, D] or [G, N, D], book [K, D] or [G, K, D] (norms: ||e||^2 [K] or [G, K], if known) ->
-    the index of each vector's nearest code by squared Euclidean distance [N] or [G, N]."""
+    the index of each vector's nearest code by squared Euclidean distance [N] or [G, N].
+    exact=False: float32's choice (training, k-means, a long file alone), the same only for the
+    same rows."""
     if norms is None:
         norms = book.pow(2).sum(-1)
     if x.dim() == 2:
@@ -33,6 +36,8 @@ def nearest_codes(x: torch.Tensor, book: torch.Tensor, norms: torch.Tensor | Non
     else:
         dist = torch.baddbmm(norms[:, None, :], x, book.transpose(1, 2), alpha=-2.0)
     best = dist.min(-1)  # min().indices: ~2x argmin's speed on a CPU
+    if not exact:
+        return best.indices
     bound = _error_bound(x.shape[-1])
     x_norm = torch.linalg.vector_norm(x, dim=-1)  # [.., N]
     # A code is a contender if its distance, less its error bound, reaches the best's plus the best's

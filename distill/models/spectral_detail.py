@@ -59,16 +59,6 @@ class SpectralDetail(nn.Module):
         x = x.reshape(b, self.bands, t, self.band_mels, self.ds).permute(0, 1, 3, 2, 4)
         return x.reshape(b, self.n_mels, t * self.ds)
 
-    def _nearest(self, x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
-        """x [B, bands, N, d], book [bands, K, d] -> each vector's nearest code [B, bands, N] (first on
-        ties). ||e||^2 - 2 x.e in one batched product per band, and min().indices: 2.4x an einsum, a
-        subtraction and argmin on the fit's 8 x 16,384 vectors, which is most of the fit's time. For the
-        fit's k-means float32's choice is enough; `encode` takes the exact nearest."""
-        b, n, t, d = x.shape
-        rows = x.transpose(0, 1).reshape(n, b * t, d)
-        dist = torch.baddbmm((book * book).sum(-1)[:, None, :], rows, book.transpose(1, 2), alpha=-2.0)
-        return dist.min(-1).indices.reshape(n, b, t).transpose(0, 1)
-
     def _lookup(self, book: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """book [bands, K, d], codes [B, bands, N] -> [B, bands, N, d]."""
         idx = codes + torch.arange(self.bands, device=codes.device)[None, :, None] * self.k
@@ -90,7 +80,7 @@ class SpectralDetail(nn.Module):
         out = []
         for level in range(self.levels):
             book = self.books[level]
-            codes = nearest_codes(x, book) if exact else self._nearest(x[None], book)[0]  # [bands, N]
+            codes = nearest_codes(x, book, exact=exact)  # [bands, N]
             x -= self._lookup(book, codes[None])[0]
             out.append(codes)
         return torch.stack(out).reshape(self.levels * self.bands, -1).T.contiguous()
@@ -117,7 +107,7 @@ class SpectralDetail(nn.Module):
             book = x[:, pick].clone()  # [bands, K, d]
             book[:, 0] = 0.0  # code 0: no change
             for it in range(FIT_ITERS):
-                a = self._nearest(x[None], book)[0]  # [bands, N]
+                a = nearest_codes(x, book, exact=False)  # [bands, N]: float32's choice is enough for k-means
                 sums = torch.zeros_like(book).scatter_add_(1, a[..., None].expand_as(x), x)
                 counts = torch.zeros(self.bands, self.k).scatter_add_(1, a, torch.ones_like(a, dtype=torch.float32))
                 book = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], book)
@@ -125,7 +115,7 @@ class SpectralDetail(nn.Module):
                 if it < FIT_ITERS - 1:
                     self._reseed_unused(book, counts, x, a)
             self.books[level] = book.to(self.books.device)
-            x -= self._lookup(book, self._nearest(x[None], book))[0]  # (on the CPU, wherever the model is)
+            x -= self._lookup(book, nearest_codes(x, book, exact=False)[None])[0]  # (on the CPU, wherever the model is)
         return float(x.abs().mean())
 
     def _reseed_unused(self, book: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, assigned: torch.Tensor) -> None:

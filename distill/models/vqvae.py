@@ -79,8 +79,7 @@ class EMACodebook(nn.Module):
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> code index [N] (squared Euclidean distance, first index on ties). ||x||^2 is
         the same for every code, so it is left out; min().indices is ~2x argmin's speed on a CPU."""
-        e = self.embed
-        return torch.addmm(self._norms(), x, e.T, alpha=-2).min(dim=1).indices  # ||e||^2 - 2 x.e: [N, K]
+        return nearest_codes(x, self.embed, self._norms(), exact=False)
 
     def _norms(self) -> torch.Tensor:
         """||e||^2 [K], kept while the codebook is unchanged (its storage and in-place version): a
@@ -278,7 +277,7 @@ class ResidualVQ(nn.Module):
         float32's choice, the same only for the same rows (one long file's, always alone)."""
         residual, codes = rows, []
         for level in self.levels[:levels]:
-            idx = nearest_codes(residual, level.embed, level._norms()) if exact else level.nearest(residual)
+            idx = nearest_codes(residual, level.embed, level._norms(), exact=exact)
             codes.append(idx)
             residual = residual - level.embed.index_select(0, idx)  # (a third cheaper than embed[idx])
         return torch.stack(codes, dim=-1)
@@ -694,9 +693,9 @@ class ConvVQVAE(nn.Module):
         codes = torch.zeros(starts[-1], self.quantizer.num_quantizers if detail else self.coarse_levels,
                             dtype=torch.long, device=dev)
         rows = [torch.cat([torch.arange(starts[i], starts[i + 1], device=dev) for i in part]) for part in parts]
-        for part, where in zip(parts, rows):
-            exact = frames[part[0]] <= SHORT_FRAMES
-            codes[where] = self.quantizer.encode_rows(torch.cat([vectors[i] for i in part]), levels, exact=exact)
+        exact = [frames[part[0]] <= SHORT_FRAMES for part in parts]
+        for part, where, certain in zip(parts, rows, exact):
+            codes[where] = self.quantizer.encode_rows(torch.cat([vectors[i] for i in part]), levels, exact=certain)
         if detail and spectral and self.spectral is not None:
             # what the decoder leaves out of each file, decoded from its codes as `decode` does
             summed = self.quantizer.decode(codes[None])[0]  # [D, N]
@@ -708,9 +707,8 @@ class ConvVQVAE(nn.Module):
                 for row, i in enumerate(group):
                     blocks[i] = self.spectral.to_blocks((padded[i] - y[row, :, : frames[i]])[None])[0]  # [bands, T', d]
             detail_codes = codes.new_zeros(starts[-1], self.spectral.levels * self.spectral.bands)
-            for part, where in zip(parts, rows):
-                exact = frames[part[0]] <= SHORT_FRAMES
-                detail_codes[where] = self.spectral.encode_blocks(torch.cat([blocks[i] for i in part], 1), exact=exact)
+            for part, where, certain in zip(parts, rows, exact):
+                detail_codes[where] = self.spectral.encode_blocks(torch.cat([blocks[i] for i in part], 1), exact=certain)
             codes = torch.cat([codes, detail_codes], -1)
         return [codes[starts[i] : starts[i + 1]] for i in range(len(mels))]
 
