@@ -77,10 +77,11 @@ def test_files_encoded_together_get_bit_for_bit_the_codes_they_get_alone():
 
     model, mels = codec_with_near_ties()
     alone = [model.encode(m[None], detail=True)[0] for m in mels]
-    ways = [extract_code_sequences(model, mels, detail=True),  # one pass, files of like lengths together
+    ways = [extract_code_sequences(model, mels, detail=True),  # one pass, the short files laid end to end
             extract_code_sequences(model, mels[::-1], detail=True)[::-1],
             extract_code_sequences(model, mels, detail=True, batch_frames=120),  # passes of a few files
-            model.encode_files(mels, detail=True, batch_frames=10**6)]  # every file in one call
+            model.encode_files(mels, detail=True, batch_frames=10**6),  # every short file in one call
+            model.encode_files(mels, detail=True, batch_frames=90)]  # a few files a call
     for codes in ways:
         assert all(torch.equal(a, c) for a, c in zip(alone, codes))
     # the planted ties are decided exactly: each first vector's first code is its exact nearest

@@ -284,26 +284,43 @@ def test_inference_runs_every_convolution_on_onednn_with_the_modules_numbers():
     assert x.grad is not None and conv.weight.grad is not None
 
 
-def test_a_file_batched_with_others_gets_its_values_alone_bit_for_bit():
-    """Files of other lengths beside it, zero past its end before every layer, on oneDNN: each row
-    of the encoder and decoder is what the file gives alone, to the last bit."""
-    from distill.models.vqvae import run_layers
+def test_a_file_laid_beside_others_gets_its_values_alone_bit_for_bit():
+    """Files of other lengths laid end to end in rows, `gap_frames` of zeros between them, zero
+    outside every file after each layer, on oneDNN: each file's stretch of the encoder's and the
+    decoder's output is what the file gives alone, to the last bit. A gap one stride narrower lets a
+    file read its neighbour (so the check can fail)."""
+    from distill.models.vqvae import Spans, run_layers
 
     # dilations 1, 3, 9 (a fresh linear path's last convs start at zero: none here)
     model = tiny_model(num_res_blocks=3, linear_path=False).eval()
+    ds = model.downsample
     g = torch.Generator().manual_seed(3)
-    lengths = [4, 8, 12, 40, 44, 100, 400]
+    lengths = [4, 8, 12, 40, 44, 100, 400, 4, 16]  # mel frames
+    assert model.gap_frames == 36  # dilation 9 at a quarter of the frame rate
     with torch.inference_mode():
-        for net, channels, scale in ((model.encoder.net, N_MELS, 1), (model.decoder.net, 8, 4)):
-            xs = [torch.randn(channels, max(1, n // scale), generator=g) for n in lengths]  # (latent rate)
-            width = max(x.shape[-1] for x in xs) + 16
-            batch = torch.zeros(len(xs), channels, width)
-            for row, x in enumerate(xs):
-                batch[row, :, : x.shape[-1]] = x
-            together = run_layers(net, batch, torch.tensor([x.shape[-1] for x in xs]))
-            for row, x in enumerate(xs):
-                alone = run_layers(net, x[None])[0]
-                assert torch.equal(together[row, :, : alone.shape[-1]], alone), (row, x.shape[-1])
+        for net, channels, scale in ((model.encoder.net, N_MELS, 1), (model.decoder.net, 8, ds)):
+            xs = [torch.randn(channels, n // scale, generator=g) for n in lengths]  # (the latent rate)
+            alone = [run_layers(net, x[None])[0] for x in xs]
+            for gap, same in ((model.gap_frames, True), (model.gap_frames - ds, False)):
+                # two rows: the files in order, then in reverse, each row from a different offset
+                rows = [list(range(len(xs))), list(range(len(xs)))[::-1]]
+                parts, places, ends = [], [], []
+                for r, order in enumerate(rows):
+                    at = gap // scale if r else 0
+                    for i in order:
+                        parts.append((r, at, at + xs[i].shape[-1]))
+                        places.append(i)
+                        at += xs[i].shape[-1] + gap // scale
+                    ends.append(at)
+                batch = torch.zeros(len(rows), channels, max(ends) + 3 * ds // scale)
+                for (r, a, b), i in zip(parts, places):
+                    batch[r, :, a:b] = xs[i]
+                out = run_layers(net, batch, Spans(len(rows), tuple(parts)))
+                grow = out.shape[-1] // batch.shape[-1] if out.shape[-1] >= batch.shape[-1] else 1
+                shrink = batch.shape[-1] // out.shape[-1] if out.shape[-1] < batch.shape[-1] else 1
+                equal = [torch.equal(out[r, :, a * grow // shrink : b * grow // shrink], alone[i])
+                         for (r, a, b), i in zip(parts, places)]
+                assert all(equal) if same else not all(equal), (scale, gap, equal)
 
 
 def test_codebook_norms_follow_every_change_to_the_codebook():

@@ -35,13 +35,12 @@ from distill.models.nearest import nearest_codes
 from distill.models.spectral_detail import SpectralDetail, fit_excerpts
 
 KMEANS_ITERS = 10
-BATCH_FRAMES = 4_096  # padded mel frames per encoder call where files go through together (~45 s at 48 kHz)
+BATCH_FRAMES = 4_096  # mel frames per encoder call where files go through together, gaps included (~45 s at 48 kHz)
 # A file of more padded frames (~22 s at 48 kHz) always goes through alone, its codes float32's choice
 # over its own vectors: it gains nothing from company, and certifying every code of long files made
-# drascula's extraction 0.78x the code before's (1.12x without). Shorter files are batched and take
-# exact codes (encode_files).
+# drascula's extraction 0.78x the code before's (1.12x without). Shorter files are laid end to end and
+# take exact codes (encode_files).
 SHORT_FRAMES = BATCH_FRAMES // 2
-PADDING_GROWTH = 1.5  # a call's longest file is at most this many times its shortest: padding stays < 1/3
 # Usage counts are kept per this many assigned vectors, whatever the batch size, so that
 # `dead_code_threshold` means the same for every batch size and window length: with the default 1.0,
 # a code is re-seeded once it serves fewer than 1 in 1024 vectors (on an EMA over ~1/(1-decay) steps).
@@ -315,10 +314,12 @@ def inference_conv(conv: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor) -> tor
 
     Why: (1) for one file under ~20,000 input values (a 1.7-s clip at 48 kHz) torch picks its generic
     kernels instead (im2col and a product whose last bits depend on the width; for dilated convs
-    3-4x slower than oneDNN's), most of the time to encode a short one-shot; (2) oneDNN's result for a
-    row is the same bit for bit whatever the batch around it and however far zeros pad it on the right
-    (800 shapes checked: widths 4-6,000, batches 1-40, 1 and 2 threads), which lets files of different
-    lengths be encoded together with the codes they get alone (`ConvVQVAE.encode_files`). A transposed
+    3-4x slower than oneDNN's), most of the time to encode a short one-shot; (2) oneDNN's value at a
+    position is the same bit for bit whatever the batch around it, however far zeros pad the row and
+    wherever along the row the position lies, as long as what it reads is the same (800 shapes checked
+    for batches and padding: widths 4-6,000, batches 1-40, 1 and 2 threads; 438 files laid end to end
+    at many offsets for position), which lets files of different lengths be encoded together with the
+    codes they get alone (`ConvVQVAE.encode_files`). A transposed
     conv runs as its polyphase ordinary conv: oneDNN's own transposed kernel is not width-invariant."""
     if not _on_onednn(x):
         return conv(x)
@@ -382,36 +383,57 @@ def _reach(layer: nn.Module) -> int:
 MIN_WIDTH = 16  # on oneDNN a conv reads at least this wide (see run_layers)
 
 
-def run_layers(layers: nn.Sequential, x: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
-    """The layers on x [B, C, W] in order, convolutions through `inference_conv`. steps [B]: each
-    row's own length at x's rate; past it a row is set back to zero after every layer, the zero padding
-    its file gets alone, so that on oneDNN a row's values do not depend on the rows beside it.
+@dataclass(frozen=True)
+class Spans:
+    """Where files lie along a batch of rows, at one rate: (row, start, stop) each; zeros elsewhere."""
+
+    rows: int
+    parts: tuple[tuple[int, int, int], ...]
+
+    def resampled(self, up: int = 1, down: int = 1) -> Spans:
+        return Spans(self.rows, tuple((r, a * up // down, b * up // down) for r, a, b in self.parts))
+
+    def outside(self, width: int, device: torch.device) -> torch.Tensor | None:
+        """[rows, 1, width] bool, True where no file lies (None: the files cover every position)."""
+        inside = torch.zeros(self.rows, width, dtype=torch.bool, device=device)
+        for r, a, b in self.parts:
+            inside[r, a:b] = True
+        return None if bool(inside.all()) else ~inside[:, None, :]
+
+
+def run_layers(layers: nn.Sequential, x: torch.Tensor, spans: Spans | None = None) -> torch.Tensor:
+    """The layers on x [B, C, W] in order, convolutions through `inference_conv`. spans: where each
+    file lies in x (several files can share a row, laid end to end with gaps wider than any layer
+    reads: `ConvVQVAE.gap_frames`); everywhere else is set back to zero after every layer, the zero
+    padding a file gets alone, so that on oneDNN a file's values do not depend on what lies beside it.
 
     On oneDNN a conv narrower than its kernel's reach (a 0.1-s file's 2 steps under a dilation of 3)
-    takes another kernel with other last bits than the same row inside a wider batch; so every conv
+    takes another kernel with other last bits than the same file inside a wider row; so every conv
     reads at least MIN_WIDTH (and its reach) wide, zero-padded, alone or batched, and the output is cut
     back to the width it would have had."""
     width = x.shape[-1]
     pad_narrow = _on_onednn(x)
+    outside = None if spans is None else spans.outside(x.shape[-1], x.device)
     for layer in layers:
         need = max(MIN_WIDTH, _reach(layer))
         if pad_narrow and _reach(layer) and x.shape[-1] < need:
-            if steps is None:
-                steps = torch.full((x.shape[0],), x.shape[-1], device=x.device)
+            if spans is None:
+                spans = Spans(x.shape[0], tuple((r, 0, x.shape[-1]) for r in range(x.shape[0])))
             x = F.pad(x, (0, need - x.shape[-1]))
+            outside = spans.outside(x.shape[-1], x.device)
         if isinstance(layer, (nn.Conv1d, nn.ConvTranspose1d)):
             x = inference_conv(layer, x)
             if layer.stride[0] != 1:
                 s = layer.stride[0]
                 grow = isinstance(layer, nn.ConvTranspose1d)
                 width = width * s if grow else width // s
-                if steps is not None:
-                    steps = steps * s if grow else steps // s
+                if spans is not None:
+                    spans = spans.resampled(up=s) if grow else spans.resampled(down=s)
+                    outside = spans.outside(x.shape[-1], x.device)
         else:
             x = layer(x)
-        if steps is not None and not isinstance(layer, nn.ReLU) and bool((steps < x.shape[-1]).any()):
-            past = torch.arange(x.shape[-1], device=x.device)[None, :] >= steps[:, None]
-            x = x.masked_fill(past[:, None, :], 0.0)
+        if outside is not None and not isinstance(layer, nn.ReLU):
+            x = x.masked_fill(outside, 0.0)
     return x[..., :width]
 
 
@@ -433,9 +455,9 @@ class Encoder(nn.Module):
         layers += [nn.ReLU(), nn.Conv1d(hidden, dim, 1)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, n_mels, F] -> [B, D, F / 2^n_down]; frames [B]: each row's own length (run_layers)."""
-        return run_layers(self.net, x, frames)
+    def forward(self, x: torch.Tensor, spans: Spans | None = None) -> torch.Tensor:
+        """[B, n_mels, F] -> [B, D, F / 2^n_down]; spans: where each file lies in x (run_layers)."""
+        return run_layers(self.net, x, spans)
 
 
 class Decoder(nn.Module):
@@ -451,25 +473,31 @@ class Decoder(nn.Module):
                        nn.ConvTranspose1d(hidden, n_mels if last else hidden, 4, stride=2, padding=1)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, D, T'] -> [B, n_mels, T' * 2^n_up]; steps [B]: each row's own length (run_layers)."""
-        return run_layers(self.net, z, steps)
+    def forward(self, z: torch.Tensor, spans: Spans | None = None) -> torch.Tensor:
+        """[B, D, T'] -> [B, n_mels, T' * 2^n_up]; spans: where each file lies in z (run_layers)."""
+        return run_layers(self.net, z, spans)
 
 
-def length_groups(frames: list[int], batch_frames: int = BATCH_FRAMES) -> list[list[int]]:
-    """Indices of files grouped for one call each: by length, at most `batch_frames` padded frames a
-    call and PADDING_GROWTH between a call's shortest and longest file (0: one file a call; a file
-    past SHORT_FRAMES always alone)."""
-    order = sorted(range(len(frames)), key=lambda i: frames[i])
-    groups: list[list[int]] = []
-    for i in order:
-        current = groups[-1] if groups else None
-        if (current and frames[i] <= SHORT_FRAMES and (len(current) + 1) * frames[i] <= batch_frames
-                and frames[i] <= PADDING_GROWTH * frames[current[0]]):
-            current.append(i)
-        else:
-            groups.append([i])
-    return groups
+def pack_files(frames: list[int], batch_frames: int, gap: int) -> list[list[tuple[int, int]]]:
+    """Files of `frames` padded mel frames each, laid end to end for one call each -> [(file, offset)]
+    per call: `gap` frames of zeros after each file, at most `batch_frames` frames a call. A file past
+    SHORT_FRAMES goes alone, and so does every file where batch_frames is 0."""
+    calls: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    end = 0
+    for i, f in enumerate(frames):
+        if f > SHORT_FRAMES or not batch_frames:
+            calls.append([(i, 0)])
+            continue
+        start = end + gap if current else 0
+        if current and start + f > batch_frames:
+            calls.append(current)
+            current, start = [], 0
+        current.append((i, start))
+        end = start + f
+    if current:
+        calls.append(current)
+    return calls
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -530,14 +558,14 @@ class ConvVQVAE(nn.Module):
         last frame (cropped away again by decode)."""
         return self._latent_normalised((self._padded(mel) - self.mel_mean[:, None]) / self.mel_std[:, None])
 
-    def _latent_normalised(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised, padded mel x [B, n_mels, F] (frames [B]: each row's own length, zeros past it)
-        -> z [B, D, F / downsample] (past a row's own length: not its file's)."""
-        z = self.encoder(x, frames)
+    def _latent_normalised(self, x: torch.Tensor, spans: Spans | None = None) -> torch.Tensor:
+        """Normalised, padded mel x [B, n_mels, F] (spans: where each file lies, zeros elsewhere)
+        -> z [B, D, F / downsample] (outside the spans: no file's)."""
+        z = self.encoder(x, spans)
         return z + inference_conv(self.enc_linear, x) if self.linear_path else z
 
-    def _decode_latent(self, q: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.decoder(q, steps)
+    def _decode_latent(self, q: torch.Tensor, spans: Spans | None = None) -> torch.Tensor:
+        y = self.decoder(q, spans)
         return y + inference_conv(self.dec_linear, q) if self.linear_path else y
 
     def _frames_out(self, y: torch.Tensor, frames: int | None) -> torch.Tensor:
@@ -646,22 +674,43 @@ class ConvVQVAE(nn.Module):
         self._check(mel)
         return torch.stack(self.encode_files(list(mel), detail=detail, spectral=spectral))
 
+    @property
+    def gap_frames(self) -> int:
+        """Mel frames of zeros between files laid end to end in one call: at every layer's rate at least
+        as far as its convolution reads on either side of a position, so that no file reaches its
+        neighbour; a multiple of the downsample, so each file meets every stride where it does alone."""
+        need = 0
+        linear = [self.enc_linear, self.dec_linear] if self.linear_path else [None, None]
+        for layers, rate in (([*self.encoder.net, linear[0]], 1), ([*self.decoder.net, linear[1]], self.downsample)):
+            for layer in layers:
+                conv = layer.conv1 if isinstance(layer, ResBlock) else layer
+                if isinstance(conv, nn.ConvTranspose1d):
+                    need = max(need, -(-conv.kernel_size[0] // conv.stride[0]) * rate)
+                    if conv is layer:
+                        rate //= conv.stride[0]
+                elif isinstance(conv, nn.Conv1d):
+                    extent, pad = conv.dilation[0] * (conv.kernel_size[0] - 1), conv.padding[0]
+                    need = max(need, max(pad, extent - pad) * rate)
+                    if conv is layer:
+                        rate *= conv.stride[0]
+        return -(-need // self.downsample) * self.downsample
+
     @torch.no_grad()
     def encode_files(self, mels: list[torch.Tensor], detail: bool = False, spectral: bool = True,
                      batch_frames: int = BATCH_FRAMES) -> list[torch.Tensor]:
         """Mels [n_mels, frames] of any lengths -> each one's codes [ceil(frames / downsample), Q
         (+ detail_width)], as `encode` describes, bit for bit what each file gets alone.
 
-        Files of similar lengths go through the convolutions together (`length_groups`, up to
-        `batch_frames` padded frames a call; 0: one file a call), each zero past its own end before
-        every layer, as the padding it gets alone; on a CPU the convolutions run on oneDNN
-        (`inference_conv`), whose rows do not depend on the rows beside them. Every file's vectors
-        then take their codes in one pass per level, each its exact nearest (models/nearest.py). So
-        27 short one-shots cost a few calls per layer and level rather than a few per file."""
+        Short files go through the convolutions together, laid end to end (`pack_files`, up to
+        `batch_frames` frames a call; 0: one file a call) with `gap_frames` of zeros between them, set
+        back to zero after every layer, as the padding each gets alone; on a CPU the convolutions run on
+        oneDNN (`inference_conv`), whose value at a position does not depend on what lies around the
+        positions it reads. Every file's vectors then take their codes in one pass per level, each its
+        exact nearest (models/nearest.py). So 27 short one-shots cost one call per layer and a pass per
+        level rather than a few each per file."""
         if not mels:
             return []
         dev = self.mel_mean.device
-        mean, std = self.mel_mean[:, None], self.mel_std[:, None]
         padded = []
         for m in mels:
             if m.dim() != 2 or m.shape[0] != self.n_mels or m.shape[-1] == 0:
@@ -669,23 +718,32 @@ class ConvVQVAE(nn.Module):
             padded.append(self._padded(m[None].to(dev, torch.float32))[0])
         frames = [p.shape[-1] for p in padded]
         steps = [f // self.downsample for f in frames]
-        groups = length_groups(frames, batch_frames)
+        calls = pack_files(frames, batch_frames, self.gap_frames)
         starts = [0]
         for t in steps:
             starts.append(starts[-1] + t)
 
-        def batch(group: list[int], rows: list[torch.Tensor], width: int, channels: int) -> torch.Tensor:
-            x = torch.zeros(len(group), channels, width, device=dev)
-            for row, part in enumerate(rows):
-                x[row, :, : part.shape[-1]] = part
-            return x
+        def laid(call: list[tuple[int, int]], parts: list[torch.Tensor], divisor: int) -> tuple[torch.Tensor, Spans]:
+            """The call's files at 1 / divisor of the mel rate, end to end in one row, and where they lie."""
+            if len(call) == 1:
+                return parts[0][None], Spans(1, ((0, 0, parts[0].shape[-1]),))
+            last, offset = call[-1]
+            x = parts[0].new_zeros(1, parts[0].shape[0], (offset + frames[last]) // divisor)
+            for (_, offset), part in zip(call, parts):
+                x[0, :, offset // divisor : offset // divisor + part.shape[-1]] = part
+            return x, Spans(1, tuple((0, o // divisor, (o + frames[i]) // divisor) for i, o in call))
 
         vectors: list[torch.Tensor | None] = [None] * len(mels)
-        for group in groups:
-            x = batch(group, [(padded[i] - mean) / std for i in group], max(frames[i] for i in group), self.n_mels)
-            z = self._latent_normalised(x, torch.tensor([frames[i] for i in group], device=dev))
-            for row, i in enumerate(group):
-                vectors[i] = z[row, :, : steps[i]].T
+        mean, std = self.mel_mean[:, None], self.mel_std[:, None]
+        for call in calls:
+            x, spans = laid(call, [padded[i] for i, _ in call], 1)
+            x = (x - mean) / std
+            outside = spans.outside(x.shape[-1], dev)
+            if outside is not None:
+                x = x.masked_fill(outside, 0.0)
+            z = self._latent_normalised(x, spans)
+            for i, offset in call:
+                vectors[i] = z[0, :, offset // self.downsample : offset // self.downsample + steps[i]].T
         # the short files' vectors together, exactly; each long file's on its own (SHORT_FRAMES)
         short = [i for i in range(len(mels)) if frames[i] <= SHORT_FRAMES]
         parts = ([short] if short else []) + [[i] for i in range(len(mels)) if frames[i] > SHORT_FRAMES]
@@ -700,12 +758,11 @@ class ConvVQVAE(nn.Module):
             # what the decoder leaves out of each file, decoded from its codes as `decode` does
             summed = self.quantizer.decode(codes[None])[0]  # [D, N]
             blocks: list[torch.Tensor | None] = [None] * len(mels)
-            for group in groups:
-                q = batch(group, [summed[:, starts[i] : starts[i + 1]] for i in group],
-                          max(steps[i] for i in group), summed.shape[0])
-                y = self._frames_out(self._decode_latent(q, torch.tensor([steps[i] for i in group], device=dev)), None)
-                for row, i in enumerate(group):
-                    blocks[i] = self.spectral.to_blocks((padded[i] - y[row, :, : frames[i]])[None])[0]  # [bands, T', d]
+            for call in calls:
+                q, spans = laid(call, [summed[:, starts[i] : starts[i + 1]] for i, _ in call], self.downsample)
+                y = self._frames_out(self._decode_latent(q, spans), None)
+                for i, offset in call:
+                    blocks[i] = self.spectral.to_blocks((padded[i] - y[0, :, offset : offset + frames[i]])[None])[0]  # [bands, T', d]
             detail_codes = codes.new_zeros(starts[-1], self.spectral.levels * self.spectral.bands)
             for part, where, certain in zip(parts, rows, exact):
                 detail_codes[where] = self.spectral.encode_blocks(torch.cat([blocks[i] for i in part], 1), exact=certain)
