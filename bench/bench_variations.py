@@ -2,11 +2,12 @@
 variations made one after another, side by side in one run.
 
     python bench/bench_variations.py              # tier-1 sizes, ~2 minutes on 2 cores
+    python bench/bench_variations.py --size tier2  # (and tier3): the priors of larger collections
     python bench/bench_variations.py --size quick --seconds 5
 
-The prior has the sizes a run trains at (auto tier 1: 128 wide, 2 layers, 4 heads, a 144-step window,
-64 codes x 3 levels; or the quick preset), with the clip-end head and retrieval over 16 synthetic
-files of 300 steps, at the page's defaults (follow 0.9). Both ways use the same sampler
+The prior has the sizes a run trains at (auto tier 1, up to 20 files: 128 wide, 2 layers, 4 heads, a
+144-step window, 64 codes x 3 levels; --size tier2 / tier3 for larger collections; or the quick
+preset), with the clip-end head and retrieval over 16 synthetic files of 300 steps, at the page's defaults (follow 0.9). Both ways use the same sampler
 (distill/models/batch_sampling.py) and one CPU thread; "sequential" is N one-row passes, which give
 the same codes seed for seed (checked here, and in tests/test_variations.py). Two variation kinds:
 keep the shape of an input of --seconds (level 0 kept, levels 1-2 sampled), and continue an input
@@ -34,7 +35,9 @@ from distill.models.prior import CodePrior  # noqa: E402
 from distill.models.retrieval import CodeRetrieval, RetrievalSettings  # noqa: E402
 
 K, Q = 64, 3
-SIZES = {"tier1": (128, 2, 4, 144), "quick": (64, 2, 4, 48)}  # hidden, layers, heads, context steps
+# hidden, layers, heads, context steps: the auto tiers' priors (tier 1 up to 20 files, tier 2 up to 100,
+# tier 3 past that; distill/config.py) and the quick preset's
+SIZES = {"tier1": (128, 2, 4, 144), "tier2": (256, 4, 4, 144), "tier3": (512, 6, 8, 144), "quick": (64, 2, 4, 48)}
 STEPS_PER_SECOND = 24_000 / 256 / 4
 
 

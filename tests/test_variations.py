@@ -70,6 +70,23 @@ def test_batched_rows_give_the_codes_of_sequential_runs_with_the_same_seeds(back
     assert torch.equal(rows.tokens[1], one)
 
 
+def test_rows_of_a_larger_prior_give_the_codes_of_sequential_runs(monkeypatch):
+    """Where three or more rows' weight products go through torch (priors from 256 wide, the tiny one
+    here by lowering the threshold) and their GELU's erf too, the codes are still those of one-row
+    runs, seed for seed, with clip ends and retrieval."""
+    from distill.models import cpu_decode
+
+    monkeypatch.setattr(cpu_decode, "TORCH_PRODUCTS_FROM", 32)
+    model = tiny_prior()
+    stepper = cpu_decode.CpuStepper(model, batch=4)
+    assert stepper._mm is cpu_decode._torch_mm  # (the path under test)
+    index = CodeRetrieval(material(), 16, 3, RetrievalSettings(weight=0.9, max_context_steps=4))
+    seeds = [3, 4, 5, 6]
+    one_by_one = [model.generate(120, generator=torch.Generator().manual_seed(s), retrieval=index)[0] for s in seeds]
+    batched = sample_rows(model, 120, [torch.Generator().manual_seed(s) for s in seeds], retrieval=index)
+    assert all(torch.equal(a, b) for a, b in zip(one_by_one, batched.tokens))
+
+
 def test_draws_taken_ahead_give_the_codes_and_generator_state_of_a_draw_per_code():
     """Without clip ends a row's draws are drawn ahead in one call (`RowDraws`): the codes, and where
     the generator is left, are those of one draw per sampled code (torch's global generator, shared by

@@ -24,6 +24,12 @@ from distill.models.stepping import KVCache, TorchStepper
 
 LN_EPS = 1e-5  # nn.LayerNorm's default
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
+# Three or more rows' weight products go through torch (MKL) from this hidden size: there NumPy's
+# OpenBLAS packs the weights again for every [B, H] product, and 4 rows cost 2.3x one row's (tier 2,
+# 256 wide: 1,056 against 455 us a step's products; tier 3 9.0 against 3.3 ms) where torch's cost 1.4x
+# (639 us, 4.9 ms). At tier 1 (128 wide, the weights in cache) NumPy's are the faster (40 against 55
+# us), and so are they for 2 rows (495 us at tier 2).
+TORCH_PRODUCTS_FROM = 256
 
 
 class CpuStepper:
@@ -43,6 +49,11 @@ class CpuStepper:
         self.kb, self.vb = kv[:, 0], kv[:, 1]  # [layers, B, heads, seq_len, head_dim] views
         self.window = TorchStepper(model, [KVCache(torch.from_numpy(layer)) for layer in kv])
         self._rows = np.arange(batch)
+        # the weights each [B, H] product reads, and how (TORCH_PRODUCTS_FROM)
+        self._mm, self._mats = np.matmul, [(w[0], w[2], w[4], w[6]) for w in self.layers] + [self.head[0]]
+        if batch > 2 and model.hidden_size >= TORCH_PRODUCTS_FROM:
+            self._mm = _torch_mm
+            self._mats = [tuple(torch.from_numpy(m) for m in w) for w in self._mats[:-1]] + [torch.from_numpy(self.head[0])]
         self._final_rows = None  # the last step_rows' centred final states [B, H] and 1/std [B]
         self._primed = np.zeros(batch, bool)  # rows whose last position came from their own prime
 
@@ -76,9 +87,11 @@ class CpuStepper:
         def rstd(xc):  # each row's 1/std: vecdot and one power, a third of einsum + sqrt + divide
             return (np.vecdot(xc, xc) * n_inv + LN_EPS) ** -0.5
 
-        for li, (wqkv, bqkv, wp, bp, wfc, bfc, wout, bout) in enumerate(self.layers):
+        mm, mats = self._mm, self._mats
+        for li, (_, bqkv, _, bp, _, bfc, _, bout) in enumerate(self.layers):
+            wqkv, wp, wfc, wout = mats[li]
             xc = x - x.sum(-1, keepdims=True) * n_inv
-            qkv = xc @ wqkv
+            qkv = mm(xc, wqkv)
             qkv *= rstd(xc)[:, None]
             qkv += bqkv
             kb, vb = self.kb[li], self.vb[li]
@@ -96,18 +109,18 @@ class CpuStepper:
             np.exp(s, out=s)
             a = np.matmul(s, vb[:, :, :p_len])  # [B, nh, 1, hd], not yet normalised
             a /= s.sum(axis=-1, keepdims=True)
-            x = x + a.reshape(b, hh) @ wp + bp
+            x = x + mm(a.reshape(b, hh), wp) + bp
             xc = x - x.sum(-1, keepdims=True) * n_inv
-            z = xc @ wfc
+            z = mm(xc, wfc)
             z *= rstd(xc)[:, None]
             z += bfc
-            e = _erf(z)
+            e = _erf_rows(z)
             e += 1.0
             e *= z
-            x = x + e @ wout + bout
+            x = x + mm(e, wout) + bout
         xc = x - x.sum(-1, keepdims=True) * n_inv
         r = rstd(xc)
-        out = xc @ self.head[0]
+        out = mm(xc, mats[-1])
         out *= r[:, None]
         out += self.head[1]
         self._final_rows = (xc, r)
@@ -165,6 +178,18 @@ class CpuStepper:
 # faster on a [4, 512] array (2 against 14 us): between NumPy calls each torch call costs far more than
 # in a loop of its own. Within 1 ulp of torch.erf.
 _erf = _special_erf
+
+
+def _erf_rows(z: np.ndarray) -> np.ndarray:
+    """erf of several rows [B, 4H], through torch: 4 rows of 1,024 (tier 2) 38 -> ~10 us in a step
+    (scipy's takes ~9 ns a value there); within 1 ulp of scipy's."""
+    return torch.erf(torch.from_numpy(z)).numpy()
+
+
+def _torch_mm(a: np.ndarray, w: torch.Tensor) -> np.ndarray:
+    """a @ w through torch's product (TORCH_PRODUCTS_FROM), a [B, n] NumPy array, w a tensor view of
+    NumPy weights."""
+    return torch.mm(torch.from_numpy(a), w).numpy()
 
 
 # Folded weights per model, reused while its parameters are unchanged (each parameter's storage and
