@@ -24,11 +24,12 @@ from distill.models.stepping import KVCache, TorchStepper
 
 LN_EPS = 1e-5  # nn.LayerNorm's default
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
-# Three or more rows' weight products go through torch (MKL) from this hidden size: there NumPy's
-# OpenBLAS packs the weights again for every [B, H] product, and 4 rows cost 2.3x one row's (tier 2,
-# 256 wide: 1,056 against 455 us a step's products; tier 3 9.0 against 3.3 ms) where torch's cost 1.4x
-# (639 us, 4.9 ms). At tier 1 (128 wide, the weights in cache) NumPy's are the faster (40 against 55
-# us), and so are they for 2 rows (495 us at tier 2).
+# Three or more rows' weight products go through torch (MKL) from this hidden size, two rows' from 512:
+# there NumPy's OpenBLAS packs the weights again for every [B, H] product, and 4 rows cost 2.3x one
+# row's (tier 2, 256 wide: 1,056 against 455 us a step's products; tier 3 9.0 against 3.3 ms) where
+# torch's cost 1.4x (639 us, 4.9 ms); 2 rows at tier 3 8.7 against 4.6 ms. At tier 1 (128 wide, the
+# weights in cache) NumPy's are the faster (40 against 55 us for 4 rows), and at tier 2 for 2 rows
+# (0.55 against 0.60 ms).
 TORCH_PRODUCTS_FROM = 256
 
 
@@ -51,7 +52,7 @@ class CpuStepper:
         self._rows = np.arange(batch)
         # the weights each [B, H] product reads, and how (TORCH_PRODUCTS_FROM)
         self._mm, self._mats = np.matmul, [(w[0], w[2], w[4], w[6]) for w in self.layers] + [self.head[0]]
-        if batch > 2 and model.hidden_size >= TORCH_PRODUCTS_FROM:
+        if model.hidden_size >= TORCH_PRODUCTS_FROM and batch >= (2 if model.hidden_size >= 512 else 3):
             self._mm = _torch_mm
             self._mats = [tuple(torch.from_numpy(m) for m in w) for w in self._mats[:-1]] + [torch.from_numpy(self.head[0])]
         self._final_rows = None  # the last step_rows' centred final states [B, H] and 1/std [B]
