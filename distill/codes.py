@@ -50,7 +50,7 @@ def extract_code_sequences(
     is restored afterwards); `device` (default: the model's) runs a copy of the model there.
 
     Files pass through the codec together, up to `batch_frames` padded frames a pass
-    (`ConvVQVAE.encode_files`: on a CPU, files of similar lengths share each convolution call, and all
+    (`ConvVQVAE.encode_files`: on a CPU, short files laid end to end share each convolution call, and all
     of a pass's vectors take their codes together), and each file gets bit for bit the codes it gets
     alone, so a training file's saved codes are those of an upload of it. Elsewhere (CUDA, MPS) each
     file goes through the convolutions on its own: there a batch is not known to keep a row's last

@@ -50,11 +50,12 @@ class CpuStepper:
         self.kb, self.vb = kv[:, 0], kv[:, 1]  # [layers, B, heads, seq_len, head_dim] views
         self.window = TorchStepper(model, [KVCache(torch.from_numpy(layer)) for layer in kv])
         self._rows = np.arange(batch)
-        # the weights each [B, H] product reads, and how (TORCH_PRODUCTS_FROM)
-        self._mm, self._mats = np.matmul, [(w[0], w[2], w[4], w[6]) for w in self.layers] + [self.head[0]]
-        if model.hidden_size >= TORCH_PRODUCTS_FROM and batch >= (2 if model.hidden_size >= 512 else 3):
-            self._mm = _torch_mm
-            self._mats = [tuple(torch.from_numpy(m) for m in w) for w in self._mats[:-1]] + [torch.from_numpy(self.head[0])]
+        # the weights of each layer's [B, H] products and the head's, and what multiplies them (TORCH_PRODUCTS_FROM)
+        on_torch = model.hidden_size >= TORCH_PRODUCTS_FROM and batch >= (2 if model.hidden_size >= 512 else 3)
+        self._mm = _torch_mm if on_torch else np.matmul
+        weights = torch.from_numpy if on_torch else (lambda m: m)
+        self._mats = [tuple(weights(m) for m in (w[0], w[2], w[4], w[6])) for w in self.layers]
+        self._head_w = weights(self.head[0])
         self._final_rows = None  # the last step_rows' centred final states [B, H] and 1/std [B]
         self._primed = np.zeros(batch, bool)  # rows whose last position came from their own prime
 
@@ -121,7 +122,7 @@ class CpuStepper:
             x = x + mm(e, wout) + bout
         xc = x - x.sum(-1, keepdims=True) * n_inv
         r = rstd(xc)
-        out = mm(xc, mats[-1])
+        out = mm(xc, self._head_w)
         out *= r[:, None]
         out += self.head[1]
         self._final_rows = (xc, r)

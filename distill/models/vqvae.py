@@ -372,12 +372,16 @@ def _polyphase(conv: nn.ConvTranspose1d):
     return value
 
 
+def _widest_conv(layer: nn.Module | None) -> nn.Conv1d | nn.ConvTranspose1d | None:
+    """The convolution that reaches furthest in a layer (a residual block's dilated one), or None."""
+    conv = layer.conv1 if isinstance(layer, ResBlock) else layer
+    return conv if isinstance(conv, (nn.Conv1d, nn.ConvTranspose1d)) else None
+
+
 def _reach(layer: nn.Module) -> int:
     """The input width a layer's widest convolution spans (dilated kernel extent)."""
-    conv = layer.conv1 if isinstance(layer, ResBlock) else layer
-    if not isinstance(conv, (nn.Conv1d, nn.ConvTranspose1d)):
-        return 0
-    return conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
+    conv = _widest_conv(layer)
+    return 0 if conv is None else conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
 
 
 MIN_WIDTH = 16  # on oneDNN a conv reads at least this wide (see run_layers)
@@ -683,7 +687,7 @@ class ConvVQVAE(nn.Module):
         linear = [self.enc_linear, self.dec_linear] if self.linear_path else [None, None]
         for layers, rate in (([*self.encoder.net, linear[0]], 1), ([*self.decoder.net, linear[1]], self.downsample)):
             for layer in layers:
-                conv = layer.conv1 if isinstance(layer, ResBlock) else layer
+                conv = _widest_conv(layer)
                 if isinstance(conv, nn.ConvTranspose1d):
                     need = max(need, -(-conv.kernel_size[0] // conv.stride[0]) * rate)
                     if conv is layer:
@@ -736,11 +740,7 @@ class ConvVQVAE(nn.Module):
         vectors: list[torch.Tensor | None] = [None] * len(mels)
         mean, std = self.mel_mean[:, None], self.mel_std[:, None]
         for call in calls:
-            x, spans = laid(call, [padded[i] for i, _ in call], 1)
-            x = (x - mean) / std
-            outside = spans.outside(x.shape[-1], dev)
-            if outside is not None:
-                x = x.masked_fill(outside, 0.0)
+            x, spans = laid(call, [(padded[i] - mean) / std for i, _ in call], 1)  # (the gaps stay zero)
             z = self._latent_normalised(x, spans)
             for i, offset in call:
                 vectors[i] = z[0, :, offset // self.downsample : offset // self.downsample + steps[i]].T
