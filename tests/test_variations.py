@@ -87,6 +87,37 @@ def test_rows_of_a_larger_prior_give_the_codes_of_sequential_runs(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(one_by_one, batched.tokens))
 
 
+def test_rows_of_a_wide_prior_sample_on_two_threads_and_give_the_threads_back(monkeypatch):
+    """From WIDE_SAMPLING_FROM wide (the tiny prior here by lowering it) several rows' torch products run
+    on two threads where the machine has them, one row stays on one (NumPy's BLAS does its products),
+    the caller's thread count comes back afterwards, and the codes are still those of one-row runs."""
+    import os
+
+    from distill.models import cpu_decode, prior
+
+    monkeypatch.setattr(cpu_decode, "TORCH_PRODUCTS_FROM", 32)
+    monkeypatch.setattr(prior, "WIDE_SAMPLING_FROM", 32)
+    seen = []
+    step_rows = cpu_decode.CpuStepper.step_rows
+    monkeypatch.setattr(cpu_decode.CpuStepper, "step_rows",
+                        lambda self, *a: (seen.append((len(a[0]), torch.get_num_threads())), step_rows(self, *a))[1])
+    model = tiny_prior()
+    index = CodeRetrieval(material(), 16, 3, RetrievalSettings(weight=0.9, max_context_steps=4))
+    seeds = [3, 4, 5, 6]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        one_by_one = [model.generate(60, generator=torch.Generator().manual_seed(s), retrieval=index)[0] for s in seeds]
+        assert torch.get_num_threads() == 3
+        batched = sample_rows(model, 60, [torch.Generator().manual_seed(s) for s in seeds], retrieval=index)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one_by_one, batched.tokens))
+    assert {threads for rows, threads in seen if rows == 1} == {1}
+    assert {threads for rows, threads in seen if rows == 4} == {min(2, os.cpu_count())}
+
+
 def test_draws_taken_ahead_give_the_codes_and_generator_state_of_a_draw_per_code():
     """Without clip ends a row's draws are drawn ahead in one call (`RowDraws`): the codes, and where
     the generator is left, are those of one draw per sampled code (torch's global generator, shared by

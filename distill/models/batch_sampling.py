@@ -42,7 +42,7 @@ def sample_rows(model, n_tokens: int, generators: list[torch.Generator], tempera
     shared by every row; `forced`: int [B, n_tokens] (or [n_tokens], the same for all rows), a code
     >= 0 is taken at that place instead of sampling one, -1 is sampled. Forced codes fix the clip's
     length, so they go with clip_ends=False. `CodePrior.generate` is this with one row."""
-    from distill.models.prior import SAMPLING_THREADS
+    from distill.models.prior import sampling_threads
 
     b = len(generators)
     if b < 1 or n_tokens < 0:
@@ -57,16 +57,16 @@ def sample_rows(model, n_tokens: int, generators: list[torch.Generator], tempera
     backend = backend or default_backend(dev)
     if backend not in BACKENDS or (backend == "numpy" and dev.type != "cpu"):
         raise ValueError(f"backend must be one of {BACKENDS} ('numpy' on a CPU only), got {backend!r}")
-    was_training, threads = model.training, torch.get_num_threads()
+    was_training, threads, wanted = model.training, torch.get_num_threads(), sampling_threads(model, b)
     on_cpu = dev.type == "cpu"
     model.eval()
     try:
-        if on_cpu and threads != SAMPLING_THREADS:
-            torch.set_num_threads(SAMPLING_THREADS)
+        if on_cpu and threads != wanted:
+            torch.set_num_threads(wanted)
         return _sample(model, n_tokens, generators, temperature, top_k, top_p, prompt, forced,
                        clip_ends and model.end_head is not None, prompt_starts_clip, retrieval, backend, trace)
     finally:
-        if on_cpu and threads != SAMPLING_THREADS:
+        if on_cpu and threads != wanted:
             torch.set_num_threads(threads)
         model.train(was_training)
 

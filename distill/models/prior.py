@@ -26,6 +26,7 @@ every start look like a random moment of a long file).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -36,6 +37,22 @@ from distill.models.stepping import BACKENDS, KVCache, TorchStepper, default_bac
 # One CPU thread while sampling: each token is a chain of tiny ops, where a second thread costs more
 # in synchronisation than it saves (on a busy 2-core machine, over 10x more).
 SAMPLING_THREADS = 1
+# From 512 wide (tier 3) a step streams ~75 MB of weights and is bound by memory bandwidth, which a
+# second core adds to. One row's products run in NumPy, whose OpenBLAS takes both cores of a 2-core
+# machine for them on its own (4 one-row variations of 3 s: 3.24 s on one thread, 2.02 s as it runs);
+# torch then stays on one thread (on two, its idle threads compete with OpenBLAS's: 2.02 -> 2.20 s).
+# Several rows' products run in torch (cpu_decode.TORCH_PRODUCTS_FROM), which gets the two cores
+# itself (4 rows in one pass: 1.69 -> 0.99 s).
+WIDE_SAMPLING_THREADS = 2
+WIDE_SAMPLING_FROM = 512
+
+
+def sampling_threads(model, rows: int = 1) -> int:
+    """CPU threads torch samples `rows` rows of this prior on at once (SAMPLING_THREADS; for several
+    rows from WIDE_SAMPLING_FROM wide, WIDE_SAMPLING_THREADS as far as the machine has cores)."""
+    if rows > 1 and model.hidden_size >= WIDE_SAMPLING_FROM:
+        return max(1, min(WIDE_SAMPLING_THREADS, os.cpu_count() or 1))
+    return SAMPLING_THREADS
 
 # --- code layout -----------------------------------------------------------------------------
 
@@ -288,7 +305,7 @@ class CodePrior(nn.Module):
         followed by the new tokens, so new token i sits on level (P + i) % Q.
         temperature <= 0 or top_k == 1: greedy. top_k > 0 keeps the k most likely codes; top_p < 1
         keeps the smallest set whose probability reaches top_p (always at least one code).
-        Each new token runs one cached step (on one CPU thread, SAMPLING_THREADS). When the window
+        Each new token runs one cached step (on one CPU thread: `sampling_threads`). When the window
         (seq_len positions, the first being the start token) is full, it slides: the cache is
         rebuilt from the most recent ~3/4 window, starting on a level-0 token with positions
         restarting at 0, exactly like a training window.
