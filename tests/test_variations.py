@@ -89,8 +89,9 @@ def test_rows_of_a_larger_prior_give_the_codes_of_sequential_runs(monkeypatch):
 
 def test_rows_of_a_wide_prior_sample_on_two_threads_and_give_the_threads_back(monkeypatch):
     """From WIDE_SAMPLING_FROM wide (the tiny prior here by lowering it) several rows' torch products run
-    on two threads where the machine has them, one row stays on one (NumPy's BLAS does its products),
-    the caller's thread count comes back afterwards, and the codes are still those of one-row runs."""
+    and attention on two threads where the machine has them, one row stays on one (NumPy's BLAS does its
+    products), the caller's thread count comes back afterwards, and the codes are still those of one-row
+    runs, with clip ends (rows at different window positions) and retrieval."""
     import os
 
     from distill.models import cpu_decode, prior
@@ -102,6 +103,9 @@ def test_rows_of_a_wide_prior_sample_on_two_threads_and_give_the_threads_back(mo
     monkeypatch.setattr(cpu_decode.CpuStepper, "step_rows",
                         lambda self, *a: (seen.append((len(a[0]), torch.get_num_threads())), step_rows(self, *a))[1])
     model = tiny_prior()
+    if os.cpu_count() > 1:  # their attention goes through torch too (the path under test)
+        assert cpu_decode.CpuStepper(model, batch=4)._torch_kv is not None
+    assert cpu_decode.CpuStepper(model, batch=1)._torch_kv is None
     index = CodeRetrieval(material(), 16, 3, RetrievalSettings(weight=0.9, max_context_steps=4))
     seeds = [3, 4, 5, 6]
     before = torch.get_num_threads()

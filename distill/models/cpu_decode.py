@@ -56,6 +56,12 @@ class CpuStepper:
         weights = torch.from_numpy if on_torch else (lambda m: m)
         self._mats = [tuple(weights(m) for m in (w[0], w[2], w[4], w[6])) for w in self.layers]
         self._head_w = weights(self.head[0])
+        # several rows on several threads (prior.sampling_threads): their attention through torch, whose
+        # products use the threads (tier 3, 4 rows: 137 against 206 us a layer in NumPy on one)
+        from distill.models.prior import sampling_threads
+
+        self._torch_kv = [(c.kv[0], c.kv[1]) for c in self.window.caches] \
+            if batch > 1 and sampling_threads(model, batch) > 1 else None
         self._final_rows = None  # the last step_rows' centred final states [B, H] and 1/std [B]
         self._primed = np.zeros(batch, bool)  # rows whose last position came from their own prime
 
@@ -104,13 +110,16 @@ class CpuStepper:
                 kb[rows, :, pos] = qkv[:, hh : 2 * hh].reshape(b, nh, hd)  # [B, heads, head_dim] at each row's pos
                 vb[rows, :, pos] = qkv[:, 2 * hh :].reshape(b, nh, hd)
             q = np.ascontiguousarray(qkv[:, :hh]).reshape(b, nh, 1, hd)  # a strided q takes matmul's slow loop
-            s = np.matmul(q, kb[:, :, :p_len].transpose(0, 1, 3, 2))  # [B, nh, 1, P], pre-scaled
-            if bias is not None:
-                s += bias
-            s -= s.max(axis=-1, keepdims=True)
-            np.exp(s, out=s)
-            a = np.matmul(s, vb[:, :, :p_len])  # [B, nh, 1, hd], not yet normalised
-            a /= s.sum(axis=-1, keepdims=True)
+            if self._torch_kv is not None:
+                a = _torch_attention(q, *self._torch_kv[li], p_len, bias)
+            else:
+                s = np.matmul(q, kb[:, :, :p_len].transpose(0, 1, 3, 2))  # [B, nh, 1, P], pre-scaled
+                if bias is not None:
+                    s += bias
+                s -= s.max(axis=-1, keepdims=True)
+                np.exp(s, out=s)
+                a = np.matmul(s, vb[:, :, :p_len])  # [B, nh, 1, hd], not yet normalised
+                a /= s.sum(axis=-1, keepdims=True)
             x = x + mm(a.reshape(b, hh), wp) + bp
             xc = x - x.sum(-1, keepdims=True) * n_inv
             z = mm(xc, wfc)
@@ -186,6 +195,16 @@ def _erf_rows(z: np.ndarray) -> np.ndarray:
     """erf of several rows [B, 4H], through torch: 4 rows of 1,024 (tier 2) 38 -> ~10 us in a step
     (scipy's takes ~9 ns a value there); within 1 ulp of scipy's."""
     return torch.erf(torch.from_numpy(z)).numpy()
+
+
+def _torch_attention(q: np.ndarray, k: torch.Tensor, v: torch.Tensor, p_len: int, bias: np.ndarray | None) -> np.ndarray:
+    """Each row's attention over its first p_len cached positions in torch: q [B, heads, 1, head_dim]
+    (pre-scaled), k and v tensor views of the caches [B, heads, S, head_dim], bias [B, 1, 1, P] or None
+    -> [B, heads, 1, head_dim]."""
+    s = torch.matmul(torch.from_numpy(q), k[:, :, :p_len].transpose(2, 3))
+    if bias is not None:
+        s += torch.from_numpy(bias)
+    return torch.matmul(torch.softmax(s, -1), v[:, :, :p_len]).numpy()
 
 
 def _torch_mm(a: np.ndarray, w: torch.Tensor) -> np.ndarray:
