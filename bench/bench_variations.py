@@ -8,13 +8,13 @@ variations made one after another, side by side in one run.
 The prior has the sizes a run trains at (auto tier 1, up to 20 files: 128 wide, 2 layers, 4 heads, a
 144-step window, 64 codes x 3 levels; --size tier2 / tier3 for larger collections; or the quick
 preset), with the clip-end head and retrieval over 16 synthetic files of 300 steps, at the page's
-defaults (follow 0.9). Both ways use the same sampler (distill/models/batch_sampling.py) on the threads
-a user's run gets (distill.models.prior.sampling_threads: one; several rows from 512 wide, two; NumPy's
-BLAS as it comes; printed); "sequential" is N one-row passes, which give the same codes seed for seed (checked here, and
-in tests/test_variations.py). Two variation kinds: keep the shape of an input (level 0 kept, levels 1-2
-sampled), and continue an input from a point for some seconds (here the sequential side is
-CodePrior.generate, the default sampling path; the prior sees at most the last half window before the
-point, as distill.variations.continue_from gives it).
+defaults (follow 0.9). Both ways use the same sampler (distill/models/batch_sampling.py) on the
+threads a user's run gets (distill.models.prior.sampling_threads: one; several rows from 512 wide,
+two; NumPy's BLAS as it comes; printed); "sequential" is N one-row passes, which give the same codes
+seed for seed (checked here, and in tests/test_variations.py). Two variation kinds: keep the shape
+of an input (level 0 kept, levels 1-2 sampled), and continue an input from a point for some seconds
+(here the sequential side is CodePrior.generate, the default sampling path; the prior sees at most
+the last half window before the point, as distill.variations.continue_from gives it).
 Two cases (--case): "page", the variations panel's lengths (keep the shape of a 3-s sound, the demo's
 longest files; continue for 2 s from 1 s in), where nothing slides the window; and "long", 10 s each
 (continue from 10 s in), where the window slides (5 times in a continuation) and every row re-primes
@@ -46,6 +46,10 @@ K, Q = 64, 3
 # tier 3 past that; distill/config.py) and the quick preset's
 SIZES = {"tier1": (128, 2, 4, 144), "tier2": (256, 4, 4, 144), "tier3": (512, 6, 8, 144), "quick": (64, 2, 4, 48)}
 STEPS_PER_SECOND = 24_000 / 256 / 4
+# (input kept in shape, continued from, new material), seconds: the variations panel's defaults
+# (distill/app/page/variations_tab.py: continue 2 s from 1 s; a kept shape is a whole sound, 3 s the
+# demo's longest), and long ones
+CASES = {"page": (3.0, 1.0, 2.0), "long": (10.0, 10.0, 10.0)}
 
 
 def material(files: int = 16, steps: int = 300, seed: int = 0) -> list[np.ndarray]:
@@ -89,17 +93,12 @@ def main() -> int:
           f"{sampling_threads(model)} one row at a time; NumPy's BLAS on {blas_threads()}")
     cases = ("page", "long") if args.case == "both" else (args.case,)
     for case in cases:
-        # (input kept in shape, continued from, new material), seconds
         shape_s, at_s, new_s = CASES[case]
         if args.seconds:
             shape_s = new_s = args.seconds
         run_case(model, files, index, context, args, case, shape_s, at_s, new_s)
     return 0
 
-
-# the variations panel's defaults (distill/app/page/variations_tab.py: continue 2 s from 1 s; a kept
-# shape is a whole sound, 3 s the demo's longest), and long ones
-CASES = {"page": (3.0, 1.0, 2.0), "long": (10.0, 10.0, 10.0)}
 
 
 def run_case(model, files, index, context, args, case, shape_s, at_s, new_s):
@@ -141,7 +140,6 @@ def run_case(model, files, index, context, args, case, shape_s, at_s, new_s):
         ratios = sorted(x / y for x, y in zip(ts, tb))
         print(f"  {name:15s} batched {b:6.3f} s   {args.n} sequential {s:6.3f} s   ratio {statistics.median(ratios):4.2f}x "
               f"(repeats {ratios[0]:.2f}-{ratios[-1]:.2f})   same codes: {'yes' if same else 'NO'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -98,10 +98,14 @@ def test_rows_of_a_wide_prior_sample_on_two_threads_and_give_the_threads_back(mo
 
     monkeypatch.setattr(cpu_decode, "TORCH_PRODUCTS_FROM", 32)
     monkeypatch.setattr(prior, "WIDE_SAMPLING_FROM", 32)
-    seen = []
+    seen = []  # (rows, torch's threads) of every step
     step_rows = cpu_decode.CpuStepper.step_rows
-    monkeypatch.setattr(cpu_decode.CpuStepper, "step_rows",
-                        lambda self, *a: (seen.append((len(a[0]), torch.get_num_threads())), step_rows(self, *a))[1])
+
+    def recorded(self, tokens, pos):
+        seen.append((len(tokens), torch.get_num_threads()))
+        return step_rows(self, tokens, pos)
+
+    monkeypatch.setattr(cpu_decode.CpuStepper, "step_rows", recorded)
     model = tiny_prior()
     if os.cpu_count() > 1:  # their attention goes through torch too (the path under test)
         assert cpu_decode.CpuStepper(model, batch=4)._torch_kv is not None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from scipy.special import erf as _special_erf
 
+from distill.models.prior import sampling_threads
 from distill.models.stepping import KVCache, TorchStepper
 
 LN_EPS = 1e-5  # nn.LayerNorm's default
@@ -58,8 +59,6 @@ class CpuStepper:
         self._head_w = weights(self.head[0])
         # several rows on several threads (prior.sampling_threads): their attention through torch, whose
         # products use the threads (tier 3, 4 rows: 137 against 206 us a layer in NumPy on one)
-        from distill.models.prior import sampling_threads
-
         self._torch_kv = [(c.kv[0], c.kv[1]) for c in self.window.caches] \
             if batch > 1 and sampling_threads(model, batch) > 1 else None
         self._final_rows = None  # the last step_rows' centred final states [B, H] and 1/std [B]
